@@ -1,0 +1,68 @@
+# longshot: every target installs the virtual environment first if it is missing, so a fresh
+# machine needs nothing but `make demo` or `make test`. Variables below can be set on the
+# command line, e.g. `make preprocess MANIFEST=videos.jsonl DATA=/data/ds1`.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Python 3.12: found on PATH or in pyenv; override with PYTHON_SYS=/path/to/python3.12
+PYTHON_SYS ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 \
+	/usr/local/bin/python3.12 /usr/bin/python3.12; do \
+	if $$p -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then echo $$p; break; fi; done)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+LONGSHOT := $(VENV)/bin/longshot
+STAMP := $(VENV)/.installed
+
+## Inputs and outputs
+DEMO_DIR ?= runs/demo#                  where `make demo` puts everything
+MANIFEST ?= $(DEMO_DIR)/videos/manifest.jsonl#  JSONL: {"id", "video", "text" | "conversations"}
+TOKENIZER ?= $(DEMO_DIR)/tokenizer.json#  a HuggingFace tokenizer.json
+DATA ?= $(DEMO_DIR)/dataset#            dataset folder written by preprocess (shards, index, stats)
+PACKS ?= $(DATA)/packs#                 pack plan written by `make pack`
+SEQ_LEN ?= 262144#                       tokens per packed sequence
+RUN ?= $(DEMO_DIR)/train#               training run folder (checkpoints, metrics)
+PRESET ?= tiny#                          model preset: tiny | small | keye-30b-a3b
+STEPS ?= 20#                             training steps
+## Execution
+EXECUTOR ?= ray#                         ray | inprocess
+RAY_ADDRESS ?=#                          join an existing Ray cluster, e.g. 10.0.0.1:6379
+WORKERS ?=#                              CPUs for a local Ray (default: all cores)
+FORCE ?=#                                set to 1 to start a step over after a config change
+TESTS ?= tests#                          what `make test` runs
+PYTEST_ARGS ?=#                          extra pytest arguments
+
+HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN RUN PRESET STEPS EXECUTOR RAY_ADDRESS \
+	WORKERS FORCE TESTS PYTEST_ARGS PYTHON_SYS
+RUN_OPTS = --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) \
+	$(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
+
+.PHONY: help install demo test bench preprocess stats verify pack train resume status clean
+
+help: ## list targets and variables
+	@echo "longshot: long-video VLM training. Targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | awk -F'\t' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@echo "Variables (set on the command line, e.g. make preprocess DATA=/data/ds1):"
+	@$(foreach v,$(HELP_VARS),printf "  %-11s = %-36s %s\n" '$(v)' '$($(v))' \
+		"$$(grep -E '^$(v) \?=' $(MAKEFILE_LIST) | sed -E 's/^[^#]*#? *//')";)
+
+$(STAMP): pyproject.toml
+	@test -n "$(PYTHON_SYS)" || { echo "Python 3.12 not found: install it or set PYTHON_SYS=/path/to/python3.12"; exit 1; }
+	@test -x $(PY) || $(PYTHON_SYS) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## create .venv with Python 3.12 and install longshot (idempotent)
+
+test: $(STAMP) ## run the test suite (CPU only; kernels under TRITON_INTERPRET=1)
+	$(PY) -m pytest -q $(TESTS) $(PYTEST_ARGS)
+
+status: $(STAMP) ## show the state of every job under DATA (or DIR=folder)
+	$(LONGSHOT) status $(or $(DIR),$(DATA))
+
+clean: ## remove the demo run folder and caches (not the venv; `make clean-all` for that)
+	rm -rf $(DEMO_DIR) .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
+
+clean-all: clean ## also remove the virtual environment
+	rm -rf $(VENV)

@@ -1,0 +1,80 @@
+"""The `longshot` command: one subcommand per step, plus inspection commands.
+
+Exit statuses: 0 success; 2 bad usage or bad input; 3 some units failed (finished units are
+kept: fix the cause and run the same command again); 4 the folder holds a run with another
+config (see --force); 5 the folder is in use by another run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from jobs.lock import FolderLocked
+from jobs.runtime import EXIT_CONFIG_MISMATCH, EXIT_LOCKED, ConfigMismatch
+
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(Exception):
+    """Input the user can fix (a missing file, a malformed manifest): printed without a traceback."""
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options every resumable step takes."""
+    p.add_argument("--executor", choices=["ray", "inprocess"], default="ray",
+                   help="where units run (default: ray; starts a local Ray unless --ray-address)")
+    p.add_argument("--ray-address", help="join an existing Ray cluster (e.g. 10.0.0.1:6379)")
+    p.add_argument("--workers", type=int, help="CPUs of the local Ray (default: all cores)")
+    p.add_argument("--force", action="store_true",
+                   help="start this step over when the folder holds a run with another config")
+    p.add_argument("--max-attempts", type=int, default=3, help="attempts per unit before giving up")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_status(args) -> int:
+    from jobs.status import status_text
+
+    print(status_text(Path(args.dir)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="longshot", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("status", help="show the state of every job in a folder")
+    p.add_argument("dir", help="an output folder of any step")
+    p.set_defaults(func=_cmd_status)
+    for register in _registrars():
+        register(sub)
+    return ap
+
+
+def _registrars():
+    """Subcommands defined next to their steps; each module adds its own parser."""
+    from jobs.steps import registrars
+
+    return registrars()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BadInput as exc:
+        print(f"longshot {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ConfigMismatch as exc:
+        print(f"longshot {args.command}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_MISMATCH
+    except FolderLocked as exc:
+        print(f"longshot {args.command}: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except FileNotFoundError as exc:
+        print(f"longshot {args.command}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

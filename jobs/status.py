@@ -1,0 +1,56 @@
+"""`longshot status DIR`: what every job in a folder has done, is doing, and why units failed."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from jobs.ledger import COMMITTING, DONE, FAILED, Ledger
+from jobs.lock import FolderLock
+
+
+def find_job_folders(root: Path, depth: int = 3) -> list[Path]:
+    """Folders that hold job state: ROOT itself and job folders below it (e.g. a dataset's packs)."""
+    root = Path(root)
+    patterns = [".longshot"] + ["/".join(["*"] * d) + "/.longshot" for d in range(1, depth + 1)]
+    return [state.parent for pattern in patterns for state in sorted(root.glob(pattern))
+            if state.is_dir()]
+
+
+def describe_folder(folder: Path) -> list[str]:
+    lines = []
+    busy = FolderLock(folder).is_held_by_other()
+    holder = FolderLock(folder).holder() if busy else None
+    lines.append(f"{folder}" + (f"  [running: pid {holder.get('pid')}]" if holder else ""))
+    for state_dir in sorted(p for p in (folder / ".longshot").iterdir() if p.is_dir()):
+        meta_path = state_dir / "job.json"
+        if not meta_path.exists():
+            continue
+        meta = json.loads(meta_path.read_text())
+        units_path = state_dir / "units.jsonl"
+        total = len(units_path.read_text().splitlines()) if units_path.exists() else 0
+        records = Ledger.read(state_dir / "ledger.jsonl")
+        final = records.pop("__finalize__", None)
+        states = [r.state for r in records.values()]
+        done = states.count(DONE) + states.count(COMMITTING)
+        failed = {u: r for u, r in records.items() if r.state == FAILED}
+        finished = final is not None and final.state == DONE
+        status = "complete" if finished else ("running" if busy else "incomplete")
+        lines.append(f"  {meta['job']:<10} {status:<10} units {done}/{total} done, "
+                     f"{len(failed)} failed, {total - done - len(failed)} pending "
+                     f"(config {meta['config_hash']})")
+        for unit, rec in sorted(failed.items())[:10]:
+            reason = (rec.error or "").splitlines()[0]
+            lines.append(f"    failed {unit} after {rec.attempt} attempt(s): {reason}")
+        if len(failed) > 10:
+            lines.append(f"    ... and {len(failed) - 10} more failed units")
+    return lines
+
+
+def status_text(root: Path) -> str:
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such folder")
+    folders = find_job_folders(root)
+    if not folders:
+        return f"{root}: no longshot job has run here (no .longshot folder found)"
+    return "\n".join(line for f in folders for line in describe_folder(f))

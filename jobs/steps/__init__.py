@@ -1,0 +1,6 @@
+"""The pipeline's steps as jobs, and their `longshot` subcommands."""
+
+
+def registrars():
+    """Functions that add each step's subcommand to the CLI, in pipeline order."""
+    return []
