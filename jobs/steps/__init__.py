@@ -3,4 +3,6 @@
 
 def registrars():
     """Functions that add each step's subcommand to the CLI, in pipeline order."""
-    return []
+    from jobs.steps import inspect, preprocess
+
+    return [preprocess.register, inspect.register]

@@ -1,0 +1,162 @@
+"""The encode step: plan every sample against the token budget, then one unit writes one shard.
+
+Planning (tokenize the text, choose fps, size and segments, group samples into units of similar
+byte size) is a pure function of the samples, the probe table and the config, so it is recomputed
+when needed (e.g. for the error table) rather than stored twice. A video split into segments
+becomes one shard sample per segment (key `ID__sNNNN`), each carrying the sample's text.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.job import Job, Unit
+from pipeline.budget import BudgetConfig, plan_video
+from pipeline.decode import iter_frame_windows
+from pipeline.errors import InputError
+from pipeline.manifest import SampleSpec
+from pipeline.probe import VideoInfo
+from pipeline.text import load_tokenizer, tokenize_turns
+from pipeline.units import split_into_units
+from shards.manifest import ShardSummary, write_manifest
+from shards.writer import ShardWriter
+
+ERRORS_FILE = "errors.parquet"
+ERRORS_SCHEMA = pa.schema([("id", pa.string()), ("input", pa.string()), ("stage", pa.string()),
+                           ("reason", pa.string())])
+_STAGE_ORDER = {"manifest": 0, "probe": 1, "text": 2, "plan": 3, "decode": 4}
+
+
+@dataclass(frozen=True)
+class EncodeConfig:
+    budget: BudgetConfig = BudgetConfig()
+    zstd_level: int = 3
+    frame_delta: bool = False
+    shard_bytes: int = 256 << 20  # target stored bytes per shard (one unit of work)
+    compression_ratio: float = 3.0  # for the size estimate only; see tests/bench/RESULTS.md
+    decode_window: int = 32  # frames decoded at once: bounds a worker's memory
+
+
+def file_digest(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+class EncodeJob(Job):
+    name = "encode"
+
+    def __init__(self, samples: list[SampleSpec], probed: dict[str, VideoInfo | dict],
+                 tokenizer_path: str, cfg: EncodeConfig, earlier_errors: list[dict],
+                 samples_digest: str):
+        super().__init__({"encode": dataclasses.asdict(cfg), "samples": samples_digest,
+                          "tokenizer": file_digest(tokenizer_path)})
+        self.samples = samples
+        self.probed = probed
+        self.tokenizer_path = str(tokenizer_path)
+        self.cfg = cfg
+        self.earlier_errors = earlier_errors
+        self._tokenizer = None
+
+    def __getstate__(self):  # the tokenizer is rebuilt in each worker, not pickled
+        state = dict(self.__dict__)
+        state["_tokenizer"] = None
+        return state
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_path)
+        return self._tokenizer
+
+    def planned_segments(self) -> tuple[list[dict], list[dict]]:
+        """(segment descriptors in sample order, error rows of the text and plan stages)."""
+        segments, errors = [], []
+        for spec in self.samples:
+            info = self.probed.get(spec.id)
+            if not isinstance(info, VideoInfo):
+                continue  # unusable video: its probe error is already in earlier_errors
+            try:
+                text = tokenize_turns(self.tokenizer, spec.turns)
+                plan = plan_video(info, len(text.ids), self.cfg.budget, id=spec.id)
+            except InputError as err:
+                err.id = spec.id
+                errors.append(err.as_row())
+                continue
+            split = len(plan.segments) > 1
+            for seg in plan.segments:
+                raw = len(seg.frame_indices) * plan.height * plan.width * 3
+                segments.append({
+                    "key": f"{spec.id}__s{seg.index:04d}" if split else spec.id,
+                    "id": spec.id, "video": spec.video, "turns": spec.turns,
+                    "segment": {"index": seg.index, "count": len(plan.segments),
+                                "t_start": seg.t_start, "t_end": seg.t_end},
+                    "frame_indices": list(seg.frame_indices), "timestamps": list(seg.timestamps),
+                    "height": plan.height, "width": plan.width, "sample_fps": plan.sample_fps,
+                    "src_fps": info.fps, "vision_tokens": seg.vision_tokens,
+                    "est_bytes": int(raw / self.cfg.compression_ratio),
+                })
+        return segments, errors
+
+    def plan(self) -> list[Unit]:
+        segments, _ = self.planned_segments()
+        by_key = {s["key"]: s for s in segments}
+        groups = split_into_units([(s["key"], s["est_bytes"]) for s in segments],
+                                  self.cfg.shard_bytes)
+        return [Unit(f"shard-{i:06d}", {"samples": [by_key[k] for k in keys]})
+                for i, keys in enumerate(groups)]
+
+    def run_unit(self, unit: Unit, staging: Path) -> dict:
+        shard_dir = staging / "shards"
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        errors = []
+        with ShardWriter(shard_dir / f"{unit.id}.tar", shard_dir / f"{unit.id}.parquet",
+                         zstd_level=self.cfg.zstd_level, frame_delta=self.cfg.frame_delta) as w:
+            for seg in unit.payload["samples"]:
+                try:
+                    self._write_sample(w, seg)
+                except InputError as err:
+                    err.id = seg["id"]
+                    errors.append(err.as_row())
+            summary = w.close()
+        return {"shard": summary.name, "samples": summary.samples, "tokens": summary.tokens,
+                "bytes": summary.bytes, "tar_sha256": summary.tar_sha256,
+                "index_sha256": summary.index_sha256, "errors": errors}
+
+    def _write_sample(self, writer: ShardWriter, seg: dict) -> None:
+        text = tokenize_turns(self.tokenizer, seg["turns"])
+        mask = np.asarray(text.loss_mask, dtype=bool)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+        meta = {k: seg[k] for k in ("id", "video", "segment", "frame_indices", "timestamps",
+                                    "height", "width", "sample_fps", "src_fps", "vision_tokens",
+                                    "turns")}
+        meta.update(text_tokens=int(len(text.ids)), tokens=int(len(text.ids) + seg["vision_tokens"]),
+                    vision_at=int(text.vision_at), loss_spans=edges.reshape(-1, 2).tolist(),
+                    duration_s=float(seg["segment"]["t_end"] - seg["segment"]["t_start"]))
+        frames = iter_frame_windows(seg["video"], seg["frame_indices"], seg["height"], seg["width"],
+                                    window=self.cfg.decode_window)
+        writer.add(seg["key"], meta, frames, np.asarray(text.ids, dtype=np.int32))
+
+    def finalize(self, results, staging, out_dir):
+        summaries = [ShardSummary(name=r["shard"], tar_path=out_dir / "shards" / f"{r['shard']}.tar",
+                                  index_path=out_dir / "shards" / f"{r['shard']}.parquet",
+                                  samples=r["samples"], tokens=r["tokens"], bytes=r["bytes"],
+                                  tar_sha256=r["tar_sha256"], index_sha256=r["index_sha256"])
+                     for _, r in results]
+        write_manifest(out_dir, summaries, path=staging / "dataset.parquet")
+        _, plan_errors = self.planned_segments()
+        errors = self.earlier_errors + plan_errors + [e for _, r in results for e in r["errors"]]
+        errors.sort(key=lambda e: (_STAGE_ORDER.get(e["stage"], 9), e["input"], e["id"] or ""))
+        pq.write_table(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA), staging / ERRORS_FILE)
+        return {"shards": len(summaries), "samples": sum(s.samples for s in summaries),
+                "tokens": sum(s.tokens for s in summaries),
+                "bytes": sum(s.bytes for s in summaries), "errors": len(errors)}
+
+    def summary(self, r) -> str:
+        return (f"  wrote {r['samples']} samples, {r['tokens']:,} tokens, "
+                f"{r['bytes'] / 2**20:.1f} MiB in {r['shards']} shards; "
+                f"{r['errors']} inputs in errors.parquet")
