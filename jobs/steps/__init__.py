@@ -3,6 +3,6 @@
 
 def registrars():
     """Functions that add each step's subcommand to the CLI, in pipeline order."""
-    from jobs.steps import inspect, preprocess
+    from jobs.steps import demo, inspect, preprocess
 
-    return [preprocess.register, inspect.register]
+    return [demo.register, preprocess.register, inspect.register]

