@@ -20,7 +20,8 @@ MANIFEST ?= $(DEMO_DIR)/videos/manifest.jsonl#  JSONL: {"id", "video", "text" | 
 TOKENIZER ?= $(DEMO_DIR)/tokenizer.json#  a HuggingFace tokenizer.json
 DATA ?= $(DEMO_DIR)/dataset#            dataset folder written by preprocess (shards, index, stats)
 PACKS ?= $(DATA)/packs#                 pack plan written by `make pack`
-SEQ_LEN ?= 262144#                       tokens per packed sequence
+SEQ_LEN ?= 262144#                       tokens per packed sequence (and per-sample budget)
+PREPROCESS_ARGS ?=#                      extra preprocess flags, e.g. --fps 1 --max-pixels 200704
 RUN ?= $(DEMO_DIR)/train#               training run folder (checkpoints, metrics)
 PRESET ?= tiny#                          model preset: tiny | small | keye-30b-a3b
 STEPS ?= 20#                             training steps
@@ -32,12 +33,12 @@ FORCE ?=#                                set to 1 to start a step over after a c
 TESTS ?= tests#                          what `make test` runs
 PYTEST_ARGS ?=#                          extra pytest arguments
 
-HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN RUN PRESET STEPS EXECUTOR RAY_ADDRESS \
+HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN PREPROCESS_ARGS RUN PRESET STEPS EXECUTOR RAY_ADDRESS \
 	WORKERS FORCE TESTS PYTEST_ARGS PYTHON_SYS
 RUN_OPTS = --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) \
 	$(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
-.PHONY: help install demo test bench preprocess stats verify pack train resume status clean
+.PHONY: help install demo test bench preprocess stats verify pack train resume status clean clean-all
 
 help: ## list targets and variables
 	@echo "longshot: long-video VLM training. Targets:"
@@ -56,6 +57,27 @@ install: $(STAMP) ## create .venv with Python 3.12 and install longshot (idempot
 
 test: $(STAMP) ## run the test suite (CPU only; kernels under TRITON_INTERPRET=1)
 	$(PY) -m pytest -q $(TESTS) $(PYTEST_ARGS)
+
+preprocess: $(STAMP) ## probe, budget, decode and shard MANIFEST into DATA (resumable)
+	$(LONGSHOT) preprocess --manifest $(MANIFEST) --tokenizer $(TOKENIZER) --out $(DATA) \
+		--max-seq-tokens $(SEQ_LEN) $(PREPROCESS_ARGS) $(RUN_OPTS)
+
+stats: $(STAMP) ## statistics of DATA: table, stats.parquet, PNG histograms
+	$(LONGSHOT) stats $(DATA)
+
+verify: $(STAMP) ## check every shard of DATA against its index and checksums
+	$(LONGSHOT) verify $(DATA)
+
+# The demo runs on the CPU in a few minutes: short sequences, small frames, a tiny model.
+DEMO_SEQ_LEN ?= 16384
+DEMO_PREPROCESS = --fps 1 --min-fps 0.5 --max-pixels 50176 --min-pixels 12544 --shard-mb 8
+
+demo: $(STAMP) ## the whole mission on real sample videos (an hour-long one included), on the CPU
+	$(LONGSHOT) demo-inputs --out $(DEMO_DIR)
+	$(MAKE) --no-print-directory preprocess MANIFEST=$(DEMO_DIR)/videos/manifest.jsonl \
+		TOKENIZER=$(DEMO_DIR)/tokenizer.json DATA=$(DEMO_DIR)/dataset SEQ_LEN=$(DEMO_SEQ_LEN) \
+		PREPROCESS_ARGS="$(DEMO_PREPROCESS)"
+	$(LONGSHOT) verify $(DEMO_DIR)/dataset
 
 status: $(STAMP) ## show the state of every job under DATA (or DIR=folder)
 	$(LONGSHOT) status $(or $(DIR),$(DATA))

@@ -82,7 +82,7 @@ class RayExecutor(Executor):
 
         if not ray.is_initialized():
             kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING",
-                                          log_to_driver=True, configure_logging=True)
+                                          log_to_driver=False, configure_logging=True)
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:

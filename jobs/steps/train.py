@@ -1,0 +1,113 @@
+"""`longshot train` and `longshot resume`: the resumable training job (see train_loop.py).
+
+`train` takes the run's config from its options and refuses a folder that holds a run with
+another config (exit 4) unless --force; it resumes by itself from the latest checkpoint when
+the config is the same. `resume RUN` continues a run with the config stored in its folder.
+Several processes (torchrun) share one run folder; rank 0 holds its lock and writes metrics.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from jobs.cli import BadInput
+
+DEFAULT_WORKERS = 2
+
+
+def _tokenizer_ids(path: str) -> dict:
+    """vocab size and the vision placeholder id of the tokenizer the dataset was made with."""
+    from tokenizers import Tokenizer
+
+    from pipeline.text import VISION_TOKEN
+
+    if not Path(path).is_file():
+        raise BadInput(f"{path}: tokenizer file not found")
+    tok = Tokenizer.from_file(path)
+    vision = tok.token_to_id(VISION_TOKEN)
+    if vision is None:
+        raise BadInput(f"{path}: the tokenizer has no {VISION_TOKEN} token")
+    return {"vocab": tok.get_vocab_size(), "vision_token_id": vision}
+
+
+def config_from_args(args) -> "TrainConfig":
+    from jobs.steps.train_loop import TrainConfig
+
+    overrides = {}
+    if args.tokenizer:
+        overrides.update(_tokenizer_ids(args.tokenizer))
+    if args.synthetic:
+        data = {"synthetic": {"packs": args.synthetic, "seq_len": args.seq_len}}
+    else:
+        if not (args.packs and args.data):
+            raise BadInput("give --data and --packs (a dataset and its pack plan), or --synthetic N")
+        for p in (args.packs, args.data):
+            if not Path(p).exists():
+                raise BadInput(f"{p}: not found")
+        if not args.tokenizer:
+            raise BadInput("--tokenizer is needed with --data: it gives the vocabulary and the vision token id")
+        data = {"plan": str(Path(args.packs).resolve()), "dataset": str(Path(args.data).resolve())}
+    optim = {k: v for k, v in {"lr": args.lr, "min_lr": args.min_lr,
+                               "lr_warmup_steps": args.lr_warmup_steps}.items() if v is not None}
+    dsa = {k: v for k, v in {"topk": args.dsa_topk, "granularity": args.dsa_granularity}.items()
+           if v is not None}
+    return TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,
+                       seed=args.seed, attention=args.attention,
+                       dsa_warmup_steps=args.dsa_warmup_steps, dsa=dsa, optim=optim,
+                       dtype=args.dtype, recompute=args.recompute, save_every=args.save_every,
+                       keep=args.keep, data=data, init_from=args.init_from)
+
+
+def _run(cfg, run_dir: str, force: bool, workers: int) -> int:
+    from jobs.steps.train_loop import flush_print, train
+
+    summary = train(cfg, Path(run_dir), force=force, workers=workers, log=flush_print)
+    done = len(summary["losses"])
+    flush_print(f"train: {done} steps run now (from step {summary['start_step']}) of {cfg.steps}; "
+                f"metrics in {Path(run_dir) / 'metrics.jsonl'}, checkpoints in "
+                f"{Path(run_dir) / 'checkpoints'}")
+    return 0
+
+
+def run_train(args) -> int:
+    return _run(config_from_args(args), args.run, args.force, args.workers)
+
+
+def run_resume(args) -> int:
+    from jobs.steps.train_loop import stored_config
+
+    return _run(stored_config(Path(args.run)), args.run, False, args.workers)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train the VLM on packed sequences (resumes by itself)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--run", required=True, help="run folder: checkpoints, metrics.jsonl, tensorboard")
+    p.add_argument("--data", help="dataset folder written by preprocess")
+    p.add_argument("--packs", help="pack plan (packs.parquet or its folder)")
+    p.add_argument("--tokenizer", help="the tokenizer.json the dataset was made with")
+    p.add_argument("--synthetic", type=int, metavar="N", help="train on N synthetic packs instead")
+    p.add_argument("--seq-len", type=int, default=4096, help="tokens per synthetic pack")
+    p.add_argument("--preset", default="tiny", help="tiny | small | keye-30b-a3b")
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--attention", choices=["dense", "dsa"], default="dense")
+    p.add_argument("--dsa-warmup-steps", type=int, default=0,
+                   help="with --attention dsa: steps that train only the indexer on dense attention")
+    p.add_argument("--dsa-topk", type=int)
+    p.add_argument("--dsa-granularity", choices=["token", "block"])
+    p.add_argument("--lr", type=float)
+    p.add_argument("--min-lr", type=float)
+    p.add_argument("--lr-warmup-steps", type=int)
+    p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
+    p.add_argument("--recompute", action="store_true", help="recompute layer activations in backward")
+    p.add_argument("--save-every", type=int, default=10, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--keep", type=int, default=2, help="checkpoints to keep")
+    p.add_argument("--init-from", help="a checkpoint folder (iter_NNNNNNN) to take model weights from")
+    p.add_argument("--force", action="store_true", help="start over when the run folder holds another config")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="data loader processes")
+    p.set_defaults(func=run_train)
+    r = sub.add_parser("resume", help="continue a training run with its stored config")
+    r.add_argument("run", help="the run folder")
+    r.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="data loader processes")
+    r.set_defaults(func=run_resume)

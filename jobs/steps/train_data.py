@@ -1,0 +1,97 @@
+"""Which pack each training step reads, and where packs come from.
+
+The data cursor is the step: step s on data-parallel rank r reads global item s*dp + r of an
+endless sequence of epochs, each a seeded permutation of the packs. A checkpoint at step s
+therefore resumes the data exactly, with no loader state beyond the step and the seed.
+
+Packs come from the pack plan and dataset (shards.loader.PackDataset), or are synthetic: packs
+made through the loader's own `assemble` (so the batch contract holds) from seeded random text
+and pixels, for tests and benchmarks that need a given sequence length without a dataset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+def pack_order(num_packs: int, seed: int, first_item: int, count: int) -> list[int]:
+    """Pack indices of global items first_item .. first_item+count-1."""
+    out, perms = [], {}
+    for g in range(first_item, first_item + count):
+        epoch, i = divmod(g, num_packs)
+        if epoch not in perms:
+            perms[epoch] = np.random.default_rng([seed, epoch]).permutation(num_packs)
+        out.append(int(perms[epoch][i]))
+    return out
+
+
+@dataclass(frozen=True)
+class SyntheticSpec:
+    packs: int
+    seq_len: int  # tokens per pack (approximately: whole documents)
+    vocab: int
+    vision_token_id: int
+    seed: int = 0
+    video_fraction: float = 0.75  # share of each document given to vision tokens
+    docs_per_pack: int = 2
+    grid: tuple[int, int] = (8, 8)  # merged rows x cols of every synthetic video
+
+
+class SyntheticPacks(Dataset):
+    """Item i: a pack of `docs_per_pack` documents, each a video and an answer the model can
+    learn (an arithmetic progression of token ids), deterministic in (seed, i)."""
+
+    def __init__(self, spec: SyntheticSpec):
+        self.spec = spec
+
+    def __len__(self) -> int:
+        return self.spec.packs
+
+    def __getitem__(self, i: int):
+        from shards.batch import Document, assemble
+
+        s = self.spec
+        rng = np.random.default_rng([s.seed, int(i)])
+        per_doc = s.seq_len // s.docs_per_pack
+        rows, cols = s.grid
+        groups = max(1, int(per_doc * s.video_fraction) // (rows * cols))
+        n_text = max(4, per_doc - groups * rows * cols)
+        docs, n_vision = [], 0
+        low = s.vision_token_id + 1
+        for d in range(s.docs_per_pack):
+            start = int(rng.integers(low, max(low + 1, s.vocab - n_text)))
+            text = (np.arange(n_text) % (s.vocab - low) + start - low) % (s.vocab - low) + low
+            docs.append(Document(key=f"syn{i}_{d}", text=text.astype(np.int64), vision_at=2,
+                                 loss_spans=((2, n_text),), grid=(groups, rows, cols),
+                                 times=np.arange(groups, dtype=np.float64)))
+            n_vision += groups * rows * cols
+        patches = torch.from_numpy(rng.integers(0, 256, size=(4 * n_vision, 2 * 14 * 14 * 3),
+                                                dtype=np.uint8))
+        return assemble(docs, patches, vision_token_id=s.vision_token_id, pack_index=int(i))
+
+
+class _Ordered(Dataset):
+    def __init__(self, packs: Dataset, order: list[int]):
+        self.packs, self.order = packs, order
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, j: int):
+        return self.packs[self.order[j]]
+
+
+def batches(packs: Dataset, seed: int, start_step: int, steps: int, rank: int, world: int,
+            workers: int = 0):
+    """An iterator over this rank's packs for steps start_step .. steps-1 (prefetched by
+    `workers` DataLoader processes)."""
+    n = steps - start_step
+    order = [pack_order(len(packs), seed, s * world + rank, 1)[0] for s in range(start_step, steps)]
+    if n <= 0:
+        return iter(())
+    return iter(DataLoader(_Ordered(packs, order), batch_size=None, shuffle=False,
+                           num_workers=workers, persistent_workers=False,
+                           prefetch_factor=2 if workers else None))

@@ -1,0 +1,213 @@
+"""The training loop: resume from the latest checkpoint, train to `steps`, checkpoint and log.
+
+Training is a loop, not units, so it has its own resumability (jobs/checkpoint.py) next to the
+job runtime's ideas: one run per folder (FolderLock, rank 0), the run's config stored and a
+changed config refused unless forced, and every step's metrics logged once (jobs/steps/
+train_metrics.py). Stage changes of DSA (dense warm-up of the indexer, then sparse) happen at
+configured steps: the trainable set changes, so the trainer is rebuilt around a copy of the
+model (see model/training.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from jobs.atomic import atomic_write_bytes
+from jobs.checkpoint import Checkpoints
+from jobs.job import config_hash
+from jobs.lock import FolderLock
+from jobs.runtime import ConfigMismatch
+from jobs.steps.train_metrics import METRICS_FILE, MetricsLog
+
+STATE_DIR = Path(".longshot") / "train"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines the numbers of a run (hashed; a change needs --force)."""
+
+    preset: str = "tiny"
+    model_overrides: dict = field(default_factory=dict)  # e.g. vocab, vision_token_id, attention
+    steps: int = 20
+    seed: int = 1234
+    attention: str = "dense"  # dense | dsa
+    dsa_warmup_steps: int = 0  # with dsa: steps [0, W) train the indexer alone on dense attention
+    dsa: dict = field(default_factory=dict)  # DSASettings overrides: topk, granularity, block_q
+    optim: dict = field(default_factory=dict)  # OptimSettings overrides
+    dtype: str = "auto"  # auto = bf16 on a GPU, fp32 on the CPU
+    recompute: bool = False
+    save_every: int = 10
+    keep: int = 2
+    data: dict = field(default_factory=dict)  # {"plan", "dataset"} or {"synthetic": SyntheticSpec fields}
+    init_from: str | None = None  # a checkpoint folder of another run: model weights only
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def stage_at(self, step: int) -> str:
+        if self.attention == "dense":
+            return "dense"
+        return "warmup" if step < self.dsa_warmup_steps else "sparse"
+
+
+def _rank_world() -> tuple[int, int]:
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def check_run_config(run_dir: Path, cfg: TrainConfig, force: bool) -> None:
+    """Like the job runtime's check: a folder holds one run's config; another needs --force,
+    which deletes that run's checkpoints and metrics (and nothing else)."""
+    meta_path = run_dir / STATE_DIR / "job.json"
+    meta = {"job": "train", "config": cfg.to_dict(), "config_hash": config_hash(cfg.to_dict())}
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old["config_hash"] == meta["config_hash"]:
+            return
+        if not force:
+            changed = sorted(k for k in set(old["config"]) | set(meta["config"])
+                             if old["config"].get(k) != meta["config"].get(k))
+            raise ConfigMismatch(
+                f"{run_dir} holds a training run made with another config (changed: "
+                f"{', '.join(changed)}). Its checkpoints are kept. To start over with the new "
+                "config, run again with --force; or choose another run folder.")
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+    atomic_write_bytes(meta_path, json.dumps(meta, sort_keys=True, indent=1, default=str).encode())
+
+
+def stored_config(run_dir: Path) -> TrainConfig:
+    meta_path = Path(run_dir) / STATE_DIR / "job.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{run_dir} holds no training run to resume (no {meta_path})")
+    return TrainConfig(**json.loads(meta_path.read_text())["config"])
+
+
+class _Session:
+    """Model, trainer and data of one process of a run."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, workers: int):
+        from model import megatron_compat
+        from model.attention import CoreChoice
+        from model.build import BuildOptions, init_megatron
+        from model.config import DSASettings
+        from model.presets import preset
+
+        self.cfg, self.run_dir, self.workers = cfg, run_dir, workers
+        self.on_gpu = not megatron_compat.needed()
+        self.pg = init_megatron(seed=cfg.seed)
+        self.rank, self.world = _rank_world()
+        base = preset(cfg.preset, **cfg.model_overrides)
+        dsa = DSASettings(**{**asdict(base.lm.dsa), **cfg.dsa})
+        self.model_cfg = base.with_overrides(dsa=dsa, attention=cfg.attention)
+        dtype = {"auto": torch.bfloat16 if self.on_gpu else torch.float32,
+                 "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
+        self.opts = BuildOptions(dtype=dtype, recompute=cfg.recompute)
+        self.core = CoreChoice()
+        self.ckpts = Checkpoints(run_dir, keep=cfg.keep)
+
+    def build_trainer(self, stage: str, weights_from=None):
+        from model.build import build_vlm
+        from model.training import OptimSettings, Trainer, configure_core
+
+        configure_core(self.core, stage, self.model_cfg.lm.dsa, self.on_gpu)
+        model = build_vlm(self.model_cfg, self.pg, self.core, self.opts)
+        if weights_from is not None:
+            model.load_state_dict(weights_from.state_dict())
+        return Trainer(model, OptimSettings(**self.cfg.optim), self.cfg.steps, stage, self.pg)
+
+    def packs(self):
+        from jobs.steps.train_data import SyntheticPacks, SyntheticSpec
+
+        data = self.cfg.data
+        if "synthetic" in data:
+            spec = dict(data["synthetic"])
+            spec.setdefault("vocab", self.model_cfg.lm.vocab)
+            spec.setdefault("vision_token_id", self.model_cfg.vision_token_id)
+            return SyntheticPacks(SyntheticSpec(**spec))
+        from shards.loader import PackDataset
+
+        return PackDataset(data["plan"], data["dataset"], vision_token_id=self.model_cfg.vision_token_id)
+
+
+def train(cfg: TrainConfig, run_dir: Path, *, force: bool = False, workers: int = 0,
+          log=print) -> dict:
+    """Run (or resume) training in `run_dir`; returns a summary of this invocation."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    lock = FolderLock(run_dir).acquire() if rank0 else None
+    try:
+        if rank0:
+            check_run_config(run_dir, cfg, force)
+        return _train(cfg, run_dir, workers, log, rank0)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool) -> dict:
+    from jobs.steps.train_data import batches
+
+    s = _Session(cfg, run_dir, workers)
+    start = s.ckpts.latest() or 0
+    # The checkpoint at `start` was written by the trainer of step start-1's stage.
+    trainer = s.build_trainer(cfg.stage_at(start - 1 if start else 0))
+    if start:
+        loaded, state = s.ckpts.load(start, trainer.sharded_state_dict(is_loading=True))
+        trainer.load(loaded)
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        log(f"resumed from {s.ckpts.path(start)} (step {start}, stage {trainer.stage})")
+    elif cfg.init_from:
+        weights = s.ckpts.load_model_only(Path(cfg.init_from), trainer.model.sharded_state_dict())
+        trainer.model.load_state_dict(weights)
+        log(f"initialised the model from {cfg.init_from}")
+    metrics = MetricsLog(run_dir, start, enabled=rank0)
+    device = next(trainer.model.parameters()).device
+    data = batches(s.packs(), cfg.seed, start, cfg.steps, s.rank, s.world, workers)
+    summary = {"start_step": start, "steps": cfg.steps, "losses": []}
+    try:
+        for step in range(start, cfg.steps):
+            stage = cfg.stage_at(step)
+            if stage != trainer.stage:
+                log(f"step {step}: DSA stage {trainer.stage} -> {stage}")
+                trainer = s.build_trainer(stage, weights_from=trainer.model)
+            batch = next(data).to(device)
+            if s.on_gpu:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            res = trainer.step(batch)
+            if s.on_gpu:
+                torch.cuda.synchronize()
+            dt = time.perf_counter() - t0
+            tokens = batch.num_tokens * s.world
+            rec = {"loss": res.loss, "ce": res.ce, "aux": res.aux, "indexer": res.indexer,
+                   "grad_norm": res.grad_norm, "lr": res.lr, "stage": stage, "tokens": tokens,
+                   "tokens_per_s": tokens / dt, "step_time_s": dt, "skipped": res.skipped}
+            if s.on_gpu:
+                rec["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            metrics.log(step + 1, rec)
+            summary["losses"].append(res.loss)
+            if rank0:
+                log(f"step {step + 1}/{cfg.steps} loss {res.loss:.4f} (ce {res.ce:.4f} aux "
+                    f"{res.aux:.4f} idx {res.indexer:.4f}) | {tokens / dt:,.0f} tok/s | "
+                    f"{dt:.3f} s/step | lr {res.lr:.2e} | {stage}")
+            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+                s.ckpts.save(step + 1, trainer.sharded_state_dict(),
+                             {"step": step + 1, "scheduler": trainer.scheduler.state_dict(),
+                              "stage": stage, "config": cfg.to_dict()})
+    finally:
+        metrics.close()
+    return summary
+
+
+def flush_print(msg: str) -> None:
+    print(msg, file=sys.stdout, flush=True)
