@@ -1,0 +1,104 @@
+"""dsa_attention: the entry a model layer calls (packed documents, GQA, autograd).
+
+    out, indexer_loss = dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu_seqlens, cfg)
+
+q [T, Hq, D], k/v [T, Hkv, D], q_idx [T, H_I, d_I], k_idx [T, d_I], w_idx [T, H_I], cu_seqlens
+int32 [n_docs + 1]. A query sees only keys at or before itself in its own document.
+
+stage ``warmup``: out is dense causal attention; indexer_loss = mean_t KL(p_t || softmax I_t) over
+  every visible key, p_t the head-mean attention distribution.
+stage ``sparse``: keys are selected by the indexer (no gradient: top-k is a hard choice), out is
+  attention over them, and indexer_loss is the same KL over each query's attended set.
+
+What is detached, in both stages: the KL's target p_t is computed from q and k without gradient,
+so indexer_loss trains only what produced q_idx, k_idx and w_idx, and out's gradient reaches only
+q, k and v. DSA cannot see the hidden state h that the indexer projects: in sparse training the
+model must pass q_idx, k_idx, w_idx computed from h.detach() so that the indexer loss does not
+reach the backbone (DeepSeek-V3.2's rule). In the warm-up the model freezes all but the indexer.
+
+Backends: ``set_backend("triton" | "reference")`` picks the module-wide default; the ``backend``
+argument overrides it per call. The reference (reference.py) is plain chunked PyTorch.
+
+Context parallelism: ``dsa_attention_rows`` takes a chunk of query rows given by global position
+and document start against the whole (all-gathered) key table; see plan.py for the block rule.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import reference as ref
+from .config import DSAConfig
+from .functions import IndexerKL, SparseAttention
+from .plan import Plan, build_plan, doc_starts_from_cu_seqlens
+from .select import select
+
+_BACKEND = "triton"
+
+
+def set_backend(name: str) -> None:
+    """Module-wide default backend: ``triton`` (kernels) or ``reference`` (plain PyTorch)."""
+    global _BACKEND
+    if name not in ("triton", "reference"):
+        raise ValueError(f"backend must be 'triton' or 'reference', got {name!r}")
+    _BACKEND = name
+
+
+def get_backend() -> str:
+    return _BACKEND
+
+
+def _check(q, k, v, q_idx, k_idx, w_idx, cfg: DSAConfig) -> None:
+    tq, hq, d = q.shape
+    if k.shape != v.shape or k.shape[2] != d or hq % k.shape[1]:
+        raise ValueError(f"need k, v [Tk, Hkv, D] with Hq % Hkv == 0; got q {tuple(q.shape)} k {tuple(k.shape)}")
+    if q_idx.shape != (tq, cfg.index_heads, cfg.index_dim):
+        raise ValueError(f"q_idx must be [T, {cfg.index_heads}, {cfg.index_dim}], got {tuple(q_idx.shape)}")
+    if k_idx.shape != (k.shape[0], cfg.index_dim) or w_idx.shape != (tq, cfg.index_heads):
+        raise ValueError(f"k_idx must be [Tk, d_I] and w_idx [T, H_I]; got {tuple(k_idx.shape)}, {tuple(w_idx.shape)}")
+
+
+def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfig, softmax_scale=None,
+                       backend: str | None = None, sel=None):
+    """DSA for query rows at global positions q_pos (sorted) with document starts q_doc.
+
+    k, v, k_idx are the global key table (row = global position). Returns (out, loss, aux) with
+    aux = dict(plan=..., sel=..., sel_n=...) for callers that reuse the selection (tests, CP).
+    ``sel`` (with its counts, as (sel, sel_n)) overrides the selection.
+    """
+    _check(q, k, v, q_idx, k_idx, w_idx, cfg)
+    backend = backend or _BACKEND
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    dense = cfg.stage == "warmup"
+    plan = build_plan(q_pos, q_doc, cfg, dense)
+    sel_n = None
+    if not dense:
+        if sel is not None:
+            sel, sel_n = sel
+        elif backend == "triton":
+            sel, sel_n = select(q_idx.detach(), k_idx.detach(), w_idx.detach(), plan, cfg)
+        else:
+            sel, sel_n = ref.select(q_idx.detach(), k_idx.detach(), w_idx.detach(), plan, cfg)
+    aux = dict(plan=plan, sel=sel, sel_n=sel_n)
+    if backend == "reference":
+        out, loss = ref.attention_and_kl(q, k, v, q_idx, k_idx, w_idx, plan, sel, scale)
+        return out, loss, aux
+    token = cfg.granularity == "token" and not dense
+    out, lse = SparseAttention.apply(q, k, v, plan, sel, sel_n, scale, token)
+    loss = IndexerKL.apply(q_idx, k_idx, w_idx, q.detach(), k.detach(), lse.detach(), plan, sel, sel_n, scale,
+                           token)
+    return out, loss, aux
+
+
+def dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, softmax_scale=None,
+                  backend: str | None = None):
+    """(out [T, Hq, D], indexer_loss scalar float32) for a packed sequence; see the module docstring."""
+    t = q.shape[0]
+    q_doc = doc_starts_from_cu_seqlens(cu_seqlens.to(q.device), t)
+    q_pos = torch.arange(t, device=q.device, dtype=torch.int32)
+    out, loss, _ = dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg, softmax_scale, backend)
+    return out, loss
+
+
+__all__ = ["dsa_attention", "dsa_attention_rows", "set_backend", "get_backend", "Plan"]

@@ -1,0 +1,1 @@
+"""Triton kernels of DSA for GQA. Each module holds one kernel family and its launcher."""

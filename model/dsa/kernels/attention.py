@@ -1,0 +1,257 @@
+"""Sparse (and dense) attention over an owner's keys with GQA: forward and backward.
+
+One program serves one owner (a query, or a block of B_q queries), one KV head and HPP of its
+query heads: QB x HPP query rows that share every key tile it loads. In ``block`` mode that is
+64 queries x 2 heads = 128 rows per gathered key tile (the tile is reused across the block, which
+is the point of block selection); in ``token`` mode 1 query x the G heads of the KV group (padded
+to 16 rows, the smallest tl.dot), so each gathered 256-byte key row feeds every head of its group.
+
+Keys come from two sources, walked as one loop of BN-key tiles: the owner's selected list
+(gathered rows of the global key table, -1 padded) and a contiguous range (the block's own keys,
+or the whole document before the block in the dense warm-up). Every key is also masked by
+key <= query position, so queries given by global position (context parallel chunks) work.
+
+Backward recomputes P from the saved log-sum-exp, writes dQ directly (each query row belongs to
+one program) and adds dK, dV into float32 buffers with atomics: a key may be selected by many
+owners, and atomics were the variant that could be made correct first. Sums in dK, dV are thus
+not bitwise deterministic.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .common import ieee, next_pow2
+
+
+@triton.jit
+def _tile_keys(t, nt_sel, SEL, sel_row, n_sel, lo, hi, BN: tl.constexpr):
+    """Key indices and validity of tile t: list tiles first, then the contiguous range."""
+    offs = tl.arange(0, BN)
+    if t < nt_sel:
+        p = t * BN + offs
+        km = p < n_sel
+        kidx = tl.load(SEL + sel_row + p, mask=km, other=0)
+    else:
+        kidx = lo + (t - nt_sel) * BN + offs
+        km = kidx < hi
+    return kidx, km
+
+
+
+@triton.jit
+def _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_kt, s_kh, s_vt, s_vh,
+              prec: tl.constexpr):
+    """One online-softmax step over a tile of BN keys (rows kidx of the global key table)."""
+    kofs = kidx.to(tl.int64)
+    kt = tl.load(K + kofs[None, :] * s_kt + hk * s_kh + dd[:, None], mask=km[None, :] & dm[:, None], other=0.0)
+    vv = tl.load(V + kofs[:, None] * s_vt + hk * s_vh + dd[None, :], mask=km[:, None] & dm[None, :], other=0.0)
+    s = tl.dot(q, kt, input_precision=prec) * scale_log2
+    ok = km[None, :] & (kidx[None, :] <= pos[:, None])
+    s = tl.where(ok, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(vv.dtype), vv, input_precision=prec)
+    return m_new, l_i, acc
+
+
+@triton.jit
+def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale, scale_log2,
+              s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr):
+    """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV with atomics."""
+    kofs = kidx.to(tl.int64)
+    cm = km[:, None] & dm[None, :]
+    kk = tl.load(K + kofs[:, None] * s_kt + hk * s_kh + dd[None, :], mask=cm, other=0.0)
+    vv = tl.load(V + kofs[:, None] * s_vt + hk * s_vh + dd[None, :], mask=cm, other=0.0)
+    s = tl.dot(q, tl.trans(kk), input_precision=prec) * scale_log2
+    ok = rv[:, None] & km[None, :] & (kidx[None, :] <= pos[:, None])
+    p = tl.where(ok, tl.exp2(s - lse2[:, None]), 0.0)
+    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec)
+    dp = tl.dot(do, tl.trans(vv), input_precision=prec)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(kk.dtype), kk, input_precision=prec)
+    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale
+    tl.atomic_add(DK + kofs[:, None] * s_dkt + hk * s_dkh + dd[None, :], dk, mask=cm, sem="relaxed")
+    tl.atomic_add(DV + kofs[:, None] * s_dkt + hk * s_dkh + dd[None, :], dv, mask=cm, sem="relaxed")
+    return dq
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE, QPOS, own_q0, own_nq, SEL, SEL_N, rng_lo, rng_hi,
+    scale_log2, G,
+    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, stride_sel,
+    HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
+    BN: tl.constexpr, IEEE: tl.constexpr,
+):
+    o = tl.program_id(0)
+    hk = tl.program_id(1)
+    hg = tl.program_id(2)
+    prec: tl.constexpr = "ieee" if IEEE else "tf32"
+    q0 = tl.load(own_q0 + o)
+    nq = tl.load(own_nq + o)
+    r = tl.arange(0, QB * HPP)
+    qi = r // HPP
+    hh = hg * HPP + r % HPP
+    rv = (qi < nq) & (hh < G)
+    qrow = (q0 + qi).to(tl.int64)
+    head = hk * G + hh
+    pos = tl.load(QPOS + qrow, mask=rv, other=-1)
+    dd = tl.arange(0, DP)
+    dm = dd < D
+    q = tl.load(Q + qrow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
+                mask=rv[:, None] & dm[None, :], other=0.0)
+    m_i = tl.full([QB * HPP], -1.0e30, tl.float32)
+    l_i = tl.zeros([QB * HPP], tl.float32)
+    acc = tl.zeros([QB * HPP, DP], tl.float32)
+    n_sel = 0
+    if HAS_SEL:
+        n_sel = tl.load(SEL_N + o)
+    lo = tl.load(rng_lo + o)
+    hi = tl.load(rng_hi + o)
+    sel_row = o.to(tl.int64) * stride_sel
+    offs = tl.arange(0, BN)
+    for j in range(0, n_sel, BN):  # the selected list: gathered key rows
+        km = j + offs < n_sel
+        kidx = tl.load(SEL + sel_row + j + offs, mask=km, other=0)
+        m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
+                                  s_kt, s_kh, s_vt, s_vh, prec)
+    for j in range(lo, hi, BN):  # the contiguous range: the block's own keys, or the dense prefix
+        kidx = j + offs
+        km = kidx < hi
+        m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
+                                  s_kt, s_kh, s_vt, s_vh, prec)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    tl.store(O + qrow[:, None] * s_ot + head[:, None] * s_oh + dd[None, :], out.to(O.dtype.element_ty),
+             mask=rv[:, None] & dm[None, :])
+    lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453
+    tl.store(LSE + qrow * s_lt + head, lse, mask=rv)
+
+
+@triton.jit
+def _attn_bwd_kernel(
+    Q, K, V, DO, LSE, DELTA, DQ, DK, DV, QPOS, own_q0, own_nq, SEL, SEL_N, rng_lo, rng_hi,
+    sm_scale, scale_log2, G,
+    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_dot, s_doh, s_lt, s_dqt, s_dqh, s_dkt, s_dkh, stride_sel,
+    HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
+    BN: tl.constexpr, IEEE: tl.constexpr,
+):
+    o = tl.program_id(0)
+    hk = tl.program_id(1)
+    hg = tl.program_id(2)
+    prec: tl.constexpr = "ieee" if IEEE else "tf32"
+    q0 = tl.load(own_q0 + o)
+    nq = tl.load(own_nq + o)
+    r = tl.arange(0, QB * HPP)
+    qi = r // HPP
+    hh = hg * HPP + r % HPP
+    rv = (qi < nq) & (hh < G)
+    qrow = (q0 + qi).to(tl.int64)
+    head = hk * G + hh
+    pos = tl.load(QPOS + qrow, mask=rv, other=-1)
+    dd = tl.arange(0, DP)
+    dm = dd < D
+    rm = rv[:, None] & dm[None, :]
+    q = tl.load(Q + qrow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :], mask=rm, other=0.0)
+    do = tl.load(DO + qrow[:, None] * s_dot + head[:, None] * s_doh + dd[None, :], mask=rm, other=0.0)
+    lse2 = tl.load(LSE + qrow * s_lt + head, mask=rv, other=0.0) * 1.4426950408889634
+    delta = tl.load(DELTA + qrow * s_lt + head, mask=rv, other=0.0)
+    dq = tl.zeros([QB * HPP, DP], tl.float32)
+    n_sel = 0
+    if HAS_SEL:
+        n_sel = tl.load(SEL_N + o)
+    lo = tl.load(rng_lo + o)
+    hi = tl.load(rng_hi + o)
+    sel_row = o.to(tl.int64) * stride_sel
+    offs = tl.arange(0, BN)
+    for j in range(0, n_sel, BN):
+        km = j + offs < n_sel
+        kidx = tl.load(SEL + sel_row + j + offs, mask=km, other=0)
+        dq = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale, scale_log2,
+                       s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec)
+    for j in range(lo, hi, BN):
+        kidx = j + offs
+        km = kidx < hi
+        dq = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale, scale_log2,
+                       s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec)
+    tl.store(DQ + qrow[:, None] * s_dqt + head[:, None] * s_dqh + dd[None, :],
+             (dq * sm_scale).to(DQ.dtype.element_ty), mask=rm)
+
+
+# Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them.
+FWD_CONFIG = {"block": (64, 8, 3), "token": (64, 4, 2)}  # H100 sweep, 2026-11-24
+BWD_CONFIG = {"block": (64, 8, 1), "token": (32, 4, 2)}
+
+
+def launch_shape(max_nq: int, g: int, token: bool):
+    """(QB, HPP): queries and heads per program, QB*HPP >= 16 rows and about 128 in block mode."""
+    if token:
+        return 1, max(16, next_pow2(g))
+    qb = next_pow2(max_nq)
+    hpp = max(1, min(next_pow2(g), 128 // qb))
+    hpp = max(hpp, 16 // qb)
+    return qb, hpp
+
+
+def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
+             num_warps: int | None = None, num_stages: int | None = None):
+    c = FWD_CONFIG["token" if token else "block"]
+    block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
+    tq, hq, d = q.shape
+    hkv = k.shape[1]
+    g = hq // hkv
+    qb, hpp = launch_shape(plan.max_nq, g, token)
+    out = torch.empty_like(q)
+    lse = torch.empty((tq, hq), dtype=torch.float32, device=q.device)
+    has_sel = sel is not None
+    sel_t = sel if has_sel else plan.own_q0
+    sel_n_t = sel_n if has_sel else plan.own_q0
+    grid = (plan.n_owners, hkv, triton.cdiv(g, hpp))
+    _attn_fwd_kernel[grid](
+        q, k, v, out, lse, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t, plan.rng_lo, plan.rng_hi,
+        scale * 1.4426950408889634, g,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), lse.stride(0), sel_t.stride(0) if has_sel else 0,
+        HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n, IEEE=ieee(q),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return out, lse
+
+
+def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
+             num_warps: int | None = None, num_stages: int | None = None):
+    c = BWD_CONFIG["token" if token else "block"]
+    block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
+    tq, hq, d = q.shape
+    hkv = k.shape[1]
+    g = hq // hkv
+    qb, hpp = launch_shape(plan.max_nq, g, token)
+    dout = dout.contiguous()
+    delta = (dout.float() * out.float()).sum(-1)  # [Tq, Hq], rowsum(dO * O)
+    dq = torch.empty_like(q)
+    dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
+    dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+    has_sel = sel is not None
+    sel_t = sel if has_sel else plan.own_q0
+    sel_n_t = sel_n if has_sel else plan.own_q0
+    grid = (plan.n_owners, hkv, triton.cdiv(g, hpp))
+    _attn_bwd_kernel[grid](
+        q, k, v, dout, lse, delta, dq, dk, dv, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
+        plan.rng_lo, plan.rng_hi, scale, scale * 1.4426950408889634, g,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        dout.stride(0), dout.stride(1), lse.stride(0), dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1),
+        sel_t.stride(0) if has_sel else 0,
+        HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n, IEEE=ieee(q),
+        num_warps=num_warps, num_stages=num_stages,
+    )
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
+def default_scale(d: int) -> float:
+    return 1.0 / math.sqrt(d)

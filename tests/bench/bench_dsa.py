@@ -1,0 +1,458 @@
+"""DSA for GQA on one GPU: correctness at 32K against the reference, then the benchmark, in one run.
+
+    PYTHONUNBUFFERED=1 python tests/bench/bench_dsa.py [--sizes 8192,32768,131072,262144] [--out DIR]
+    python tests/bench/bench_dsa.py --quality        # selection quality on the CPU, no GPU needed
+
+Shapes: one document of T tokens, 32 query heads, 4 KV heads, head dim 128, indexer 8 x 128,
+k = 2048, B_q = 64, bf16. Reports, per size: each kernel's time, bytes and TFLOP/s; the whole layer
+(sparse stage) forward and forward+backward in both modes; torch SDPA (dense, causal, GQA) on the
+same shapes; the token mode's memory-traffic floor; activation memory. Prints a markdown table last
+and writes it (and a JSON) under --out. Every section runs even if an earlier one fails.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from model.dsa import DSAConfig, dsa_attention_rows  # noqa: E402
+from model.dsa import reference as ref  # noqa: E402
+from model.dsa.kernels import attention as attn_mod  # noqa: E402
+from model.dsa.kernels import index_scores as scores_mod  # noqa: E402
+from model.dsa.kernels.attention import attn_bwd, attn_fwd  # noqa: E402
+from model.dsa.kernels.index_scores import owner_scores  # noqa: E402
+from model.dsa.kernels.indexer_kl import indexer_kl  # noqa: E402
+from model.dsa.plan import build_plan  # noqa: E402
+from model.dsa.select import select  # noqa: E402
+
+HQ, HKV, D, HI, DI, K, BQ = 32, 4, 128, 8, 128, 2048, 64
+ROWS: list[dict] = []
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def timeit(fn, min_total=0.6, max_reps=10):
+    """Median seconds of fn() over CUDA events after one warm-up call."""
+    fn()
+    torch.cuda.synchronize()
+    ts = []
+    t_start = time.time()
+    while len(ts) < max_reps and (len(ts) < 2 or time.time() - t_start < min_total):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+        if ts[-1] > 2.0 and len(ts) >= 2:
+            break
+    return statistics.median(ts)
+
+
+def row(size, what, sec, flop=None, nbytes=None, note=""):
+    r = dict(T=size, what=what, ms=sec * 1e3, tflops=(flop / sec / 1e12) if flop else None,
+             gbytes=(nbytes / 1e9) if nbytes else None, tbps=(nbytes / sec / 1e12) if nbytes else None, note=note)
+    ROWS.append(r)
+    tf = f"{r['tflops']:.1f} TFLOP/s" if flop else ""
+    bw = f"{r['gbytes']:.1f} GB {r['tbps']:.2f} TB/s" if nbytes else ""
+    log(f"  T={size:>7} {what:<34} {sec * 1e3:10.2f} ms  {tf:>16} {bw:>22} {note}")
+    return r
+
+
+def section(name, fn, *a):
+    log(f"== {name}")
+    try:
+        return fn(*a)
+    except Exception:  # noqa: BLE001 - a failed section must not stop the others
+        log(traceback.format_exc())
+        ROWS.append(dict(T=0, what=f"FAILED {name}", ms=float("nan"), note="see log"))
+        return None
+
+
+def inputs(t, dtype=torch.bfloat16, seed=0, grad=False):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device="cuda", dtype=dtype, generator=g)  # noqa: E731
+    x = dict(q=r(t, HQ, D), k=r(t, HKV, D), v=r(t, HKV, D), q_idx=r(t, HI, DI) * 0.3, k_idx=r(t, DI) * 0.3,
+             w_idx=r(t, HI) * 0.5)
+    if grad:
+        for v in x.values():
+            v.requires_grad_(True)
+    return x
+
+
+def ceilings():
+    n = 1 << 29  # 1 GiB of bf16... 2 bytes each
+    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    b = torch.empty_like(a)
+    s = timeit(lambda: b.copy_(a))
+    bw = 2 * a.numel() * 2 / s
+    row(0, "device copy (read+write)", s, nbytes=2 * a.numel() * 2)
+    m = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    s = timeit(lambda: m @ m)
+    row(0, "bf16 matmul 8192^3", s, flop=2 * 8192**3)
+    return bw
+
+
+def try_time(fn, **kw):
+    """timeit, or infinity if this launch config does not compile or run here."""
+    try:
+        return timeit(fn, **kw)
+    except Exception as e:  # noqa: BLE001
+        log(f"  config failed: {type(e).__name__}: {str(e)[:200]}")
+        return float("inf")
+
+
+def sweep(t=131072):
+    """Pick launch configs on this GPU (one document of T tokens) and install them as defaults."""
+    pos = torch.arange(t, dtype=torch.int32, device="cuda")
+    doc = torch.zeros(t, dtype=torch.int32, device="cuda")
+    x = inputs(t, seed=3)
+    scale = 1 / math.sqrt(D)
+    for gran in ("block", "token"):
+        token = gran == "token"
+        cfg = DSAConfig(topk=K, granularity=gran, block_q=BQ)
+        plan = build_plan(pos, doc, cfg, dense=False)
+        if not token:
+            best = None
+            for bn, nw, hd in ((64, 8, False), (128, 8, False), (64, 8, True), (128, 8, True), (64, 4, True)):
+                scores_mod.CONFIG.update(block_n=bn, num_warps=nw, head_dot=hd)
+                s = try_time(lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=4)
+                log(f"  sweep T={t} selection block_n={bn} warps={nw} head_dot={hd}: {s * 1e3:.2f} ms")
+                if best is None or s < best[0]:
+                    best = (s, dict(block_n=bn, num_warps=nw, head_dot=hd))
+            scores_mod.CONFIG.update(best[1])
+            ROWS.append(dict(T=t, what="sweep: index scores config", ms=best[0] * 1e3, note=str(best[1])))
+        sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
+        fwd_opts = [(64, 8, 2), (64, 8, 3), (128, 8, 2), (64, 4, 2)] if not token else \
+            [(64, 4, 2), (64, 4, 3), (128, 4, 2), (64, 8, 2)]
+        best = None
+        for c in fwd_opts:
+            s = try_time(lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token, *c), min_total=0.3,
+                       max_reps=4)
+            log(f"  sweep T={t} {gran} attn fwd (BN, warps, stages)={c}: {s * 1e3:.2f} ms")
+            if best is None or s < best[0]:
+                best = (s, c)
+        attn_mod.FWD_CONFIG[gran] = best[1]
+        ROWS.append(dict(T=t, what=f"sweep: {gran} attn fwd config", ms=best[0] * 1e3, note=str(best[1])))
+        out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token)
+        dout = torch.randn_like(out)
+        bwd_opts = [(64, 8, 2), (32, 8, 2), (64, 8, 1)] if not token else [(64, 4, 2), (32, 4, 2), (64, 8, 2)]
+        best = None
+        for c in bwd_opts:
+            s = try_time(lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, token, *c),
+                       min_total=0.3, max_reps=3)
+            log(f"  sweep T={t} {gran} attn bwd (BN, warps, stages)={c}: {s * 1e3:.2f} ms")
+            if best is None or s < best[0]:
+                best = (s, c)
+        attn_mod.BWD_CONFIG[gran] = best[1]
+        ROWS.append(dict(T=t, what=f"sweep: {gran} attn bwd config", ms=best[0] * 1e3, note=str(best[1])))
+        sel = sel_n = out = lse = dout = None
+    x = None
+    torch.cuda.empty_cache()
+
+
+def rel(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def correctness(t):
+    """Triton vs the reference at T tokens (bf16 inputs, reference in fp32), same selection."""
+    cu_docs = [0, t // 2 + 123, t]  # two documents, odd lengths
+    doc = torch.zeros(t, dtype=torch.int32, device="cuda")
+    doc[cu_docs[1]:] = cu_docs[1]
+    pos = torch.arange(t, dtype=torch.int32, device="cuda")
+    for gran, stage in (("block", "sparse"), ("token", "sparse"), ("block", "warmup")):
+        cfg = DSAConfig(topk=K, granularity=gran, block_q=BQ, stage=stage)
+        x = inputs(t, seed=1, grad=True)
+        names = ["q", "k", "v", "q_idx", "k_idx", "w_idx"]
+        args = [x[n] for n in names]
+        o1, l1, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton")
+        dout = torch.randn_like(o1)
+        g1 = torch.autograd.grad((o1.float() * dout.float()).sum() + 100 * l1, args)
+        msg = ""
+        sel = None
+        if stage == "sparse":
+            sel = (aux["sel"], aux["sel_n"])
+            rs, rn = ref.select(x["q_idx"].detach(), x["k_idx"].detach(), x["w_idx"].detach(), aux["plan"], cfg)
+            same = (rs == aux["sel"]).all(1).float().mean().item()
+            msg = f"identical selections {same:.4f}, counts equal {bool(torch.equal(rn, aux['sel_n']))}"
+        o2, l2, _ = dsa_attention_rows(*args, pos, doc, cfg, backend="reference", sel=sel)
+        g2 = torch.autograd.grad((o2.float() * dout.float()).sum() + 100 * l2, args)
+        errs = {n: rel(a, b) for n, a, b in zip(names, g1, g2)}
+        log(f"  {gran}/{stage} T={t}: out {rel(o1, o2):.2e} loss {l1.item():.6f} vs {l2.item():.6f} "
+            f"grads {', '.join(f'{n} {e:.2e}' for n, e in errs.items())} {msg}")
+        ok = rel(o1, o2) < 2e-2 and abs(l1.item() - l2.item()) < 2e-2 * abs(l2.item()) + 1e-3 and max(errs.values()) < 5e-2
+        ROWS.append(dict(T=t, what=f"correctness {gran}/{stage}", ms=float("nan"),
+                         note=f"{'PASS' if ok else 'FAIL'} out {rel(o1, o2):.1e} maxgrad {max(errs.values()):.1e} {msg}"))
+        o1 = o2 = g1 = g2 = x = args = None
+        torch.cuda.empty_cache()
+
+
+def attended(plan, sel_n, token):
+    """Total (query row, key) pairs attended, summed over query rows."""
+    nq = plan.own_nq.long()
+    if token:
+        return int(sel_n.long().sum())
+    own = plan.owner_of_row.long()
+    diag = plan.q_pos.long() - plan.rng_lo[own].long() + 1
+    return int((sel_n.long() * nq).sum() + diag.sum())
+
+
+def bench_size(t, bw):
+    pos = torch.arange(t, dtype=torch.int32, device="cuda")
+    doc = torch.zeros(t, dtype=torch.int32, device="cuda")
+    x = inputs(t)
+    scale = 1 / math.sqrt(D)
+    for gran in ("block", "token"):
+        token = gran == "token"
+        cfg = DSAConfig(topk=K, granularity=gran, block_q=BQ, stage="sparse")
+        plan = build_plan(pos, doc, cfg, dense=False)
+        cand = (plan.cand_hi - plan.cand_lo).long()
+        big = cand > K
+        # -- selection: scores only, then scores + top-k
+        s_sel = timeit(lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg))
+        sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
+        lo, hi = plan.cand_lo.cpu(), plan.cand_hi.cpu()
+        span = int(hi.max()) - int(lo.min())
+        rows_ = max(1, min(plan.n_owners, (1 << 30) // (4 * span)))
+        buf = torch.empty(rows_ * span, dtype=torch.float32, device="cuda")
+
+        def scores_only():
+            for o in range(0, plan.n_owners, rows_):
+                nr = min(rows_, plan.n_owners - o)
+                base = int(lo[o:o + nr].min())
+                width = max(1, int(hi[o:o + nr].max()) - base)
+                owner_scores(x["q_idx"], x["w_idx"], x["k_idx"], plan.own_q0, plan.own_nq, plan.cand_lo,
+                             plan.cand_hi, o, nr, base, width, buf[: nr * width].view(nr, width), K, token, True)
+        s_sc = timeit(scores_only)
+        pairs_sc = int((cand[big] * plan.own_nq[big].long()).sum())
+        sc_bytes = 4 * int(cand[big].sum())
+        row(t, f"{gran}: indexer scores", s_sc, flop=2 * HI * DI * pairs_sc, nbytes=sc_bytes,
+            note="bytes = scores written")
+        row(t, f"{gran}: top-k (select - scores)", max(s_sel - s_sc, 1e-9), nbytes=5 * sc_bytes,
+            note="bytes = 5 radix passes over the scores")
+        row(t, f"{gran}: selection total", s_sel)
+        buf = None
+        # -- attention kernels
+        npairs = attended(plan, sel_n, token)
+        fl_fwd = 4 * D * HQ * npairs
+        if token:
+            gather = npairs * HKV * D * 2 * 2  # K and V rows, once per query
+        else:
+            qb = 64
+            hpp = 2
+            gather = int(sel_n.long().sum()) * HKV * (HQ // HKV // hpp) * D * 2 * 2 + t * HKV * D * 2 * 2
+            qb = None
+        io = 2 * x["q"].numel() * 2  # read q, write out
+        s_f = timeit(lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token))
+        row(t, f"{gran}: sparse attn fwd", s_f, flop=fl_fwd, nbytes=gather + io,
+            note=f"{npairs / t:.0f} keys/query; bytes = K,V gathered (L2 hits incl.) + q,o")
+        out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token)
+        dout = torch.randn_like(out)
+        s_b = timeit(lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, token))
+        atom = gather // 2 * 2 * 2  # fp32 dK, dV adds: twice the bf16 row bytes each
+        row(t, f"{gran}: sparse attn bwd", s_b, flop=2.5 * fl_fwd, nbytes=gather + atom + 3 * io,
+            note="bytes = gathers + fp32 atomics + q,o,do,dq")
+        s_kl = timeit(lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,
+                                         sel_n, scale, token, True))
+        fl_kl = npairs * (2 * HQ * D + 4 * 2 * HI * DI)
+        row(t, f"{gran}: indexer KL (fwd+grads)", s_kl, flop=fl_kl)
+        out = lse = dout = None
+        # -- whole layer
+        xg = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}
+        args = [xg[n] for n in ("q", "k", "v", "q_idx", "k_idx", "w_idx")]
+
+        def fwd():
+            return dsa_attention_rows(*args, pos, doc, cfg, backend="triton")
+
+        def fwd_bwd():
+            o, loss, _ = fwd()
+            torch.autograd.backward([o, loss], [dout2, torch.ones_like(loss)])
+
+        dout2 = torch.randn_like(x["q"])
+        torch.cuda.reset_peak_memory_stats()
+        base_mem = torch.cuda.memory_allocated()
+        s_lf = timeit(fwd)
+        o_, l_, _ = fwd()
+        act = torch.cuda.memory_allocated() - base_mem
+        o_ = l_ = None
+        s_lfb = timeit(fwd_bwd)
+        peak = torch.cuda.max_memory_allocated() - base_mem
+        row(t, f"{gran}: DSA layer fwd", s_lf, note=f"saved activations {act / 2**30:.2f} GiB (incl. out)")
+        row(t, f"{gran}: DSA layer fwd+bwd", s_lfb, note=f"peak above inputs {peak / 2**30:.2f} GiB")
+        if token:
+            # memory-traffic floor: K,V gathers fwd + bwd, fp32 dK/dV scatter, KL gathers of K and k_I,
+            # scores written once and read once.
+            per_pair_fwd = HKV * D * 2 * 2 + HKV * D * 2 + 2 * DI * 2
+            score_bytes = 4 * int(cand.sum()) * 2
+            floor_f = (npairs * per_pair_fwd + score_bytes + 2 * x["q"].numel() * 2) / bw
+            floor_fb = floor_f + (npairs * (HKV * D * 2 * 2 + HKV * D * 4 * 2 * 2)) / bw
+            row(t, "token: memory floor fwd", floor_f, note=f"measured/floor {s_lf / floor_f:.2f}")
+            row(t, "token: memory floor fwd+bwd", floor_fb, note=f"measured/floor {s_lfb / floor_fb:.2f}")
+        xg = args = sel = sel_n = dout2 = None
+        torch.cuda.empty_cache()
+    # -- SDPA
+    qs = x["q"].transpose(0, 1).unsqueeze(0)
+    ks = x["k"].transpose(0, 1).unsqueeze(0)
+    vs = x["v"].transpose(0, 1).unsqueeze(0)
+    f = torch.nn.functional.scaled_dot_product_attention
+    fl = 4 * D * HQ * t * (t + 1) / 2
+    s = timeit(lambda: f(qs, ks, vs, is_causal=True, enable_gqa=True), max_reps=5)
+    row(t, "SDPA fwd (causal, GQA)", s, flop=fl)
+    qg, kg, vg = (z.detach().clone().requires_grad_(True) for z in (qs, ks, vs))
+    do = torch.randn_like(qs)
+
+    def sdpa_fb():
+        o = f(qg, kg, vg, is_causal=True, enable_gqa=True)
+        o.backward(do)
+    s = timeit(sdpa_fb, max_reps=4)
+    row(t, "SDPA fwd+bwd (causal, GQA)", s, flop=3.5 * fl)
+    qs = ks = vs = qg = kg = vg = do = x = None
+    torch.cuda.empty_cache()
+
+
+def summary(sizes):
+    by = {(r["T"], r["what"]): r for r in ROWS}
+    lines = []
+    for t in sizes:
+        sd_f, sd_fb = by.get((t, "SDPA fwd (causal, GQA)")), by.get((t, "SDPA fwd+bwd (causal, GQA)"))
+        for gran in ("block", "token"):
+            lf, lfb = by.get((t, f"{gran}: DSA layer fwd")), by.get((t, f"{gran}: DSA layer fwd+bwd"))
+            if lf and lfb and sd_f and sd_fb:
+                lines.append(f"T={t} {gran}: fwd {lf['ms']:.1f} ms ({sd_f['ms'] / lf['ms']:.2f}x SDPA), "
+                             f"fwd+bwd {lfb['ms']:.1f} ms ({sd_fb['ms'] / lfb['ms']:.2f}x SDPA)")
+    return lines
+
+
+def table(meta):
+    out = [f"GPU {meta['gpu']}, {meta['date']}, commit {meta['commit']}, torch {meta['torch']}, triton {meta['triton']}",
+           "", "| T | what | ms | TFLOP/s | GB | TB/s | note |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in ROWS:
+        tf = f"{r['tflops']:.1f}" if r.get("tflops") else ""
+        gb = f"{r['gbytes']:.1f}" if r.get("gbytes") else ""
+        tb = f"{r['tbps']:.2f}" if r.get("tbps") else ""
+        ms = "" if r["ms"] != r["ms"] else f"{r['ms']:.2f}"
+        out.append(f"| {r['T']} | {r['what']} | {ms} | {tf} | {gb} | {tb} | {r.get('note', '')} |")
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------- selection quality (CPU)
+def video_scores(t, frame, gen):
+    """Indexer-like logits with video structure: a local window (own and previous frame), a few
+    strong distant frames shared by nearby queries (per 512-query segment) and one per query,
+    key salience, and noise. Returns a function rows -> logits [len(rows), t] (causal not applied)."""
+    nf = (t + frame - 1) // frame
+    sal = torch.randn(t, generator=gen) * 0.5
+    seg_frames = torch.randint(0, nf, (t // 512 + 1, 3), generator=gen)
+    own_frame = torch.randint(0, nf, (t,), generator=gen)
+    kf = torch.arange(t) // frame
+
+    def logits(rows):
+        qf = rows // frame
+        x = torch.randn(len(rows), t, generator=gen) * 1.0 + sal[None, :]
+        x += 4.0 * ((kf[None, :] >= qf[:, None] - 1) & (kf[None, :] <= qf[:, None]))
+        sf = seg_frames[rows // 512]  # [r, 3]
+        x += 3.0 * (kf[None, :, None] == sf[:, None, :]).any(-1)
+        x += 3.0 * (kf[None, :] == (own_frame[rows] % (qf + 1))[:, None])
+        return x
+    return logits
+
+
+def quality(t=8192, frame=256, k=1024, bq=64, seed=0):
+    """Share of each query's own top-k indexer mass (softmax of its logits) kept by block selection."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = video_scores(t, frame, gen)
+    res = {}
+    for agg in ("max", "sum"):
+        kept = []
+        for b0 in range(0, t, bq):
+            rows = torch.arange(b0, min(t, b0 + bq))
+            lg = logits(rows) if agg == "max" else lg_cache[b0]
+            if agg == "max":
+                lg_cache[b0] = lg
+            vis = torch.arange(t)[None, :] <= rows[:, None]
+            lgm = lg.masked_fill(~vis, float("-inf"))
+            cand = torch.arange(t) < b0
+            n_c = int(cand.sum())
+            if n_c + 1 <= k:
+                continue  # every query of this block sees all its keys in both modes
+            a = lgm[:, :b0].amax(0) if agg == "max" else lgm[:, :b0].sum(0)
+            chosen = torch.zeros(t, dtype=torch.bool)
+            chosen[torch.sort(a, descending=True, stable=True).indices[:k]] = True
+            chosen[b0:b0 + bq] = True
+            p = torch.softmax(lgm, -1)
+            top = torch.topk(lgm, k, dim=-1).indices
+            own = torch.zeros_like(vis)
+            own.scatter_(1, top, True)
+            own &= vis
+            m_own = (p * own).sum(1)
+            m_kept = (p * (own & chosen[None, :])).sum(1)
+            kept.append(m_kept / m_own)
+        kv = torch.cat(kept)
+        res[agg] = (kv.mean().item(), kv.quantile(0.05).item(), kv.min().item())
+        log(f"block_agg={agg}: kept share of own top-{k} mass mean {res[agg][0]:.4f} p5 {res[agg][1]:.4f} "
+            f"min {res[agg][2]:.4f} (T={t}, frame={frame} tokens, B_q={bq})")
+    return res
+
+
+lg_cache: dict = {}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="8192,32768,131072,262144")
+    ap.add_argument("--check", type=int, default=32768, help="correctness size (0 = skip)")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--commit", default=os.environ.get("COMMIT", ""))
+    ap.add_argument("--quality", action="store_true")
+    ap.add_argument("--sweep", type=int, default=1, help="sweep launch configs first (1) or not (0)")
+    a = ap.parse_args()
+    if a.quality:
+        quality()
+        return
+    sizes = [int(s) for s in a.sizes.split(",") if s]
+    commit = a.commit
+    if not commit:
+        try:
+            commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+        except Exception:  # noqa: BLE001
+            commit = "unknown"
+    import triton
+    meta = dict(gpu=torch.cuda.get_device_name(), date=datetime.date.today().isoformat(), commit=commit,
+                torch=torch.__version__, triton=triton.__version__)
+    log(meta)
+    bw = section("ceilings", ceilings) or 3.0e12
+    if a.sweep:
+        section("launch-config sweep", sweep)
+    if a.check:
+        section(f"correctness at {a.check}", correctness, a.check)
+    for t in sizes:
+        section(f"benchmark T={t}", bench_size, t, bw)
+    tab = table(meta)
+    summ = summary(sizes)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "bench_dsa.md"), "w") as fh:
+        fh.write(tab + "\n\n" + "\n".join(summ) + "\n")
+    with open(os.path.join(a.out, "bench_dsa.json"), "w") as fh:
+        json.dump(dict(meta=meta, rows=ROWS), fh, indent=1)
+    log(tab)
+    log("\n".join(summ))
+
+
+if __name__ == "__main__":
+    main()
