@@ -22,6 +22,7 @@ DATA ?= $(DEMO_DIR)/dataset#            dataset folder written by preprocess (sh
 PACKS ?= $(DATA)/packs#                 pack plan written by `make pack`
 SEQ_LEN ?= 262144#                       tokens per packed sequence (and per-sample budget)
 PREPROCESS_ARGS ?=#                      extra preprocess flags, e.g. --fps 1 --max-pixels 200704
+SEED ?= 0#                               packing and data order seed
 RUN ?= $(DEMO_DIR)/train#               training run folder (checkpoints, metrics)
 PRESET ?= tiny#                          model preset: tiny | small | keye-30b-a3b
 STEPS ?= 20#                             training steps
@@ -33,7 +34,7 @@ FORCE ?=#                                set to 1 to start a step over after a c
 TESTS ?= tests#                          what `make test` runs
 PYTEST_ARGS ?=#                          extra pytest arguments
 
-HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN PREPROCESS_ARGS RUN PRESET STEPS EXECUTOR RAY_ADDRESS \
+HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN PREPROCESS_ARGS SEED RUN PRESET STEPS EXECUTOR RAY_ADDRESS \
 	WORKERS FORCE TESTS PYTEST_ARGS PYTHON_SYS
 RUN_OPTS = --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) \
 	$(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
@@ -78,6 +79,10 @@ demo: $(STAMP) ## the whole mission on real sample videos (an hour-long one incl
 		TOKENIZER=$(DEMO_DIR)/tokenizer.json DATA=$(DEMO_DIR)/dataset SEQ_LEN=$(DEMO_SEQ_LEN) \
 		PREPROCESS_ARGS="$(DEMO_PREPROCESS)"
 	$(LONGSHOT) verify $(DEMO_DIR)/dataset
+	$(MAKE) --no-print-directory pack DATA=$(DEMO_DIR)/dataset SEQ_LEN=$(DEMO_SEQ_LEN)
+
+pack: $(STAMP) ## assign every sample of DATA to a SEQ_LEN-token sequence (writes PACKS)
+	$(LONGSHOT) pack $(DATA) --out $(PACKS) --seq-len $(SEQ_LEN) --seed $(SEED) $(if $(FORCE),--force)
 
 status: $(STAMP) ## show the state of every job under DATA (or DIR=folder)
 	$(LONGSHOT) status $(or $(DIR),$(DATA))
