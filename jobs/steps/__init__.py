@@ -3,12 +3,6 @@
 
 def registrars():
     """Functions that add each step's subcommand to the CLI, in pipeline order."""
-    from jobs.steps import demo, inspect, preprocess
+    from jobs.steps import demo, inspect, pack, preprocess, train
 
-    return [demo.register, preprocess.register, inspect.register, train_register()]
-
-
-def train_register():
-    from jobs.steps.train import register  # longshot train / longshot resume
-
-    return register
+    return [demo.register, preprocess.register, pack.register, train.register, inspect.register]

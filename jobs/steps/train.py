@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jobs.cli import BadInput
+
+if TYPE_CHECKING:
+    from jobs.steps.train_loop import TrainConfig
 
 DEFAULT_WORKERS = 2
 
@@ -30,7 +34,7 @@ def _tokenizer_ids(path: str) -> dict:
     return {"vocab": tok.get_vocab_size(), "vision_token_id": vision}
 
 
-def config_from_args(args) -> "TrainConfig":
+def config_from_args(args) -> TrainConfig:
     from jobs.steps.train_loop import TrainConfig
 
     overrides = {}

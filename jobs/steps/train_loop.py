@@ -114,7 +114,7 @@ class _Session:
         self.core = CoreChoice()
         self.ckpts = Checkpoints(run_dir, keep=cfg.keep)
 
-    def build_trainer(self, stage: str, weights_from=None):
+    def build_trainer(self, stage: str, weights_from=None, start_step: int = 0):
         from model.build import build_vlm
         from model.training import OptimSettings, Trainer, configure_core
 
@@ -122,7 +122,8 @@ class _Session:
         model = build_vlm(self.model_cfg, self.pg, self.core, self.opts)
         if weights_from is not None:
             model.load_state_dict(weights_from.state_dict())
-        return Trainer(model, OptimSettings(**self.cfg.optim), self.cfg.steps, stage, self.pg)
+        return Trainer(model, OptimSettings(**self.cfg.optim), self.cfg.steps, stage, self.pg,
+                       start_step=start_step)
 
     def packs(self):
         from jobs.steps.train_data import SyntheticPacks, SyntheticSpec
@@ -179,7 +180,7 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool) -> d
             stage = cfg.stage_at(step)
             if stage != trainer.stage:
                 log(f"step {step}: DSA stage {trainer.stage} -> {stage}")
-                trainer = s.build_trainer(stage, weights_from=trainer.model)
+                trainer = s.build_trainer(stage, weights_from=trainer.model, start_step=step)
             batch = next(data).to(device)
             if s.on_gpu:
                 torch.cuda.synchronize()

@@ -44,7 +44,7 @@ class MetricsLog:
         if not enabled:
             return
         truncate_after(self.path, resume_step)
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a")  # noqa: SIM115 - appended to every step until close()
         try:
             from torch.utils.tensorboard import SummaryWriter
 

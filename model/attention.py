@@ -1,0 +1,166 @@
+"""Self-attention over a packed sequence, built from Megatron parts, with a switchable core.
+
+It takes the place of Megatron's SelfAttention in a TransformerLayer spec (same constructor and
+forward keywords), because Megatron's local core attention neither handles packed documents
+nor sparse attention. The module owns the projections (grouped QKV for GQA, per-head q/k norm,
+multi-axis rotary, output projection) and, for DSA, the lightning indexer's projections
+(W_q, W_k, W_w of the hidden state). The core is chosen at run time:
+
+- ``dense``: exact attention within each segment of ``cu_seqlens`` (causal for the LM,
+  bidirectional frame groups for the ViT), see model.packed_attention;
+- ``dsa``: model.dsa.attention.dsa_attention in its ``warmup`` or ``sparse`` stage, which also
+  returns the indexer's KL loss.
+
+The indexer reads the hidden state detached: its loss trains the indexer only. The loss does
+not travel to the top of the model as a tensor: its gradient (times the layer's weight) is
+injected where the attention output's gradient passes (as Megatron does for the MoE
+load-balancing loss), so it also trains under activation recomputation, whose first forward
+runs without a graph. ``self.indexer_loss`` keeps the value for reporting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from model.packed_attention import packed_attention
+from model.rope import apply_rotary
+
+
+@dataclass
+class PackedAttentionSubmodules:
+    linear_qkv: type
+    linear_proj: type
+    q_layernorm: type = IdentityOp
+    k_layernorm: type = IdentityOp
+    indexer: type | None = None
+
+
+@dataclass
+class CoreChoice:
+    """What a layer's attention core does now; shared by all layers of a model and mutable."""
+
+    kind: Literal["dense", "dsa"] = "dense"
+    dsa: object | None = None  # model.dsa.config.DSAConfig when kind == "dsa"
+    backend: str = "reference"  # dsa_attention backend: "triton" on a GPU
+    indexer_weight: float = 1.0  # d(objective)/d(one layer's indexer loss)
+
+
+class _InjectLossGrad(torch.autograd.Function):
+    """Identity on `out`; in backward, hands `weight` as the gradient of the scalar `loss`."""
+
+    @staticmethod
+    def forward(ctx, out, loss, weight: float):
+        ctx.weight = weight
+        ctx.loss_meta = (loss.shape, loss.dtype, loss.device)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        shape, dtype, device = ctx.loss_meta
+        return grad_out, torch.full(shape, ctx.weight, dtype=dtype, device=device), None
+
+
+class Indexer(MegatronModule):
+    """DSA's lightning indexer: q_I = W_q h (H_I x d_I), one key k_I = norm(W_k h), w = W_w h."""
+
+    def __init__(self, config: TransformerConfig, index_heads: int, index_dim: int):
+        super().__init__(config=config)
+        self.index_heads, self.index_dim = index_heads, index_dim
+        h = config.hidden_size
+        self.wq = torch.nn.Linear(h, index_heads * index_dim, bias=False, dtype=config.params_dtype)
+        self.wk = torch.nn.Linear(h, index_dim, bias=False, dtype=config.params_dtype)
+        self.k_norm = torch.nn.LayerNorm(index_dim, eps=config.layernorm_epsilon, dtype=config.params_dtype)
+        self.ww = torch.nn.Linear(h, index_heads, bias=False, dtype=config.params_dtype)
+        if config.perform_initialization:
+            for lin in (self.wq, self.wk, self.ww):
+                config.init_method(lin.weight)
+        # Scores sum H_I relu(q.k) terms of d_I products: keep them O(1) at init.
+        self.w_scale = (index_heads * index_dim) ** -0.5
+
+    def forward(self, hidden: torch.Tensor, cos, sin):
+        """hidden [T, H] (detached by the caller) -> q_idx [T, H_I, d_I], k_idx [T, d_I], w [T, H_I]."""
+        t = hidden.shape[0]
+        q = self.wq(hidden).view(t, self.index_heads, self.index_dim)
+        k = self.k_norm(self.wk(hidden)).view(t, 1, self.index_dim)
+        if cos is not None:
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        return q, k[:, 0], self.ww(hidden) * self.w_scale
+
+
+class PackedSelfAttention(MegatronModule):
+    """Drop-in for Megatron's SelfAttention on packed [S, 1, H] input; returns (output, None)."""
+
+    def __init__(self, config: TransformerConfig, submodules: PackedAttentionSubmodules,
+                 layer_number: int = 1, causal: bool = True, core: CoreChoice | None = None,
+                 index_heads: int = 0, index_dim: int = 0,
+                 pg_collection: ProcessGroupCollection | None = None, **unused):
+        super().__init__(config=config)
+        if pg_collection is None:
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups()
+        tp = pg_collection.tp.size()
+        self.layer_number = layer_number
+        self.causal = causal
+        self.core = core if core is not None else CoreChoice()
+        self.head_dim = config.kv_channels
+        self.heads = config.num_attention_heads // tp
+        self.groups = config.num_query_groups // tp
+        qkv_out = (config.num_attention_heads + 2 * config.num_query_groups) * self.head_dim
+        self.linear_qkv = submodules.linear_qkv(
+            config.hidden_size, qkv_out, config=config, init_method=config.init_method,
+            gather_output=False, bias=config.add_bias_linear or config.add_qkv_bias,
+            skip_bias_add=False, is_expert=False, tp_group=pg_collection.tp)
+        self.q_layernorm = submodules.q_layernorm(config=config, hidden_size=self.head_dim,
+                                                  eps=config.layernorm_epsilon)
+        self.k_layernorm = submodules.k_layernorm(config=config, hidden_size=self.head_dim,
+                                                  eps=config.layernorm_epsilon)
+        self.linear_proj = submodules.linear_proj(
+            config.num_attention_heads * self.head_dim, config.hidden_size, config=config,
+            init_method=config.output_layer_init_method, bias=config.add_bias_linear,
+            input_is_parallel=True, skip_bias_add=True, is_expert=False, tp_group=pg_collection.tp)
+        self.indexer = (submodules.indexer(config, index_heads, index_dim)
+                        if submodules.indexer is not None else None)
+        self.indexer_loss: torch.Tensor | None = None
+
+    def _split_qkv(self, mixed: torch.Tensor):
+        """[T, groups*(g+2)*D] in Megatron's per-group layout -> q [T,Hq,D], k, v [T,Hkv,D]."""
+        t, d, g = mixed.shape[0], self.head_dim, self.heads // self.groups
+        mixed = mixed.view(t, self.groups, (g + 2) * d)
+        q, k, v = torch.split(mixed, [g * d, d, d], dim=-1)
+        return q.reshape(t, self.heads, d), k, v
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, *, rotary_pos_cos=None,
+                rotary_pos_sin=None, packed_seq_params=None, **unused):
+        if packed_seq_params is None:
+            raise ValueError("PackedSelfAttention needs packed_seq_params (cu_seqlens of the pack)")
+        cu = packed_seq_params.cu_seqlens_q
+        t = hidden_states.shape[0]
+        h = hidden_states.reshape(t, -1)  # micro-batch of one packed sequence
+        mixed, _ = self.linear_qkv(h)
+        q, k, v = self._split_qkv(mixed)
+        q, k = self.q_layernorm(q), self.k_layernorm(k)
+        if rotary_pos_cos is not None:
+            q = apply_rotary(q, rotary_pos_cos, rotary_pos_sin)
+            k = apply_rotary(k, rotary_pos_cos, rotary_pos_sin)
+        out = self._core(q, k, v, cu, h, rotary_pos_cos, rotary_pos_sin)
+        out, bias = self.linear_proj(out.reshape(t, 1, -1))
+        return out, bias
+
+    def _core(self, q, k, v, cu, hidden, cos, sin):
+        self.indexer_loss = None
+        if self.core.kind == "dense" or self.indexer is None:
+            return packed_attention(q, k, v, cu, causal=self.causal)
+        from model.dsa.attention import dsa_attention
+
+        q_idx, k_idx, w_idx = self.indexer(hidden.detach(), cos, sin)
+        out, loss = dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu, self.core.dsa,
+                                  backend=self.core.backend)
+        self.indexer_loss = loss.detach()
+        if loss.requires_grad:
+            out = _InjectLossGrad.apply(out, loss, self.core.indexer_weight)
+        return out

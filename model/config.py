@@ -1,0 +1,108 @@
+"""Shapes and knobs of the VLM as plain frozen dataclasses.
+
+Why not Megatron's TransformerConfig directly: the VLM has two transformers (ViT and LM) with
+different norms, activations and attention, plus things Megatron has no field for (DSA, the
+merger, the vision placeholder id). These dataclasses are the one description a preset, a run
+config (JSON) and a checkpoint agree on; `model.megatron_configs` turns them into
+TransformerConfigs.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class VisionConfig:
+    """A SigLIP-like ViT over (temporal 2) x 14 x 14 patches, then the 2x2 merger."""
+
+    hidden: int
+    layers: int
+    heads: int
+    ffn: int
+    patch: int = 14
+    temporal_patch: int = 2
+    merge: int = 2
+    channels: int = 3
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def patch_values(self) -> int:
+        """Values of one flattened patch: (temporal, patch, patch, channels)."""
+        return self.temporal_patch * self.patch * self.patch * self.channels
+
+
+@dataclass(frozen=True)
+class DSASettings:
+    """The DSA knobs that belong to the model (the stage belongs to the run)."""
+
+    index_heads: int = 8
+    index_dim: int = 128
+    topk: int = 2048
+    granularity: Literal["token", "block"] = "block"
+    block_q: int = 64
+    indexer_loss_coeff: float = 1.0
+
+
+@dataclass(frozen=True)
+class LMConfig:
+    """A Qwen3-MoE-like decoder: GQA, qk RMSNorm, multimodal rotary, routed experts."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    topk: int
+    expert_ffn: int
+    vocab: int
+    # Channel pairs of the rotary given to (t, h, w); sums to head_dim // 2.
+    mrope_section: tuple[int, int, int] = (16, 24, 24)
+    rope_theta: float = 1_000_000.0
+    norm_eps: float = 1e-6
+    aux_loss_coeff: float = 1e-3
+    # Default core of every layer (a run may choose another): "dense" = exact packed causal
+    # attention, "dsa" = DeepSeek sparse attention. Every layer has its indexer either way, so
+    # checkpoints of dense and DSA runs hold the same parameters and can seed one another.
+    attention: Literal["dense", "dsa"] = "dsa"
+    dsa: DSASettings = field(default_factory=DSASettings)
+
+    def __post_init__(self):
+        if sum(self.mrope_section) * 2 != self.head_dim:
+            raise ValueError(f"mrope_section {self.mrope_section} must sum to head_dim/2 = {self.head_dim // 2}")
+        if self.heads % self.kv_heads:
+            raise ValueError("heads must be a multiple of kv_heads (GQA)")
+        if self.dsa.index_dim != self.head_dim:
+            raise ValueError("the indexer shares the rotary of the heads: index_dim must equal head_dim")
+
+
+@dataclass(frozen=True)
+class VLMConfig:
+    vision: VisionConfig
+    lm: LMConfig
+    # Id of the placeholder token whose positions take the merged vision embeddings.
+    vision_token_id: int = 151_655
+    init_std: float = 0.02
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VLMConfig:
+        lm = dict(d["lm"])
+        lm["dsa"] = DSASettings(**lm.get("dsa", {}))
+        lm["mrope_section"] = tuple(lm["mrope_section"])
+        return cls(vision=VisionConfig(**d["vision"]), lm=LMConfig(**lm),
+                   **{f.name: d[f.name] for f in fields(cls) if f.name not in ("vision", "lm") and f.name in d})
+
+    def with_overrides(self, **kw) -> VLMConfig:
+        """Override LM fields by name (`vocab=...`, `attention=...`) or top-level fields."""
+        top = {k: v for k, v in kw.items() if k in {f.name for f in fields(self)}}
+        lm = {k: v for k, v in kw.items() if k not in top}
+        return replace(self, **top, lm=replace(self.lm, **lm)) if lm else replace(self, **top)

@@ -1,0 +1,81 @@
+"""Exact dense attention over packed variable-length segments (no padding, no S x S matrix).
+
+Megatron-core's local attention neither takes packed sequences nor avoids the full score
+matrix, so longshot runs its own: the LM's dense core (causal within each document) and the
+ViT's attention (bidirectional within each frame group). Consecutive segments of equal length
+(the frame groups of one video, equal-length documents) go to the kernel as one batch; a
+segment longer than `chunk` queries is cut into query chunks that each see their causal key
+prefix, bounding memory at O(chunk x segment) per head. torch's SDPA picks the flash or memory-
+efficient kernel on a GPU and the math kernel on the CPU; GQA is passed through, not expanded.
+"""
+from __future__ import annotations
+
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+
+DEFAULT_CHUNK = 8192
+
+
+def _runs_of_equal_length(cu: list[int]) -> list[tuple[int, int, int]]:
+    """(first token, segment length, number of segments) for each run of equal-length segments."""
+    runs: list[tuple[int, int, int]] = []
+    for a, b in pairwise(cu):
+        n = b - a
+        if n == 0:
+            continue
+        if runs and runs[-1][1] == n and runs[-1][0] + runs[-1][1] * runs[-1][2] == a:
+            start, length, count = runs[-1]
+            runs[-1] = (start, length, count + 1)
+        else:
+            runs.append((a, n, 1))
+    return runs
+
+
+def _sdpa(q, k, v, scale, causal, mask=None):
+    """q [B, L, Hq, D], k/v [B, M, Hkv, D] -> [B, L, Hq, D]."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
+        is_causal=causal and mask is None, scale=scale, enable_gqa=q.shape[2] != k.shape[2])
+    return out.transpose(1, 2)
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
+                     causal: bool, softmax_scale: float | None = None,
+                     chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """softmax(q k^T * scale) v within each segment of `cu_seqlens`, causal or not.
+
+    q [T, Hq, D], k and v [T, Hkv, D] with Hq a multiple of Hkv; returns [T, Hq, D].
+    """
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    cu = [int(x) for x in cu_seqlens.tolist()]
+    if cu[0] != 0 or cu[-1] != q.shape[0]:
+        raise ValueError(f"cu_seqlens must run from 0 to T={q.shape[0]}, got {cu[0]}..{cu[-1]}")
+    outs = []
+    for start, length, count in _runs_of_equal_length(cu):
+        end = start + length * count
+        if length <= chunk:
+            shape = (count, length)
+            outs.append(_sdpa(q[start:end].unflatten(0, shape), k[start:end].unflatten(0, shape),
+                              v[start:end].unflatten(0, shape), scale, causal).flatten(0, 1))
+            continue
+        for s in range(start, end, length):
+            outs.append(_long_segment(q[s:s + length], k[s:s + length], v[s:s + length],
+                                      scale, causal, chunk))
+    return torch.cat(outs, dim=0) if outs else q.new_zeros(q.shape)
+
+
+def _long_segment(q, k, v, scale, causal, chunk):
+    """One segment in query chunks; each chunk sees its causal prefix (or all keys)."""
+    n = q.shape[0]
+    pieces = []
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        kend = b if causal else n
+        mask = None
+        if causal:
+            rows = torch.arange(a, b, device=q.device)[:, None]
+            mask = torch.arange(kend, device=q.device)[None, :] <= rows
+        pieces.append(_sdpa(q[None, a:b], k[None, :kend], v[None, :kend], scale, causal, mask)[0])
+    return torch.cat(pieces, dim=0)

@@ -1,0 +1,153 @@
+"""One training step of the VLM with Megatron's machinery: DDP with grad buffers, the
+distributed optimizer (fp32 main params and Adam state sharded over data-parallel ranks),
+gradient clipping, and Megatron's LR/WD schedule.
+
+Stages of DSA (DESIGN.md): ``dense`` trains everything on dense attention; ``warmup`` trains
+only the indexers (every other parameter is frozen before DDP is built, so neither grads nor
+optimizer state exist for it) on the KL to dense attention; ``sparse`` trains everything on
+sparse attention, the indexer on its KL. A stage fixes the trainable set, so a stage change
+builds a new Trainer (the job does that at the configured step).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import torch
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+from model import moe_aux
+from model.attention import CoreChoice
+
+Stage = Literal["dense", "warmup", "sparse"]
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    lr_warmup_steps: int = 10
+    lr_decay_style: str = "cosine"
+    weight_decay: float = 0.1
+    clip_grad: float = 1.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StepResult:
+    loss: float  # ce + aux + indexer
+    ce: float
+    aux: float
+    indexer: float
+    n_labels: int
+    grad_norm: float
+    lr: float
+    skipped: bool
+
+
+def configure_core(core: CoreChoice, stage: Stage, dsa_settings, on_gpu: bool) -> None:
+    """Point every layer's shared core at the stage's attention."""
+    if stage == "dense":
+        core.kind, core.dsa = "dense", None
+        return
+    from model.dsa.config import DSAConfig
+
+    core.kind = "dsa"
+    core.backend = "triton" if on_gpu else "reference"
+    core.dsa = DSAConfig(index_heads=dsa_settings.index_heads, index_dim=dsa_settings.index_dim,
+                         topk=dsa_settings.topk, granularity=dsa_settings.granularity,
+                         block_q=dsa_settings.block_q, stage=stage)
+
+
+class Trainer:
+    def __init__(self, model, settings: OptimSettings, total_steps: int, stage: Stage,
+                 pg_collection=None, start_step: int = 0):
+        self.model = model
+        self.stage = stage
+        for name, p in model.named_parameters():
+            p.requires_grad_(stage != "warmup" or ".indexer." in name)
+        bf16 = model.config.bf16
+        self.ddp = DistributedDataParallel(
+            model.config,
+            DistributedDataParallelConfig(use_distributed_optimizer=True, grad_reduce_in_fp32=True,
+                                          overlap_grad_reduce=False),
+            model, pg_collection=pg_collection)
+        self.optimizer = get_megatron_optimizer(
+            OptimizerConfig(optimizer="adam", lr=settings.lr, min_lr=settings.min_lr,
+                            weight_decay=settings.weight_decay, adam_beta1=settings.adam_beta1,
+                            adam_beta2=settings.adam_beta2, clip_grad=settings.clip_grad,
+                            bf16=bf16, params_dtype=model.config.params_dtype,
+                            use_distributed_optimizer=True),
+            [self.ddp], pg_collection=pg_collection, use_gloo_process_groups=pg_collection is None)
+        self.scheduler = OptimizerParamScheduler(
+            self.optimizer, init_lr=0.0, max_lr=settings.lr, min_lr=settings.min_lr,
+            lr_warmup_steps=min(settings.lr_warmup_steps, max(total_steps - 1, 0)),
+            lr_decay_steps=max(total_steps, 1), lr_decay_style=settings.lr_decay_style,
+            start_wd=settings.weight_decay, end_wd=settings.weight_decay,
+            wd_incr_steps=max(total_steps, 1), wd_incr_style="constant")
+        if start_step:  # one LR schedule over the whole run, across stage changes
+            self.scheduler.step(increment=start_step)
+
+    def step(self, batch) -> StepResult:
+        self.ddp.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        self.model.train()
+        out = self.ddp(batch)
+        out.objective(self.stage).backward()
+        self.ddp.finish_grad_sync()
+        lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+        ok, grad_norm, _ = self.optimizer.step()
+        self.scheduler.step(increment=1)
+        # Read after backward: under recomputation the router records its loss only then.
+        aux = moe_aux.value(self.model.cfg.lm.aux_loss_coeff).item()
+        ce, indexer = out.ce.item(), out.indexer.item()
+        return StepResult(loss=ce + aux + indexer, ce=ce, aux=aux, indexer=indexer,
+                          n_labels=out.n_labels,
+                          grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                          lr=float(lr), skipped=not ok)
+
+    # -- checkpoint pieces ---------------------------------------------------------------------
+    def _materialize_adam_state(self) -> None:
+        # Without Apex/TE, Megatron's DistributedOptimizer.state_dict() reads torch Adam's
+        # per-parameter 'step' and requires one common value, so a fresh optimizer (empty state)
+        # cannot describe the state it is about to load. Zero state with step 0 is what Adam
+        # holds before its first step; loading then overwrites all of it.
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            inner = opt.optimizer
+            for group in inner.param_groups:
+                for p in group["params"]:
+                    if not inner.state[p]:
+                        inner.state[p] = {"step": torch.zeros((), dtype=torch.float32),
+                                          "exp_avg": torch.zeros_like(p.data),
+                                          "exp_avg_sq": torch.zeros_like(p.data)}
+
+    def sharded_state_dict(self, is_loading: bool = False) -> dict:
+        if is_loading:
+            self._materialize_adam_state()
+        metadata = {"distrib_optim_sharding_type": "dp_reshardable"}
+        model_sd = self.model.sharded_state_dict(metadata=metadata)
+        return {"model": model_sd,
+                "optimizer": self.optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
+                                                               metadata=metadata)}
+
+    def load(self, loaded: dict) -> None:
+        self.model.load_state_dict(loaded["model"])
+        with torch.no_grad():  # copies into main params that are views of trainable leaves
+            self.optimizer.load_state_dict(loaded["optimizer"])
+        # Without Apex/TE, Megatron keeps Adam's step count in each param group ('step') and
+        # restores it into the per-parameter state as one shared tensor, which the parameter
+        # state copy then overwrites; torch Adam needs its own step tensor per parameter.
+        for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+            inner = opt.optimizer
+            for group in inner.param_groups:
+                if "step" not in group:
+                    continue
+                for p in group["params"]:
+                    if inner.state.get(p):
+                        inner.state[p]["step"] = torch.tensor(float(group["step"]))

@@ -1,0 +1,78 @@
+"""The VLM: ViT -> 2x2 merger -> hand-off into the LM's embeddings -> MoE LM, and its losses.
+
+Losses of one packed sequence:
+- ce: mean next-token cross entropy over the positions with a label (answer text);
+- aux: the MoE load-balancing term (its gradient is added by Megatron's router itself);
+- indexer: the DSA indexer's KL, mean over layers, times its coefficient (trains the indexer
+  only; its gradient is injected inside each attention layer, see model/attention.py).
+`objective(stage)` is what backward runs on: ce, or ce x 0 in the DSA warm-up (the backward pass
+then only carries the indexers' gradients). `total` is ce + aux + indexer, for logging.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from megatron.core.process_groups_config import ProcessGroupCollection
+from megatron.core.transformer.module import MegatronModule
+
+from model import moe_aux
+from model.attention import CoreChoice
+from model.config import VLMConfig
+from model.handoff import place_vision_tokens
+from model.lm import MoELanguageModel
+from model.merger import PatchMerger
+from model.vit import VisionTransformer
+
+
+@dataclass
+class VLMOutput:
+    ce: torch.Tensor  # with its graph
+    indexer: torch.Tensor  # value only; 0 without DSA
+    aux: torch.Tensor  # value only (Megatron's router adds its gradient); 0 when recomputed
+    n_labels: int
+
+    def objective(self, stage: str = "sparse") -> torch.Tensor:
+        return self.ce * 0.0 if stage == "warmup" else self.ce
+
+    @property
+    def total(self) -> float:
+        return float(self.ce.detach() + self.aux + self.indexer.detach())
+
+
+class VLM(MegatronModule):
+    def __init__(self, cfg: VLMConfig, vit_config, lm_config, core: CoreChoice,
+                 pg_collection: ProcessGroupCollection, max_sequence_length: int):
+        super().__init__(config=lm_config)
+        self.cfg = cfg
+        self.core = core
+        self.vision = VisionTransformer(cfg.vision, vit_config, pg_collection)
+        self.merger = PatchMerger(vit_config, cfg.vision.hidden, cfg.lm.hidden, cfg.vision.merge,
+                                  cfg.vision.norm_eps)
+        self.language = MoELanguageModel(cfg.lm, lm_config, core, pg_collection, max_sequence_length)
+        core.indexer_weight = cfg.lm.dsa.indexer_loss_coeff / cfg.lm.layers
+
+    def set_input_tensor(self, input_tensor) -> None:  # Megatron schedules call this; no PP here
+        pass
+
+    def vision_tokens(self, pixel_patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        return self.merger(self.vision(pixel_patches, grid_thw))
+
+    def forward(self, batch) -> VLMOutput:
+        """`batch`: a packed sequence as in shards/batch.py (input_ids, labels, position_ids,
+        cu_seqlens, pixel_patches, video_grid_thw), already on the model's device."""
+        moe_aux.clear()
+        embeds = self.language.embed(batch.input_ids)
+        if batch.pixel_patches.shape[0]:
+            vision = self.vision_tokens(batch.pixel_patches, batch.video_grid_thw)
+            embeds = place_vision_tokens(embeds, vision, batch.input_ids, self.cfg.vision_token_id)
+        if torch.is_grad_enabled() and not embeds.requires_grad:
+            # Everything below the LM is frozen (DSA warm-up): Megatron's reentrant activation
+            # recomputation only builds a backward when its input requires grad, and the
+            # indexers' gradients are injected inside that backward.
+            embeds = embeds.detach().requires_grad_(True)
+        out = self.language(embeds, batch.position_ids, batch.cu_seqlens, batch.labels)
+        ce = out.ce_sum / max(out.n_labels, 1)
+        indexer = out.indexer_loss * self.cfg.lm.dsa.indexer_loss_coeff
+        aux = moe_aux.value(self.cfg.lm.aux_loss_coeff).to(ce.device)
+        return VLMOutput(ce=ce, indexer=indexer, aux=aux, n_labels=out.n_labels)
