@@ -2,46 +2,55 @@
 
 Frames are decoded with decord at the planned size: the ``VideoReader`` is opened with
 ``width``/``height`` so FFmpeg's scaler converts and shrinks each sampled frame in one pass, and
-frames decord only decodes to reach a sampled one are never converted at all. The alternative,
+frames decord only decodes to reach a sampled one are never converted at all (except the keyframe
+it checks after each seek). The alternative,
 decoding at full size and resizing afterwards, was measured slower (``tests/bench/bench_encode.py
---resize-compare``, 2-core CI machine, bigbuckbunny 720p looped to 64 s, 128 frames at 2 fps to
-588x336, one decode thread, CPU seconds, two runs each):
+--resize-compare``: 2-core CI machine shared with other jobs (load average ~3.4), bigbuckbunny
+720p looped by remux to 64 s, 128 frames at 2 fps to 588x336, one decoder thread, each run a
+fresh subprocess; CPU seconds (user + sys) and peak RSS):
 
-=====================================  ==========  ==========
-path                                   run 1       run 2
-=====================================  ==========  ==========
-decord resizes while decoding          3.56        3.59
-decord full size, then PIL bilinear    5.44        5.58
-decord full size, no resize at all     4.41        4.51
-=====================================  ==========  ==========
+=====================================  ==========  ==========  ============
+path                                   CPU run 1   CPU run 2   peak RSS MiB
+=====================================  ==========  ==========  ============
+decord resizes while decoding          3.80        3.64        118-123
+decord full size, then PIL bilinear    6.11        6.22        549-555
+decord full size, no resize at all     4.18        4.32        437-454
+=====================================  ==========  ==========  ============
 
 Even without resizing, full-size RGB output costs more than decord's resize, so the choice is
 clear. The frames are then exactly what ``VideoReader(path, width=W, height=H).get_batch(idx)``
 returns, which the tests check.
 
 Memory is bounded by the window: each window is one ``get_batch`` call (decord dedups repeated
-indices inside it) handed to numpy without a copy, and decord keeps only its decoder state
+indices inside it; with bridge frames, see :mod:`pipeline.gop_bridges`, at most twice the window
+is decoded at once) handed to numpy without a copy, and decord keeps only its decoder state
 between calls. Sorted indices never make decord seek backwards, so windowing costs no extra decode.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import decord
 import numpy as np
 
+from pipeline.decord_errors import DECORD_ERRORS
 from pipeline.errors import DecodeError
+from pipeline.gop_bridges import DEFAULT_MAX_TAIL, bridged_request
 
 
 def iter_frame_windows(path, frame_indices: Sequence[int], height: int, width: int, window: int = 32, *,
-                       id: str | None = None, num_threads: int = 1) -> Iterator[np.ndarray]:
-    """Yield the frames at ``frame_indices`` as read-only ``(n, height, width, 3)`` uint8 arrays,
-    ``window`` frames at a time (the last window may be shorter).
+                       id: str | None = None, num_threads: int = 1,
+                       max_tail: int = DEFAULT_MAX_TAIL) -> Iterator[np.ndarray]:
+    """Yield the frames at ``frame_indices`` as ``(n, height, width, 3)`` uint8 arrays, ``window``
+    frames at a time (the last window may be shorter). Treat them as read-only: most windows are
+    decord's own buffer, handed over without a copy.
 
     ``frame_indices`` must be non-decreasing (a plan's padding repeats the last index).
     ``num_threads`` is decord's decoder thread count; 1 by default because the encode step runs
-    one task per core. Problems with the file raise :class:`DecodeError`.
+    one task per core. ``max_tail`` bounds the GOP tails decoded to avoid a seek
+    (:mod:`pipeline.gop_bridges`; 0 turns that off). Problems with the file raise :class:`DecodeError`.
     """
     path = str(path)
     indices = [int(i) for i in frame_indices]
@@ -50,18 +59,24 @@ def iter_frame_windows(path, frame_indices: Sequence[int], height: int, width: i
         return
     try:
         reader = decord.VideoReader(path, width=width, height=height, num_threads=num_threads)
-    except Exception as exc:
+    except DECORD_ERRORS as exc:
         raise DecodeError(path, "cannot open video", id=id, detail=str(exc)) from None
     if indices[-1] >= len(reader):
         raise DecodeError(path, "frame index out of range", id=id,
                           detail=f"index {indices[-1]}, video has {len(reader)} frames")
+    keys = [int(k) for k in reader.get_key_indices()]
+    previous = None
     for start in range(0, len(indices), window):
         chunk = indices[start : start + window]
+        request, wanted = bridged_request(chunk, keys, previous, max_tail)
+        previous = chunk[-1]
         try:
-            batch = reader.get_batch(chunk)
-        except Exception as exc:  # decord surfaces decoder failures as DECORDError
+            batch = reader.get_batch(request)
+        except DECORD_ERRORS as exc:
             raise DecodeError(path, "truncated or corrupt", id=id, detail=str(exc)) from None
         frames = np.from_dlpack(_DLPackView(batch))
+        if len(request) != len(chunk):
+            frames = frames[np.flatnonzero(wanted)]  # drop the bridge frames (a copy)
         if frames.shape != (len(chunk), height, width, 3):
             raise DecodeError(path, "unexpected frame shape", id=id, detail=str(frames.shape))
         yield frames
@@ -74,7 +89,7 @@ def _check_request(indices: list[int], height: int, width: int, window: int) -> 
         raise ValueError(f"window must be >= 1, got {window}")
     if indices and indices[0] < 0:
         raise ValueError(f"negative frame index {indices[0]}")
-    if any(b < a for a, b in zip(indices, indices[1:])):
+    if any(b < a for a, b in itertools.pairwise(indices)):
         raise ValueError("frame_indices must be non-decreasing")
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import decord
 
 from pipeline.container import read_container
+from pipeline.decord_errors import DECORD_ERRORS
 from pipeline.errors import ProbeError
 
 
@@ -60,7 +61,7 @@ def probe_video(path, limits: ProbeLimits = ProbeLimits(), *, id: str | None = N
     size, container = _inspect_file(path, fail)
     try:
         reader = decord.VideoReader(path, num_threads=1)
-    except Exception as exc:  # decord raises DECORDError, RuntimeError or AssertionError
+    except DECORD_ERRORS as exc:
         message = str(exc)
         if "video stream" in message:
             raise fail("no video stream", message) from None
@@ -68,7 +69,7 @@ def probe_video(path, limits: ProbeLimits = ProbeLimits(), *, id: str | None = N
     n_frames = len(reader)
     try:
         height, width = reader[0].shape[:2]
-    except Exception as exc:
+    except DECORD_ERRORS as exc:
         raise fail("undecodable video stream", str(exc)) from None
     _check_frames(n_frames, limits, fail)
     fps = _frame_rate(reader, n_frames, limits)

