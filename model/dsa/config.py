@@ -23,11 +23,25 @@ class DSAConfig:
         because an aggregate over the block is undefined for them (only some of the block's
         queries may see them) and because it guarantees every query at least itself.
     block_q: B_q, the block length of ``block`` mode (and the query tile of the dense warm-up).
-    block_agg: how ``block`` mode aggregates per-query indexer scores into one row per block:
-      ``max`` (default) keeps any key that is strong for at least one query of the block;
-      ``sum`` ranks keys by their total score over the block. On synthetic video-structured
-      scores both keep about 90% of each query's own top-k mass (sum 0.907, max 0.902 mean;
-      tests/bench/RESULTS.md); max is the default until a trained indexer's scores decide.
+    block_agg: how ``block`` mode scores each candidate key for a block (one row per block):
+      ``max`` keeps any key that is strong for at least one query of the block;
+      ``sum`` ranks keys by their total score over the block;
+      ``pooled`` scores keys once with the block's pooled indexer query: the sums over the block's
+        queries of q_I[t, j] and of w[t, j], put through the same formula. B_q times fewer FLOPs than
+        exact max/sum, which score B_q query rows per key; per-query peaks are diluted by the pooling.
+        Sums rather than means: relu is positively homogeneous, so the ranking is the same, and
+        integer test inputs stay exact.
+    coarse: coarse-to-fine selection for ``max``/``sum`` when > 0: the pooled scores first pick
+      ``coarse * topk`` candidate keys per block, then the exact max/sum aggregation runs over those
+      candidates only: B_q x coarse*topk exact pairs per block instead of B_q x every earlier key,
+      plus the pooled pass and a second, small top-k. 0 = exact max/sum over every key (the
+      full-resolution indexer: 426 ms of a 726 ms layer at 256K). Ignored by ``token`` and ``pooled``.
+    Default ``max`` with ``coarse=2``, from the numbers in tests/bench/RESULTS.md (H100, 2026-11-24):
+      at 256K the layer's forward+backward takes 325 ms (11.4x SDPA; 6.2x at 128K) against 726 ms
+      for exact max and 310 ms for ``pooled``; on the synthetic video-structured indexer
+      (``bench_dsa.py --quality``, three seeds/frame sizes) it keeps at least as much of each query's
+      own top-k mass as exact max (mean and 5th percentile; its single worst query keeps less), while
+      ``pooled`` loses 1.4-2 points at the 5th percentile. The 5% over ``pooled`` buys that tail.
     stage: ``warmup`` = dense causal attention, the indexer trains on KL(head-mean dense attention
       || indexer); ``sparse`` = attention over the selected keys, the indexer trains on the KL over
       the selected set.
@@ -39,14 +53,17 @@ class DSAConfig:
     granularity: Literal["token", "block"] = "block"
     block_q: int = 64
     stage: Literal["warmup", "sparse"] = "sparse"
-    block_agg: Literal["max", "sum"] = "max"
+    block_agg: Literal["max", "sum", "pooled"] = "max"
+    coarse: int = 2
 
     def __post_init__(self) -> None:
         if self.granularity not in ("token", "block"):
             raise ValueError(f"granularity must be 'token' or 'block', got {self.granularity!r}")
         if self.stage not in ("warmup", "sparse"):
             raise ValueError(f"stage must be 'warmup' or 'sparse', got {self.stage!r}")
-        if self.block_agg not in ("max", "sum"):
-            raise ValueError(f"block_agg must be 'max' or 'sum', got {self.block_agg!r}")
+        if self.block_agg not in ("max", "sum", "pooled"):
+            raise ValueError(f"block_agg must be 'max', 'sum' or 'pooled', got {self.block_agg!r}")
+        if self.coarse < 0:
+            raise ValueError(f"coarse must be >= 0, got {self.coarse}")
         if self.topk < 1 or self.block_q < 1 or self.index_heads < 1 or self.index_dim < 1:
             raise ValueError("topk, block_q, index_heads and index_dim must be positive")

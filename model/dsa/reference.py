@@ -28,37 +28,78 @@ def index_logits(q_idx: torch.Tensor, w_idx: torch.Tensor, k_idx: torch.Tensor) 
     return (torch.relu(z) * w_idx.to(dt).unsqueeze(-1)).sum(-2)
 
 
-def owner_scores(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, owners: torch.Tensor, base: int, width: int):
-    """Selection scores of ``owners`` over keys [base, base+width): [n, width], -inf outside candidates.
+def pooled_rows(q_idx, w_idx, plan: Plan, owners: torch.Tensor):
+    """The pooled indexer query of each owner: (sum of its rows of q_idx, sum of its rows of w_idx)."""
+    q0 = plan.own_q0[owners].long()
+    nq = plan.own_nq[owners].long()
+    j = torch.arange(plan.max_nq, device=q_idx.device)
+    valid = (j[None, :] < nq[:, None]).to(_work_dtype(q_idx))
+    rows = torch.where(valid > 0, q0[:, None] + j[None, :], q0[:, None])
+    qp = (q_idx[rows].to(valid.dtype) * valid[:, :, None, None]).sum(1)
+    wp = (w_idx[rows].to(valid.dtype) * valid[:, :, None]).sum(1)
+    return qp, wp
 
-    ``token``: the query's own logits. ``block``: the aggregate (max or sum) over the owner's rows.
-    """
+
+def _aggregate(q_idx, w_idx, plan: Plan, cfg: DSAConfig, owners: torch.Tensor, keys: torch.Tensor):
+    """Per-owner scores of ``keys`` ([width, d_I] shared, or [n, width, d_I] per owner), no masking."""
     dev = q_idx.device
     nq_max = plan.max_nq
+    if cfg.block_agg == "pooled" and cfg.granularity == "block":
+        qp, wp = pooled_rows(q_idx, w_idx, plan, owners)
+        if keys.dim() == 2:
+            return index_logits(qp, wp, keys)
+        dt = _work_dtype(q_idx)
+        z = torch.einsum("njd,nsd->njs", qp.to(dt), keys.to(dt))
+        return (torch.relu(z) * wp.to(dt).unsqueeze(-1)).sum(-2)
     q0 = plan.own_q0[owners].long()
     nq = plan.own_nq[owners].long()
     j = torch.arange(nq_max, device=dev)
     rows = q0[:, None] + j[None, :]
     valid = j[None, :] < nq[:, None]
     rows = torch.where(valid, rows, q0[:, None])
-    keys = k_idx[base:base + width]
-    lg = index_logits(q_idx[rows], w_idx[rows], keys)  # [n, nq_max, width]
-    if cfg.block_agg == "max" or nq_max == 1:
-        sc = lg.masked_fill(~valid[:, :, None], float("-inf")).amax(1)
+    if keys.dim() == 2:
+        lg = index_logits(q_idx[rows], w_idx[rows], keys)  # [n, nq_max, width]
     else:
-        sc = lg.masked_fill(~valid[:, :, None], 0.0).sum(1)
+        dt = _work_dtype(q_idx)
+        z = torch.einsum("nqjd,nsd->nqjs", q_idx[rows].to(dt), keys.to(dt))
+        lg = (torch.relu(z) * w_idx[rows].to(dt).unsqueeze(-1)).sum(-2)
+    if cfg.block_agg == "max" or nq_max == 1:
+        return lg.masked_fill(~valid[:, :, None], float("-inf")).amax(1)
+    return lg.masked_fill(~valid[:, :, None], 0.0).sum(1)
+
+
+def owner_scores(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, owners: torch.Tensor, base: int, width: int):
+    """Selection scores of ``owners`` over keys [base, base+width): [n, width], -inf outside candidates.
+
+    ``token``: the query's own logits. ``block``: the aggregate (max, sum, or the pooled query's
+    logits) over the owner's rows.
+    """
+    dev = q_idx.device
+    sc = _aggregate(q_idx, w_idx, plan, cfg, owners, k_idx[base:base + width])
     col = base + torch.arange(width, device=dev)
     inside = (col[None, :] >= plan.cand_lo[owners, None].long()) & (col[None, :] < plan.cand_hi[owners, None].long())
     sc = torch.where(sc == 0, torch.zeros_like(sc), sc)  # -0.0 == +0.0, as in the kernel
     return sc.masked_fill(~inside, float("-inf"))
 
 
+def _topk_ascending(sc, n, k):
+    """Ascending column positions of the top min(n, k) of each row (ties to the lower column), -1 padded."""
+    order = torch.sort(sc, dim=1, descending=True, stable=True).indices[:, :k]
+    take = torch.arange(order.shape[1], device=sc.device)[None, :] < n[:, None]
+    idx = torch.where(take, order, torch.full_like(order, 1 << 30))
+    idx = torch.sort(idx, dim=1).values
+    return torch.where(idx >= (1 << 30), torch.full_like(idx, -1), idx)
+
+
 @torch.no_grad()
 def select(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, chunk_elems: int = 1 << 26):
     """Exact top-k per owner, ties to the lower key index: (sel [n_own, k] int32 ascending, -1 padded, count).
 
-    An owner with at most k candidates takes all of them.
+    An owner with at most k candidates takes all of them. With ``cfg.coarse`` (block max/sum), the
+    pooled scores first pick coarse*k candidates and the exact aggregation ranks only those.
     """
+    if cfg.coarse and cfg.granularity == "block" and cfg.block_agg != "pooled":
+        return _select_coarse(q_idx, k_idx, w_idx, plan, cfg, chunk_elems)
     dev = q_idx.device
     k = cfg.topk
     n_own = plan.n_owners
@@ -74,14 +115,34 @@ def select(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, chunk_elems: int = 1
         base = int(lo_all[o:o + step].min())
         width = max(1, int(hi_all[o:o + step].max()) - base)
         sc = owner_scores(q_idx, k_idx, w_idx, plan, cfg, owners, base, width)
-        order = torch.sort(sc, dim=1, descending=True, stable=True).indices[:, :k]
-        n = cnt[owners].long()
-        take = torch.arange(order.shape[1], device=dev)[None, :] < n[:, None]
-        idx = torch.where(take, order + base, torch.full_like(order, 1 << 30))
-        idx = torch.sort(idx, dim=1).values
-        idx = torch.where(idx >= (1 << 30), torch.full_like(idx, -1), idx)
+        idx = _topk_ascending(sc, cnt[owners].long(), k)
+        idx = torch.where(idx >= 0, idx + base, idx)
         sel[owners, : idx.shape[1]] = idx.to(torch.int32)
         o += step
+    return sel, cnt
+
+
+def _select_coarse(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, chunk_elems: int):
+    """Coarse-to-fine: pooled top-(coarse*k) candidates, then the exact max/sum top-k among them."""
+    from dataclasses import replace
+
+    k = cfg.topk
+    cand, cand_n = select(q_idx, k_idx, w_idx, plan, replace(cfg, block_agg="pooled", coarse=0,
+                                                            topk=cfg.coarse * k), chunk_elems)
+    dev = q_idx.device
+    n_own = plan.n_owners
+    sel = torch.full((n_own, k), -1, dtype=torch.int32, device=dev)
+    cnt = cand_n.clamp(max=k).to(torch.int32)
+    step = max(1, chunk_elems // max(1, plan.max_nq * cfg.index_heads * cand.shape[1]))
+    for o in range(0, n_own, step):
+        owners = torch.arange(o, min(n_own, o + step), device=dev)
+        lst = cand[owners].long()
+        sc = _aggregate(q_idx, w_idx, plan, cfg, owners, k_idx[lst.clamp(min=0)])
+        sc = torch.where(sc == 0, torch.zeros_like(sc), sc)
+        sc = sc.masked_fill(lst < 0, float("-inf"))
+        pos = _topk_ascending(sc, cnt[owners].long(), k)
+        idx = torch.where(pos >= 0, torch.gather(lst, 1, pos.clamp(min=0)), pos)
+        sel[owners, : idx.shape[1]] = idx.to(torch.int32)
     return sel, cnt
 
 

@@ -35,9 +35,10 @@ from model.dsa.kernels.attention import attn_bwd, attn_fwd  # noqa: E402
 from model.dsa.kernels.index_scores import owner_scores  # noqa: E402
 from model.dsa.kernels.indexer_kl import indexer_kl  # noqa: E402
 from model.dsa.plan import build_plan  # noqa: E402
-from model.dsa.select import select  # noqa: E402
+from model.dsa.select import _rows_source, select  # noqa: E402
 
 HQ, HKV, D, HI, DI, K, BQ = 32, 4, 128, 8, 128, 2048, 64
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only for a smoke run under TRITON_INTERPRET
 ROWS: list[dict] = []
 
 
@@ -84,8 +85,8 @@ def section(name, fn, *a):
 
 
 def inputs(t, dtype=torch.bfloat16, seed=0, grad=False):
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    r = lambda *s: torch.randn(*s, device="cuda", dtype=dtype, generator=g)  # noqa: E731
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device=DEV, dtype=dtype, generator=g)  # noqa: E731
     x = dict(q=r(t, HQ, D), k=r(t, HKV, D), v=r(t, HKV, D), q_idx=r(t, HI, DI) * 0.3, k_idx=r(t, DI) * 0.3,
              w_idx=r(t, HI) * 0.5)
     if grad:
@@ -96,12 +97,12 @@ def inputs(t, dtype=torch.bfloat16, seed=0, grad=False):
 
 def ceilings():
     n = 1 << 29  # 1 GiB of bf16... 2 bytes each
-    a = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    a = torch.empty(n, dtype=torch.bfloat16, device=DEV).normal_()
     b = torch.empty_like(a)
     s = timeit(lambda: b.copy_(a))
     bw = 2 * a.numel() * 2 / s
     row(0, "device copy (read+write)", s, nbytes=2 * a.numel() * 2)
-    m = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    m = torch.randn(8192, 8192, device=DEV, dtype=torch.bfloat16)
     s = timeit(lambda: m @ m)
     row(0, "bf16 matmul 8192^3", s, flop=2 * 8192**3)
     return bw
@@ -118,13 +119,13 @@ def try_time(fn, **kw):
 
 def sweep(t=131072):
     """Pick launch configs on this GPU (one document of T tokens) and install them as defaults."""
-    pos = torch.arange(t, dtype=torch.int32, device="cuda")
-    doc = torch.zeros(t, dtype=torch.int32, device="cuda")
+    pos = torch.arange(t, dtype=torch.int32, device=DEV)
+    doc = torch.zeros(t, dtype=torch.int32, device=DEV)
     x = inputs(t, seed=3)
     scale = 1 / math.sqrt(D)
     for gran in ("block", "token"):
         token = gran == "token"
-        cfg = DSAConfig(topk=K, granularity=gran, block_q=BQ)
+        cfg = DSAConfig(index_heads=HI, index_dim=DI, topk=K, granularity=gran, block_q=BQ)
         plan = build_plan(pos, doc, cfg, dense=False)
         if not token:
             best = None
@@ -165,19 +166,65 @@ def sweep(t=131072):
     torch.cuda.empty_cache()
 
 
+def sweep_block_attn(t=131072, rule="pooled"):
+    """Block-mode attention launch configs (BN, warps, stages, rows per program) at T; installs the best."""
+    pos = torch.arange(t, dtype=torch.int32, device=DEV)
+    doc = torch.zeros(t, dtype=torch.int32, device=DEV)
+    x = inputs(t, seed=3)
+    scale = 1 / math.sqrt(D)
+    cfg = rule_cfg(rule)
+    plan = build_plan(pos, doc, cfg, dense=False)
+    sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
+    npairs = attended(plan, sel_n, False)
+    for kind, opts in (("fwd", [(64, 16, 2, 256), (64, 16, 3, 256), (32, 16, 3, 256), (128, 16, 2, 256),
+                                (64, 16, 2, 128), (64, 8, 3, 128)]),
+                       ("bwd", [(64, 8, 1, 128), (64, 16, 1, 128), (32, 8, 1, 128), (64, 16, 1, 256)])):
+        best = None
+        for bn, nw, ns, rows in opts:
+            attn_mod.BLOCK_ROWS[kind] = rows
+            if kind == "fwd":
+                fn = lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False, bn, nw, ns)  # noqa: E731
+            else:
+                fn = lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False,  # noqa: E731
+                                      bn, nw, ns)
+            s_ = try_time(fn, min_total=0.2, max_reps=4)
+            fl = 4 * D * HQ * npairs * (1 if kind == "fwd" else 2.5)
+            log(f"  sweep T={t} block attn {kind} (BN, warps, stages, rows)={(bn, nw, ns, rows)}: {s_ * 1e3:.2f} ms "
+                f"{fl / s_ / 1e12:.1f} TFLOP/s")
+            if best is None or s_ < best[0]:
+                best = (s_, (bn, nw, ns, rows))
+        bn, nw, ns, rows = best[1]
+        attn_mod.BLOCK_ROWS[kind] = rows
+        (attn_mod.FWD_CONFIG if kind == "fwd" else attn_mod.BWD_CONFIG)["block"] = (bn, nw, ns)
+        ROWS.append(dict(T=t, what=f"sweep: block attn {kind} config", ms=best[0] * 1e3, note=str(best[1])))
+        if kind == "fwd":
+            out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False)
+            dout = torch.randn_like(out)
+    x = sel = out = lse = dout = None
+    torch.cuda.empty_cache()
+
+
+def rule_cfg(rule, stage="sparse"):
+    """DSAConfig (block) for a rule name: max | sum | pooled | max+coarse2 | ..."""
+    agg, _, c = rule.partition("+coarse")
+    return DSAConfig(index_heads=HI, index_dim=DI, topk=K, granularity="block", block_q=BQ, stage=stage,
+                     block_agg=agg, coarse=int(c or 0))
+
+
 def rel(a, b):
     a, b = a.float(), b.float()
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def correctness(t):
+def correctness(t, cases=(("block", "sparse", "max"), ("token", "sparse", "max"), ("block", "warmup", "max"))):
     """Triton vs the reference at T tokens (bf16 inputs, reference in fp32), same selection."""
     cu_docs = [0, t // 2 + 123, t]  # two documents, odd lengths
-    doc = torch.zeros(t, dtype=torch.int32, device="cuda")
+    doc = torch.zeros(t, dtype=torch.int32, device=DEV)
     doc[cu_docs[1]:] = cu_docs[1]
-    pos = torch.arange(t, dtype=torch.int32, device="cuda")
-    for gran, stage in (("block", "sparse"), ("token", "sparse"), ("block", "warmup")):
-        cfg = DSAConfig(topk=K, granularity=gran, block_q=BQ, stage=stage)
+    pos = torch.arange(t, dtype=torch.int32, device=DEV)
+    for gran, stage, rule in cases:
+        cfg = rule_cfg(rule, stage=stage) if gran == "block" else DSAConfig(index_heads=HI, index_dim=DI, topk=K,
+                                                                            granularity=gran, block_q=BQ, stage=stage)
         x = inputs(t, seed=1, grad=True)
         names = ["q", "k", "v", "q_idx", "k_idx", "w_idx"]
         args = [x[n] for n in names]
@@ -194,10 +241,10 @@ def correctness(t):
         o2, l2, _ = dsa_attention_rows(*args, pos, doc, cfg, backend="reference", sel=sel)
         g2 = torch.autograd.grad((o2.float() * dout.float()).sum() + 100 * l2, args)
         errs = {n: rel(a, b) for n, a, b in zip(names, g1, g2)}
-        log(f"  {gran}/{stage} T={t}: out {rel(o1, o2):.2e} loss {l1.item():.6f} vs {l2.item():.6f} "
+        log(f"  {gran}/{stage}/{rule} T={t}: out {rel(o1, o2):.2e} loss {l1.item():.6f} vs {l2.item():.6f} "
             f"grads {', '.join(f'{n} {e:.2e}' for n, e in errs.items())} {msg}")
         ok = rel(o1, o2) < 2e-2 and abs(l1.item() - l2.item()) < 2e-2 * abs(l2.item()) + 1e-3 and max(errs.values()) < 5e-2
-        ROWS.append(dict(T=t, what=f"correctness {gran}/{stage}", ms=float("nan"),
+        ROWS.append(dict(T=t, what=f"correctness {gran}/{stage}/{rule}", ms=float("nan"),
                          note=f"{'PASS' if ok else 'FAIL'} out {rel(o1, o2):.1e} maxgrad {max(errs.values()):.1e} {msg}"))
         o1 = o2 = g1 = g2 = x = args = None
         torch.cuda.empty_cache()
@@ -213,66 +260,74 @@ def attended(plan, sel_n, token):
     return int((sel_n.long() * nq).sum() + diag.sum())
 
 
-def bench_size(t, bw):
-    pos = torch.arange(t, dtype=torch.int32, device="cuda")
-    doc = torch.zeros(t, dtype=torch.int32, device="cuda")
+def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True):
+    """Per size: for each block rule (and token mode) selection, kernels (first rule only) and layer."""
+    pos = torch.arange(t, dtype=torch.int32, device=DEV)
+    doc = torch.zeros(t, dtype=torch.int32, device=DEV)
     x = inputs(t)
     scale = 1 / math.sqrt(D)
-    for gran in ("block", "token"):
+    jobs = [("block", r) for r in rules if "block" in modes] + ([("token", "")] if "token" in modes else [])
+    for i, (gran, rule) in enumerate(jobs):
         token = gran == "token"
-        cfg = DSAConfig(topk=K, granularity=gran, block_q=BQ, stage="sparse")
+        cfg = DSAConfig(index_heads=HI, index_dim=DI, topk=K, granularity="token", block_q=BQ,
+                        stage="sparse") if token else rule_cfg(rule)
+        name = "token" if token else f"block[{rule}]"
+        kernels = token or i == 0
         plan = build_plan(pos, doc, cfg, dense=False)
         cand = (plan.cand_hi - plan.cand_lo).long()
         big = cand > K
         # -- selection: scores only, then scores + top-k
         s_sel = timeit(lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg))
         sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
-        lo, hi = plan.cand_lo.cpu(), plan.cand_hi.cpu()
-        span = int(hi.max()) - int(lo.min())
-        rows_ = max(1, min(plan.n_owners, (1 << 30) // (4 * span)))
-        buf = torch.empty(rows_ * span, dtype=torch.float32, device="cuda")
+        if not cfg.coarse or token:
+            lo, hi = plan.cand_lo.cpu(), plan.cand_hi.cpu()
+            span = int(hi.max()) - int(lo.min())
+            rows_ = max(1, min(plan.n_owners, (1 << 30) // (4 * span)))
+            buf = torch.empty(rows_ * span, dtype=torch.float32, device=DEV)
 
-        def scores_only():
-            for o in range(0, plan.n_owners, rows_):
-                nr = min(rows_, plan.n_owners - o)
-                base = int(lo[o:o + nr].min())
-                width = max(1, int(hi[o:o + nr].max()) - base)
-                owner_scores(x["q_idx"], x["w_idx"], x["k_idx"], plan.own_q0, plan.own_nq, plan.cand_lo,
-                             plan.cand_hi, o, nr, base, width, buf[: nr * width].view(nr, width), K, token, True)
-        s_sc = timeit(scores_only)
-        pairs_sc = int((cand[big] * plan.own_nq[big].long()).sum())
-        sc_bytes = 4 * int(cand[big].sum())
-        row(t, f"{gran}: indexer scores", s_sc, flop=2 * HI * DI * pairs_sc, nbytes=sc_bytes,
-            note="bytes = scores written")
-        row(t, f"{gran}: top-k (select - scores)", max(s_sel - s_sc, 1e-9), nbytes=5 * sc_bytes,
-            note="bytes = 5 radix passes over the scores")
-        row(t, f"{gran}: selection total", s_sel)
-        buf = None
-        # -- attention kernels
+            def scores_only():
+                qsrc, wsrc, q0src, tok = _rows_source(x["q_idx"], x["w_idx"], plan, cfg)
+                for o in range(0, plan.n_owners, rows_):
+                    nr = min(rows_, plan.n_owners - o)
+                    base = int(lo[o:o + nr].min())
+                    width = max(1, int(hi[o:o + nr].max()) - base)
+                    owner_scores(qsrc, wsrc, x["k_idx"], q0src, plan.own_nq, plan.cand_lo, plan.cand_hi, o, nr,
+                                 base, width, buf[: nr * width].view(nr, width), K, tok, cfg.block_agg == "max")
+            s_sc = timeit(scores_only)
+            rows_per = 1 if cfg.block_agg == "pooled" and not token else plan.own_nq[big].long()
+            pairs_sc = int((cand[big] * rows_per).sum())
+            sc_bytes = 4 * int(cand[big].sum())
+            row(t, f"{name}: indexer scores", s_sc, flop=2 * HI * DI * pairs_sc, nbytes=sc_bytes,
+                note="bytes = scores written" + ("; pooled: one row per block, pooling included" if
+                                                 cfg.block_agg == "pooled" and not token else ""))
+            row(t, f"{name}: top-k (select - scores)", max(s_sel - s_sc, 1e-9), nbytes=5 * sc_bytes,
+                note="bytes = 5 radix passes over the scores")
+            buf = None
+        row(t, f"{name}: selection total", s_sel)
         npairs = attended(plan, sel_n, token)
         fl_fwd = 4 * D * HQ * npairs
-        if token:
-            gather = npairs * HKV * D * 2 * 2  # K and V rows, once per query
-        else:
-            qb = 64
-            hpp = 2
-            gather = int(sel_n.long().sum()) * HKV * (HQ // HKV // hpp) * D * 2 * 2 + t * HKV * D * 2 * 2
-            qb = None
-        io = 2 * x["q"].numel() * 2  # read q, write out
-        s_f = timeit(lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token))
-        row(t, f"{gran}: sparse attn fwd", s_f, flop=fl_fwd, nbytes=gather + io,
-            note=f"{npairs / t:.0f} keys/query; bytes = K,V gathered (L2 hits incl.) + q,o")
-        out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token)
-        dout = torch.randn_like(out)
-        s_b = timeit(lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, token))
-        atom = gather // 2 * 2 * 2  # fp32 dK, dV adds: twice the bf16 row bytes each
-        row(t, f"{gran}: sparse attn bwd", s_b, flop=2.5 * fl_fwd, nbytes=gather + atom + 3 * io,
-            note="bytes = gathers + fp32 atomics + q,o,do,dq")
-        s_kl = timeit(lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,
-                                         sel_n, scale, token, True))
-        fl_kl = npairs * (2 * HQ * D + 4 * 2 * HI * DI)
-        row(t, f"{gran}: indexer KL (fwd+grads)", s_kl, flop=fl_kl)
-        out = lse = dout = None
+        if kernels:
+            # -- attention kernels
+            if token:
+                gather = npairs * HKV * D * 2 * 2  # K and V rows, once per query
+            else:
+                hpp = min(HQ // HKV, attn_mod.BLOCK_ROWS["fwd"] // BQ)
+                gather = int(sel_n.long().sum()) * HKV * (HQ // HKV // hpp) * D * 2 * 2 + t * HKV * D * 2 * 2
+            io = 2 * x["q"].numel() * 2  # read q, write out
+            s_f = timeit(lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token))
+            row(t, f"{name}: sparse attn fwd", s_f, flop=fl_fwd, nbytes=gather + io,
+                note=f"{npairs / t:.0f} keys/query; bytes = K,V gathered (L2 hits incl.) + q,o")
+            out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token)
+            dout = torch.randn_like(out)
+            s_b = timeit(lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, token))
+            atom = gather // 2 * 2 * 2  # fp32 dK, dV adds: twice the bf16 row bytes each
+            row(t, f"{name}: sparse attn bwd", s_b, flop=2.5 * fl_fwd, nbytes=gather + atom + 3 * io,
+                note="bytes = gathers + fp32 atomics + q,o,do,dq")
+            s_kl = timeit(lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,
+                                             sel_n, scale, token, True))
+            fl_kl = npairs * (2 * HQ * D + 4 * 2 * HI * DI)
+            row(t, f"{name}: indexer KL (fwd+grads)", s_kl, flop=fl_kl)
+            out = lse = dout = None
         # -- whole layer
         xg = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}
         args = [xg[n] for n in ("q", "k", "v", "q_idx", "k_idx", "w_idx")]
@@ -293,8 +348,8 @@ def bench_size(t, bw):
         o_ = l_ = None
         s_lfb = timeit(fwd_bwd)
         peak = torch.cuda.max_memory_allocated() - base_mem
-        row(t, f"{gran}: DSA layer fwd", s_lf, note=f"saved activations {act / 2**30:.2f} GiB (incl. out)")
-        row(t, f"{gran}: DSA layer fwd+bwd", s_lfb, note=f"peak above inputs {peak / 2**30:.2f} GiB")
+        row(t, f"{name}: DSA layer fwd", s_lf, note=f"saved activations {act / 2**30:.2f} GiB (incl. out)")
+        row(t, f"{name}: DSA layer fwd+bwd", s_lfb, note=f"peak above inputs {peak / 2**30:.2f} GiB")
         if token:
             # memory-traffic floor: K,V gathers fwd + bwd, fp32 dK/dV scatter, KL gathers of K and k_I,
             # scores written once and read once.
@@ -306,6 +361,8 @@ def bench_size(t, bw):
             row(t, "token: memory floor fwd+bwd", floor_fb, note=f"measured/floor {s_lfb / floor_fb:.2f}")
         xg = args = sel = sel_n = dout2 = None
         torch.cuda.empty_cache()
+    if not sdpa:
+        return
     # -- SDPA
     qs = x["q"].transpose(0, 1).unsqueeze(0)
     ks = x["k"].transpose(0, 1).unsqueeze(0)
@@ -331,10 +388,11 @@ def summary(sizes):
     lines = []
     for t in sizes:
         sd_f, sd_fb = by.get((t, "SDPA fwd (causal, GQA)")), by.get((t, "SDPA fwd+bwd (causal, GQA)"))
-        for gran in ("block", "token"):
-            lf, lfb = by.get((t, f"{gran}: DSA layer fwd")), by.get((t, f"{gran}: DSA layer fwd+bwd"))
+        names = sorted({r["what"].split(":")[0] for r in ROWS if r["T"] == t and r["what"].endswith("DSA layer fwd")})
+        for name in names:
+            lf, lfb = by.get((t, f"{name}: DSA layer fwd")), by.get((t, f"{name}: DSA layer fwd+bwd"))
             if lf and lfb and sd_f and sd_fb:
-                lines.append(f"T={t} {gran}: fwd {lf['ms']:.1f} ms ({sd_f['ms'] / lf['ms']:.2f}x SDPA), "
+                lines.append(f"T={t} {name}: fwd {lf['ms']:.1f} ms ({sd_f['ms'] / lf['ms']:.2f}x SDPA), "
                              f"fwd+bwd {lfb['ms']:.1f} ms ({sd_fb['ms'] / lfb['ms']:.2f}x SDPA)")
     return lines
 
@@ -374,7 +432,8 @@ def video_scores(t, frame, gen):
 
 
 def quality(t=8192, frame=256, k=1024, bq=64, seed=0):
-    """Share of each query's own top-k indexer mass (softmax of its logits) kept by block selection."""
+    """Logit-level harness (kept from the first round): max vs sum on video_scores. Pooled and
+    coarse-to-fine rules need indexer vectors, see quality_vectors."""
     gen = torch.Generator().manual_seed(seed)
     logits = video_scores(t, frame, gen)
     res = {}
@@ -395,18 +454,92 @@ def quality(t=8192, frame=256, k=1024, bq=64, seed=0):
             chosen = torch.zeros(t, dtype=torch.bool)
             chosen[torch.sort(a, descending=True, stable=True).indices[:k]] = True
             chosen[b0:b0 + bq] = True
-            p = torch.softmax(lgm, -1)
-            top = torch.topk(lgm, k, dim=-1).indices
-            own = torch.zeros_like(vis)
-            own.scatter_(1, top, True)
-            own &= vis
-            m_own = (p * own).sum(1)
-            m_kept = (p * (own & chosen[None, :])).sum(1)
-            kept.append(m_kept / m_own)
+            kept.append(_kept_share(lgm, vis, chosen[None, :], k))
         kv = torch.cat(kept)
         res[agg] = (kv.mean().item(), kv.quantile(0.05).item(), kv.min().item())
-        log(f"block_agg={agg}: kept share of own top-{k} mass mean {res[agg][0]:.4f} p5 {res[agg][1]:.4f} "
+        log(f"[logits] block_agg={agg}: kept share of own top-{k} mass mean {res[agg][0]:.4f} p5 {res[agg][1]:.4f} "
             f"min {res[agg][2]:.4f} (T={t}, frame={frame} tokens, B_q={bq})")
+    return res
+
+
+def _kept_share(lgm, vis, chosen, k):
+    """Per query row: indexer softmax mass of its own top-k keys that ``chosen`` ([rows or 1, T]) keeps,
+    over the mass of its own top-k."""
+    p = torch.softmax(lgm, -1)
+    top = torch.topk(lgm, k, dim=-1).indices
+    own = torch.zeros_like(vis)
+    own.scatter_(1, top, True)
+    own &= vis
+    return (p * (own & chosen)).sum(1) / (p * own).sum(1)
+
+
+def video_indexer(t, frame, h=8, d=64, gen=None):
+    """Indexer inputs (q_I [t, h, d], k_I [t, d], w [t, h]) whose logits have the video structure of
+    video_scores: each key carries its frame's embedding, a salience component and noise; each
+    query's heads aim at its own frame and the previous one (local window), at 3 distant frames
+    shared by its 512-query segment, at one distant frame of its own, at key salience, and noise.
+    Heads see a key through relu(q . k), as the real indexer, so pooling a block's queries mixes
+    their targets the way a trained indexer's would (per-query targets get diluted)."""
+    nf = (t + frame - 1) // frame
+    unit = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
+    emb = unit(torch.randn(nf, d, generator=gen))
+    u = unit(torch.randn(d, generator=gen))
+    kf = torch.arange(t) // frame
+    sal = torch.randn(t, generator=gen) * 0.5
+    k_idx = emb[kf] + sal[:, None] * u + 1.0 * unit(torch.randn(t, d, generator=gen))
+    qf = kf
+    seg = torch.randint(0, nf, (t // 512 + 1, 3), generator=gen)
+    own = torch.randint(0, nf, (t,), generator=gen) % (qf + 1)
+    tgt = torch.stack([qf, (qf - 1).clamp(min=0), seg[qf * 0 + torch.arange(t) // 512, 0],
+                       seg[torch.arange(t) // 512, 1], seg[torch.arange(t) // 512, 2], own], 1)  # [t, 6]
+    strength = torch.tensor([4.0, 4.0, 3.0, 3.0, 3.0, 3.0])
+    q = torch.zeros(t, h, d)
+    q[:, :6] = emb[tgt] * strength[None, :, None]
+    q[:, 6] = 1.0 * u
+    q[:, :h] += 3.0 * unit(torch.randn(t, h, d, generator=gen))  # per-query noise in every head
+    w = 1.0 + 0.2 * torch.randn(t, h, generator=gen)
+    return q, k_idx, w
+
+
+QUALITY_RULES = [("max", 0), ("sum", 0), ("pooled", 0), ("max", 2), ("max", 4), ("sum", 2), ("sum", 4)]
+
+
+def quality_vectors(t=8192, frame=256, k=1024, bq=64, seed=0, rules=QUALITY_RULES):
+    """Share of each query's own top-k indexer mass kept by each block selection rule, computed on
+    video_indexer's inputs with the reference selection (the rule the kernels implement)."""
+    gen = torch.Generator().manual_seed(seed)
+    qi, ki, wi = video_indexer(t, frame, gen=gen)
+    pos = torch.arange(t, dtype=torch.int32)
+    doc = torch.zeros(t, dtype=torch.int32)
+    res = {}
+    lgs = {}
+    for agg, coarse in rules:
+        cfg = DSAConfig(index_heads=qi.shape[1], index_dim=qi.shape[2], topk=k, granularity="block", block_q=bq,
+                        block_agg=agg, coarse=coarse)
+        plan = build_plan(pos, doc, cfg, dense=False)
+        t0 = time.time()
+        sel, sel_n = ref.select(qi, ki, wi, plan, cfg)
+        t_sel = time.time() - t0
+        kept = []
+        for o in range(plan.n_owners):
+            b0, nq = int(plan.own_q0[o]), int(plan.own_nq[o])
+            if int(plan.cand_hi[o] - plan.cand_lo[o]) + 1 <= k:
+                continue
+            rows = torch.arange(b0, b0 + nq)
+            if o not in lgs:
+                lgs[o] = ref.index_logits(qi[rows], wi[rows], ki[: b0 + nq])
+            vis = torch.arange(b0 + nq)[None, :] <= rows[:, None]
+            lgm = lgs[o].masked_fill(~vis, float("-inf"))
+            chosen = torch.zeros(b0 + nq, dtype=torch.bool)
+            s = sel[o, : int(sel_n[o])].long()
+            chosen[s] = True
+            chosen[b0:] = True
+            kept.append(_kept_share(lgm, vis, chosen[None, :], k))
+        kv = torch.cat(kept)
+        name = agg + (f"+coarse{coarse}" if coarse else "")
+        res[name] = (kv.mean().item(), kv.quantile(0.05).item(), kv.min().item())
+        log(f"[indexer] {name:<14}: kept share of own top-{k} mass mean {res[name][0]:.4f} p5 {res[name][1]:.4f} "
+            f"min {res[name][2]:.4f} (T={t}, frame={frame}, B_q={bq}; reference select {t_sel:.1f} s on CPU)")
     return res
 
 
@@ -420,10 +553,16 @@ def main():
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--commit", default=os.environ.get("COMMIT", ""))
     ap.add_argument("--quality", action="store_true")
-    ap.add_argument("--sweep", type=int, default=1, help="sweep launch configs first (1) or not (0)")
+    ap.add_argument("--sweep", type=int, default=1,
+                    help="sweep launch configs first: 1 all, 2 block attention only, 0 none")
+    ap.add_argument("--modes", default="block,token")
+    ap.add_argument("--rules", default="pooled,max", help="block selection rules: max, sum, pooled, max+coarse2, ...")
+    ap.add_argument("--check-rules", default="pooled,max+coarse2", help="block rules checked against the reference")
+    ap.add_argument("--sdpa", type=int, default=1)
     a = ap.parse_args()
     if a.quality:
         quality()
+        quality_vectors()
         return
     sizes = [int(s) for s in a.sizes.split(",") if s]
     commit = a.commit
@@ -437,12 +576,18 @@ def main():
                 torch=torch.__version__, triton=triton.__version__)
     log(meta)
     bw = section("ceilings", ceilings) or 3.0e12
-    if a.sweep:
+    modes = tuple(a.modes.split(","))
+    rules = tuple(r for r in a.rules.split(",") if r)
+    if a.sweep == 1:
         section("launch-config sweep", sweep)
+    if a.sweep:
+        section("block attention sweep", sweep_block_attn, 131072, rules[0])
     if a.check:
-        section(f"correctness at {a.check}", correctness, a.check)
+        cases = [("block", "sparse", r) for r in a.check_rules.split(",") if r] + \
+            ([("token", "sparse", "max")] if "token" in modes else []) + [("block", "warmup", "max")]
+        section(f"correctness at {a.check}", correctness, a.check, tuple(cases))
     for t in sizes:
-        section(f"benchmark T={t}", bench_size, t, bw)
+        section(f"benchmark T={t}", bench_size, t, bw, modes, rules, bool(a.sdpa))
     tab = table(meta)
     summ = summary(sizes)
     os.makedirs(a.out, exist_ok=True)

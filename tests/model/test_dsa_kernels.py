@@ -68,7 +68,7 @@ def test_topk_kernel_is_exact_with_ties():
 
 
 # ----------------------------------------------------------------------------------------- scores
-@pytest.mark.parametrize("gran,agg", [("token", "max"), ("block", "max"), ("block", "sum")])
+@pytest.mark.parametrize("gran,agg", [("token", "max"), ("block", "max"), ("block", "sum"), ("block", "pooled")])
 def test_score_kernel_matches_reference(gran, agg):
     g = gen()
     t = 70
@@ -84,19 +84,24 @@ def test_score_kernel_matches_reference(gran, agg):
     torch.testing.assert_close(buf[need], want[need], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("gran,agg", [("token", "max"), ("block", "max"), ("block", "sum")])
-def test_selection_is_exact_topk_on_integer_scores(gran, agg):
-    """Integer indexer inputs make every score exact in fp32, so kernel and reference must pick the
-    same keys, including every tie (ties go to the lower key index)."""
+@pytest.mark.parametrize("gran,agg,coarse", [("token", "max", 0), ("block", "max", 0), ("block", "sum", 0),
+                                             ("block", "pooled", 0), ("block", "max", 2), ("block", "sum", 2)])
+def test_selection_is_exact_topk_on_integer_scores(gran, agg, coarse):
+    """Integer indexer inputs make every score exact in fp32 (pooled rows are sums, also exact), so
+    kernel and reference must pick the same keys, including every tie (ties go to the lower key
+    index); coarse-to-fine must agree on the candidate list and on the final pick."""
     g = gen()
     t = 61
     qi = torch.randint(-2, 3, (t, 2, 16), generator=g, device=DEV).float()
     ki = torch.randint(-2, 3, (t, 16), generator=g, device=DEV).float()
     wi = torch.randint(-1, 3, (t, 2), generator=g, device=DEV).float()
     pos, doc = rows_of([0, 5, 33, t], t)  # one document shorter than k
-    cfg = DSAConfig(index_heads=2, index_dim=16, topk=7, granularity=gran, block_q=4, block_agg=agg)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=7, granularity=gran, block_q=4, block_agg=agg, coarse=coarse)
     plan = build_plan(pos, doc, cfg, dense=False)
     s1, n1 = select(qi, ki, wi, plan, cfg, buf_bytes=4 * 30 * 8)  # force several chunks
+    if coarse:  # some block must have more than k but at most coarse*k candidates, some more than that
+        n = plan.cand_hi - plan.cand_lo
+        assert ((n > 7) & (n <= 14)).any() and (n > 14).any()
     s2, n2 = ref.select(qi, ki, wi, plan, cfg)
     assert torch.equal(n1, n2)
     assert torch.equal(s1, s2)
@@ -104,23 +109,26 @@ def test_selection_is_exact_topk_on_integer_scores(gran, agg):
 
 # ------------------------------------------------------------------------------- layer vs reference
 LAYER_CASES = [
-    # (granularity, stage, T, cu, Hq, Hkv, k, B_q)
-    ("token", "sparse", 29, [0, 29], 2, 2, 40, 4),  # whole sequence shorter than k: dense
-    ("token", "sparse", 41, [0, 6, 41], 4, 2, 9, 4),  # a document shorter than k, GQA 2
-    ("block", "sparse", 43, [0, 17, 43], 8, 1, 6, 4),  # GQA 8, odd lengths
-    ("block", "sparse", 50, [0, 50], 2, 2, 8, 8),  # GQA 1
-    ("token", "sparse", 33, [0, 33], 8, 1, 6, 4),  # GQA 8 per token
-    ("block", "warmup", 37, [0, 12, 37], 4, 2, 6, 4),
-    ("token", "warmup", 30, [0, 30], 8, 1, 6, 8),
+    # (granularity, stage, T, cu, Hq, Hkv, k, B_q, block_agg, coarse)
+    ("token", "sparse", 29, [0, 29], 2, 2, 40, 4, "max", 0),  # whole sequence shorter than k: dense
+    ("token", "sparse", 41, [0, 6, 41], 4, 2, 9, 4, "max", 0),  # a document shorter than k, GQA 2
+    ("block", "sparse", 43, [0, 17, 43], 8, 1, 6, 4, "max", 0),  # GQA 8, odd lengths
+    ("block", "sparse", 50, [0, 50], 2, 2, 8, 8, "max", 0),  # GQA 1
+    ("block", "sparse", 45, [0, 19, 45], 8, 2, 6, 4, "pooled", 0),  # pooled selection
+    ("block", "sparse", 42, [0, 42], 4, 1, 5, 4, "sum", 2),  # coarse-to-fine
+    ("token", "sparse", 33, [0, 33], 8, 1, 6, 4, "max", 0),  # GQA 8 per token
+    ("block", "warmup", 37, [0, 12, 37], 4, 2, 6, 4, "max", 0),
+    ("token", "warmup", 30, [0, 30], 8, 1, 6, 8, "max", 0),
 ]
 
 
-@pytest.mark.parametrize("gran,stage,t,cu,hq,hkv,k,bq", LAYER_CASES)
-def test_layer_matches_reference(gran, stage, t, cu, hq, hkv, k, bq):
+@pytest.mark.parametrize("gran,stage,t,cu,hq,hkv,k,bq,agg,coarse", LAYER_CASES)
+def test_layer_matches_reference(gran, stage, t, cu, hq, hkv, k, bq, agg, coarse):
     g = gen()
     args = case(g, t, hq, hkv)
     pos, doc = rows_of(cu, t)
-    cfg = DSAConfig(index_heads=2, index_dim=16, topk=k, granularity=gran, block_q=bq, stage=stage)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=k, granularity=gran, block_q=bq, stage=stage,
+                    block_agg=agg, coarse=coarse)
     o1, l1, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton")
     sel = None
     if stage == "sparse":

@@ -70,16 +70,26 @@ def test_sparse_with_k_above_doc_length_is_dense():
 
 
 def _brute_select(qi, ki, wi, plan, cfg):
-    """Per owner: rank candidates by (-score, index) with Python sorting; all if at most k."""
+    """Per owner: rank candidates by (-score, index) with Python sorting; all if at most k.
+    Pooled: one row, the sums of the owner's q_I and w rows. Coarse: the pooled top coarse*k first."""
     out = []
     for o in range(plan.n_owners):
         lo, hi = int(plan.cand_lo[o]), int(plan.cand_hi[o])
         q0, nq = int(plan.own_q0[o]), int(plan.own_nq[o])
-        sc = {}
-        for s in range(lo, hi):
-            vals = [float((torch.relu(qi[t] @ ki[s]) * wi[t]).sum()) for t in range(q0, q0 + nq)]
-            v = max(vals) if cfg.block_agg == "max" else sum(vals)
-            sc[s] = 0.0 if v == 0 else v
+
+        def score(s, agg):
+            if agg == "pooled":
+                v = float((torch.relu(qi[q0:q0 + nq].sum(0) @ ki[s]) * wi[q0:q0 + nq].sum(0)).sum())
+            else:
+                vals = [float((torch.relu(qi[t] @ ki[s]) * wi[t]).sum()) for t in range(q0, q0 + nq)]
+                v = max(vals) if agg == "max" else sum(vals)
+            return 0.0 if v == 0 else v
+
+        cands = list(range(lo, hi))
+        if cfg.coarse and cfg.block_agg != "pooled" and cfg.granularity == "block":
+            sc = {s: score(s, "pooled") for s in cands}
+            cands = sorted(sc, key=lambda s: (-sc[s], s))[: cfg.coarse * cfg.topk]
+        sc = {s: score(s, cfg.block_agg) for s in cands}
         keys = sorted(sc, key=lambda s: (-sc[s], s))[: cfg.topk]
         out.append(sorted(keys))
     return out
@@ -94,14 +104,16 @@ def test_reference_select_is_exact_topk_with_ties():
     wi = torch.randint(-1, 3, (t, 2), generator=gen).double()
     cu = torch.tensor([0, 9, 45], dtype=torch.int32)
     pos, doc = _rows(cu, t)
-    for gran, agg in (("token", "max"), ("block", "max"), ("block", "sum")):
-        cfg = DSAConfig(index_heads=2, index_dim=4, topk=6, granularity=gran, block_q=4, block_agg=agg)
+    for gran, agg, coarse in (("token", "max", 0), ("block", "max", 0), ("block", "sum", 0), ("block", "pooled", 0),
+                              ("block", "max", 2), ("block", "sum", 2)):
+        cfg = DSAConfig(index_heads=2, index_dim=4, topk=6, granularity=gran, block_q=4, block_agg=agg,
+                        coarse=coarse)
         plan = build_plan(pos, doc, cfg, dense=False)
         sel, cnt = ref.select(qi, ki, wi, plan, cfg)
         want = _brute_select(qi, ki, wi, plan, cfg)
         for o, w in enumerate(want):
             assert int(cnt[o]) == len(w)
-            assert sel[o, : len(w)].tolist() == w, (gran, agg, o)
+            assert sel[o, : len(w)].tolist() == w, (gran, agg, coarse, o)
             assert (sel[o, len(w):] == -1).all()
 
 

@@ -2,9 +2,10 @@
 
 One program serves one owner (a query, or a block of B_q queries), one KV head and HPP of its
 query heads: QB x HPP query rows that share every key tile it loads. In ``block`` mode that is
-64 queries x 2 heads = 128 rows per gathered key tile (the tile is reused across the block, which
-is the point of block selection); in ``token`` mode 1 query x the G heads of the KV group (padded
-to 16 rows, the smallest tl.dot), so each gathered 256-byte key row feeds every head of its group.
+64 queries x 4 heads = 256 rows per gathered key tile in the forward, 64 x 2 = 128 in the backward
+(BLOCK_ROWS; the tile is reused across the block, which is the point of block selection); in
+``token`` mode 1 query x the G heads of the KV group (padded to 16 rows, the smallest tl.dot), so
+each gathered 256-byte key row feeds every head of its group.
 
 Keys come from two sources, walked as one loop of BN-key tiles: the owner's selected list
 (gathered rows of the global key table, -1 padded) and a contiguous range (the block's own keys,
@@ -185,16 +186,23 @@ def _attn_bwd_kernel(
 
 
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them.
-FWD_CONFIG = {"block": (64, 8, 3), "token": (64, 4, 2)}  # H100 sweep, 2026-11-24
+FWD_CONFIG = {"block": (64, 16, 2), "token": (64, 4, 2)}  # H100 sweeps, 2026-11-24
 BWD_CONFIG = {"block": (64, 8, 1), "token": (32, 4, 2)}
 
 
-def launch_shape(max_nq: int, g: int, token: bool):
-    """(QB, HPP): queries and heads per program, QB*HPP >= 16 rows and about 128 in block mode."""
+# Query rows (queries x heads of one KV group) per program in block mode: every gathered key tile
+# feeds this many rows of the dot. Forward: 256 rows (64 queries x 4 heads) over 16 warps ran at
+# 265 TFLOP/s vs 218 for 128 rows over 8 warps (H100, 128K, tests/bench/RESULTS.md). Backward
+# keeps 128: it holds q, dO and dQ per row.
+BLOCK_ROWS = {"fwd": 256, "bwd": 128}
+
+
+def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
+    """(QB, HPP): queries and heads per program, QB*HPP >= 16 rows and about ``rows`` in block mode."""
     if token:
         return 1, max(16, next_pow2(g))
     qb = next_pow2(max_nq)
-    hpp = max(1, min(next_pow2(g), 128 // qb))
+    hpp = max(1, min(next_pow2(g), rows // qb))
     hpp = max(hpp, 16 // qb)
     return qb, hpp
 
@@ -206,7 +214,7 @@ def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int 
     tq, hq, d = q.shape
     hkv = k.shape[1]
     g = hq // hkv
-    qb, hpp = launch_shape(plan.max_nq, g, token)
+    qb, hpp = launch_shape(plan.max_nq, g, token, BLOCK_ROWS["fwd"])
     out = torch.empty_like(q)
     lse = torch.empty((tq, hq), dtype=torch.float32, device=q.device)
     has_sel = sel is not None
@@ -231,7 +239,7 @@ def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: boo
     tq, hq, d = q.shape
     hkv = k.shape[1]
     g = hq // hkv
-    qb, hpp = launch_shape(plan.max_nq, g, token)
+    qb, hpp = launch_shape(plan.max_nq, g, token, BLOCK_ROWS["bwd"])
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)  # [Tq, Hq], rowsum(dO * O)
     dq = torch.empty_like(q)

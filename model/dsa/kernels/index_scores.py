@@ -6,6 +6,11 @@ B_q times fewer rows. Only candidate columns are written; owners with at most k 
 skipped (they take all their candidates without scores). The dot runs over (query, index head)
 rows, QS queries at a time, so a key tile loaded once serves QS*H_I rows; the head sum and the
 aggregation happen in registers. -0.0 is written as +0.0 so that the radix top-k sees one zero.
+
+``pooled`` block rows (block_agg="pooled") are token rows of a pseudo-query per block: pool_rows
+sums the block's q_I and w rows first, then the token path scores one row per block, B_q times
+fewer FLOPs than the max/sum rows. The coarse-to-fine refinement scores a block's max/sum over a
+*list* of candidate keys (LIST: the key of column c is list[c], not col_base + c).
 """
 from __future__ import annotations
 
@@ -45,7 +50,8 @@ def _scores_kernel(
     owner0, n_rows, col_base, width, stride_buf,
     s_qt, s_qh, s_wt, s_kt,
     HI, DI, K_SEL,
-    TOKEN: tl.constexpr, AGG_MAX: tl.constexpr, QS: tl.constexpr, HIP: tl.constexpr,
+    LIST, stride_list,
+    TOKEN: tl.constexpr, AGG_MAX: tl.constexpr, HAS_LIST: tl.constexpr, QS: tl.constexpr, HIP: tl.constexpr,
     DIP: tl.constexpr, BN: tl.constexpr, CH: tl.constexpr, IEEE: tl.constexpr, HEAD_DOT: tl.constexpr,
 ):
     """One program: a row group (QS token owners, or one block owner) x a chunk of CH key columns.
@@ -103,7 +109,11 @@ def _scores_kernel(
                 for cs in range(c_lo, c_hi, BN):
                     cols = cs + offs
                     cm = cols < c_hi
-                    kt = tl.load(KI + (col_base + cols).to(tl.int64)[None, :] * s_kt + dd[:, None],
+                    if HAS_LIST:
+                        keys = tl.load(LIST + o.to(tl.int64) * stride_list + cols, mask=cm, other=0)
+                    else:
+                        keys = col_base + cols
+                    kt = tl.load(KI + keys.to(tl.int64)[None, :] * s_kt + dd[:, None],
                                  mask=cm[None, :] & (dd[:, None] < DI), other=0.0)
                     sc = _row_logits(QI, WI, qrow, rv, hj, dd, kt, s_qt, s_qh, s_wt, DI, QS, HIP, BN, prec, HEAD_DOT)
                     if AGG_MAX:
@@ -118,22 +128,67 @@ def _scores_kernel(
                 tl.debug_barrier()
 
 
+@triton.jit
+def _pool_kernel(QI, WI, QP, WP, own_q0, own_nq, s_qt, s_wt, s_pt, s_wpt, HD, HI,
+                 R: tl.constexpr, HDP: tl.constexpr, HIP: tl.constexpr):
+    """QP[o] = sum of the owner's rows of q_I (flattened H_I*d_I), WP[o] = sum of its w rows, in fp32."""
+    o = tl.program_id(0)
+    q0 = tl.load(own_q0 + o)
+    nq = tl.load(own_nq + o)
+    c = tl.arange(0, HDP)
+    ch = tl.arange(0, HIP)
+    rr = tl.arange(0, R)
+    acc = tl.zeros([HDP], tl.float32)
+    accw = tl.zeros([HIP], tl.float32)
+    for r0 in range(0, nq, R):
+        rv = r0 + rr < nq
+        row = (q0 + r0 + rr).to(tl.int64)
+        x = tl.load(QI + row[:, None] * s_qt + c[None, :], mask=rv[:, None] & (c[None, :] < HD), other=0.0)
+        acc += tl.sum(x.to(tl.float32), 0)
+        y = tl.load(WI + row[:, None] * s_wt + ch[None, :], mask=rv[:, None] & (ch[None, :] < HI), other=0.0)
+        accw += tl.sum(y.to(tl.float32), 0)
+    tl.store(QP + o.to(tl.int64) * s_pt + c, acc.to(QP.dtype.element_ty), mask=c < HD)
+    tl.store(WP + o.to(tl.int64) * s_wpt + ch, accw, mask=ch < HI)
+
+
+def pool_rows(q_idx, w_idx, own_q0, own_nq):
+    """(q_pool [n_own, H_I, d_I] in q_idx's dtype, w_pool [n_own, H_I] float32): per-owner row sums."""
+    n_own = own_q0.numel()
+    t, hi_, di = q_idx.shape
+    q_idx, w_idx = q_idx.contiguous(), w_idx.contiguous()
+    qp = torch.empty((n_own, hi_, di), dtype=q_idx.dtype, device=q_idx.device)
+    wp = torch.empty((n_own, hi_), dtype=torch.float32, device=q_idx.device)
+    _pool_kernel[(n_own,)](q_idx, w_idx, qp, wp, own_q0, own_nq, q_idx.stride(0), w_idx.stride(0),
+                           qp.stride(0), wp.stride(0), hi_ * di, hi_, R=8, HDP=next_pow2(hi_ * di),
+                           HIP=next_pow2(hi_), num_warps=4)
+    return qp, wp
+
+
 def owner_scores(q_idx, w_idx, k_idx, own_q0, own_nq, cand_lo, cand_hi, owner0: int, n_rows: int,
                  col_base: int, width: int, buf: torch.Tensor, topk: int, token: bool, agg_max: bool,
-                 block_n: int | None = None, chunk: int = 1024, num_warps: int | None = None):
-    """Fill buf[:n_rows, :width] with the scores of owners owner0..owner0+n_rows-1 (candidates only)."""
+                 block_n: int | None = None, chunk: int = 1024, num_warps: int | None = None,
+                 key_list: torch.Tensor | None = None):
+    """Fill buf[:n_rows, :width] with the scores of owners owner0..owner0+n_rows-1 (candidates only).
+
+    ``token`` rows read q_idx row own_q0[o] (pooled rows: pass the pooled arrays and own_q0 =
+    arange). ``key_list`` [n_own, width] (block rows only): column c of owner o is key
+    key_list[o, c], with cand_lo/cand_hi then giving the columns in use (0 and the list's count).
+    """
     block_n = block_n or CONFIG["block_n"]
     num_warps = num_warps or CONFIG["num_warps"]
     hi_, di = q_idx.shape[1], q_idx.shape[2]
     hip, dip = next_pow2(hi_), max(16, next_pow2(di))
     qs = max(1, 128 // hip)  # QS*HIP = 128 rows per dot (>= 16 as tl.dot needs)
     grid = (triton.cdiv(n_rows, qs) if token else n_rows, triton.cdiv(width, chunk))
+    has_list = key_list is not None
+    lst = key_list if has_list else own_q0
     _scores_kernel[grid](
         q_idx, w_idx, k_idx, buf, own_q0, own_nq, cand_lo, cand_hi,
         owner0, n_rows, col_base, width, buf.stride(0),
         q_idx.stride(0), q_idx.stride(1), w_idx.stride(0), k_idx.stride(0),
         hi_, di, topk,
-        TOKEN=token, AGG_MAX=agg_max, QS=qs, HIP=hip, DIP=dip, BN=block_n, CH=chunk, IEEE=ieee(q_idx),
-        HEAD_DOT=CONFIG["head_dot"] and not ieee(q_idx),
+        lst, lst.stride(0) if has_list else 0,
+        TOKEN=token, AGG_MAX=agg_max, HAS_LIST=has_list, QS=qs, HIP=hip, DIP=dip, BN=block_n, CH=chunk,
+        IEEE=ieee(q_idx), HEAD_DOT=CONFIG["head_dot"] and not ieee(q_idx),
         num_warps=num_warps,
     )
