@@ -33,8 +33,9 @@ WORKERS ?=#                              CPUs for a local Ray (default: all core
 FORCE ?=#                                set to 1 to start a step over after a config change
 TESTS ?= tests#                          what `make test` runs
 PYTEST_ARGS ?=#                          extra pytest arguments
+TRAIN_ARGS ?=#                           extra train flags, e.g. --attention dsa --dsa-warmup-steps 10
 
-HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN PREPROCESS_ARGS SEED RUN PRESET STEPS EXECUTOR RAY_ADDRESS \
+HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN PREPROCESS_ARGS SEED RUN PRESET STEPS TRAIN_ARGS EXECUTOR RAY_ADDRESS \
 	WORKERS FORCE TESTS PYTEST_ARGS PYTHON_SYS
 RUN_OPTS = --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) \
 	$(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
@@ -70,8 +71,9 @@ verify: $(STAMP) ## check every shard of DATA against its index and checksums
 	$(LONGSHOT) verify $(DATA)
 
 # The demo runs on the CPU in a few minutes: short sequences, small frames, a tiny model.
-DEMO_SEQ_LEN ?= 16384
-DEMO_PREPROCESS = --fps 1 --min-fps 0.5 --max-pixels 50176 --min-pixels 12544 --shard-mb 8
+DEMO_SEQ_LEN ?= 2048
+DEMO_PREPROCESS = --fps 1 --min-fps 0.5 --max-pixels 25088 --min-pixels 3136 --shard-mb 4
+DEMO_TRAIN = --attention dsa --dsa-warmup-steps 10 --lr 2e-3 --lr-warmup-steps 5 --save-every 10
 
 demo: $(STAMP) ## the whole mission on real sample videos (an hour-long one included), on the CPU
 	$(LONGSHOT) demo-inputs --out $(DEMO_DIR)
@@ -80,9 +82,22 @@ demo: $(STAMP) ## the whole mission on real sample videos (an hour-long one incl
 		PREPROCESS_ARGS="$(DEMO_PREPROCESS)"
 	$(LONGSHOT) verify $(DEMO_DIR)/dataset
 	$(MAKE) --no-print-directory pack DATA=$(DEMO_DIR)/dataset SEQ_LEN=$(DEMO_SEQ_LEN)
+	$(MAKE) --no-print-directory train DATA=$(DEMO_DIR)/dataset TOKENIZER=$(DEMO_DIR)/tokenizer.json \
+		RUN=$(DEMO_DIR)/train PRESET=tiny STEPS=$(or $(DEMO_STEPS),40) TRAIN_ARGS="$(DEMO_TRAIN)"
 
 pack: $(STAMP) ## assign every sample of DATA to a SEQ_LEN-token sequence (writes PACKS)
 	$(LONGSHOT) pack $(DATA) --out $(PACKS) --seq-len $(SEQ_LEN) --seed $(SEED) $(if $(FORCE),--force)
+
+train: $(STAMP) ## train PRESET on the packs of DATA into RUN (resumes if RUN has checkpoints)
+	$(LONGSHOT) train --run $(RUN) --data $(DATA) --packs $(PACKS) --tokenizer $(TOKENIZER) \
+		--preset $(PRESET) --steps $(STEPS) $(TRAIN_ARGS) $(if $(FORCE),--force)
+
+resume: $(STAMP) ## continue the run in RUN from its latest checkpoint, same config
+	$(LONGSHOT) resume $(RUN)
+
+bench: $(STAMP) ## CPU benchmarks (encode, loader, frames codec); GPU ones: see tests/bench/README
+	$(PY) tests/bench/bench_encode.py
+	$(PY) tests/bench/bench_loader.py
 
 status: $(STAMP) ## show the state of every job under DATA (or DIR=folder)
 	$(LONGSHOT) status $(or $(DIR),$(DATA))

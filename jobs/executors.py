@@ -84,9 +84,12 @@ class RayExecutor(Executor):
             kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING",
                                           log_to_driver=False, configure_logging=True)
             if self.address:
+                if _is_loopback(self.address):  # else Ray swaps 127.0.0.1 for the host's address
+                    kwargs["_node_ip_address"] = "127.0.0.1"
                 ray.init(address=self.address, **kwargs)
-            else:
-                ray.init(num_cpus=self.workers or os.cpu_count(), **kwargs)
+            else:  # a single-machine Ray: keep all of its traffic on loopback
+                ray.init(num_cpus=self.workers or os.cpu_count(), _node_ip_address="127.0.0.1",
+                         **kwargs)
             self._started_here = True
         _ship_script_defined_job(job)
         cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -121,6 +124,11 @@ class RayExecutor(Executor):
             return ray.get(handle)
         except Exception as exc:  # noqa: BLE001 - a worker crash is a unit failure, not a job crash
             return Outcome(False, error=f"worker failed: {type(exc).__name__}: {exc}"[:2000])
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
 
 
 def _ship_script_defined_job(job) -> None:

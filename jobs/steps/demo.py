@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 from pathlib import Path
 
 from pipeline.sample_videos import remux_loop, sample_clip
@@ -33,30 +34,51 @@ _QUESTIONS = [
     ("What do you see first?", "First there is {0}."),
     ("Summarize the clip in one sentence.", "In short, {1}."),
 ]
+_DETAILS = ["the light is soft", "the colors are bright", "the camera stays still",
+            "the camera pans slowly", "there is some motion blur", "the background is busy",
+            "the shot is wide", "the shot is close", "the frame is a little dark",
+            "the scene changes once", "nothing else moves", "the picture is sharp"]
+_SHORT_CLIPS = ["carphone_4s.mp4", "bunny_5s.mp4", "bikes_10s.mp4"]
 
 
 def _scene(name: str) -> tuple[str, str]:
     return _SCENES[next(k for k in _SCENES if name.startswith(k))]
 
 
-def _samples(videos: dict[str, Path], repeats: int) -> list[dict]:
+def _caption(rng: random.Random, name: str) -> str:
+    what, detail = _scene(name)
+    extra = " ".join(f"{d.capitalize()}." for d in rng.sample(_DETAILS, rng.randint(1, 6)))
+    return f"{what.capitalize()}. Later, {detail}. {extra}"
+
+
+def _conversation(rng: random.Random, name: str) -> list[dict]:
+    what, detail = _scene(name)
+    q, a = rng.choice(_QUESTIONS)
+    extra = " ".join(f"{d.capitalize()}." for d in rng.sample(_DETAILS, rng.randint(0, 4)))
+    return [{"role": "user", "content": f"<video>\n{q}"},
+            {"role": "assistant", "content": f"{a.format(what, detail)} {extra}".strip()}]
+
+
+def _samples(videos: dict[str, Path], per_clip: int, short: int) -> list[dict]:
+    """Captions and conversations over the clips; `short` extra samples of the short clips
+    give packing a realistic number of small documents to fill sequences with."""
+    rng = random.Random(0)
     rows = []
-    for name, path in videos.items():
-        what, detail = _scene(name)
+    names = [(name, per_clip) for name in videos] + [(n, 0) for n in _SHORT_CLIPS]
+    plan = [(name, r) for name, count in names for r in range(count)]
+    plan += [(_SHORT_CLIPS[i % len(_SHORT_CLIPS)], per_clip + i) for i in range(short)]
+    for name, r in plan:
         stem = Path(name).stem
-        for r in range(repeats):
-            q, a = _QUESTIONS[r % len(_QUESTIONS)]
-            if r % 2 == 0:
-                rows.append({"id": f"{stem}_cap{r}", "video": path.name,
-                             "text": f"{what.capitalize()}. Later, {detail}."})
-            else:
-                rows.append({"id": f"{stem}_qa{r}", "video": path.name, "conversations": [
-                    {"role": "user", "content": f"<video>\n{q}"},
-                    {"role": "assistant", "content": a.format(what, detail)}]})
+        if r % 2 == 0:
+            rows.append({"id": f"{stem}_cap{r}", "video": name, "text": _caption(rng, name)})
+        else:
+            rows.append({"id": f"{stem}_qa{r}", "video": name,
+                         "conversations": _conversation(rng, name)})
     return rows
 
 
-def make_demo_inputs(out: Path, long_seconds: float = 3600, repeats: int = 8) -> dict[str, Path]:
+def make_demo_inputs(out: Path, long_seconds: float = 3600, per_clip: int = 6,
+                     short: int = 600) -> dict[str, Path]:
     out = Path(out)
     videos_dir = out / "videos"
     videos_dir.mkdir(parents=True, exist_ok=True)
@@ -68,7 +90,7 @@ def make_demo_inputs(out: Path, long_seconds: float = 3600, repeats: int = 8) ->
             remux_loop(sample_clip(clip), tmp, max(seconds, 0.1))
             os.replace(tmp, dst)
         videos[name] = dst
-    rows = _samples({k: v for k, v in videos.items() if k != "bikes_long.mp4"}, repeats)
+    rows = _samples({k: v for k, v in videos.items() if k != "bikes_long.mp4"}, per_clip, short)
     rows.append({"id": "bikes_long", "video": "bikes_long.mp4",
                  "text": "An hour of cyclists riding along a city street, lap after lap."})
     (videos_dir / "not_a_video.mp4").write_text("this is text, not a video\n")

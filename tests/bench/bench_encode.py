@@ -159,6 +159,60 @@ def resize_rows(src: Path, work: Path) -> list[dict]:
     return rows
 
 
+def _encode_inputs(work: Path, videos: dict[str, Path]) -> tuple[Path, Path]:
+    """A manifest over ``videos`` and a tokenizer, as a user would give preprocess."""
+    from pipeline.text import train_tokenizer
+
+    manifest = work / f"manifest_{len(videos)}_{'_'.join(sorted(videos))}.jsonl"
+    manifest.write_text("".join(json.dumps({"id": vid, "video": str(path), "text": "a rabbit in a meadow"}) + "\n"
+                                for vid, path in sorted(videos.items())))
+    tokenizer = work / "tokenizer.json"
+    if not tokenizer.exists():
+        train_tokenizer(["a rabbit in a meadow"] * 50, tokenizer, vocab_size=300)
+    return manifest, tokenizer
+
+
+def run_preprocess(work: Path, videos: dict[str, Path], executor: str, workers: int, label: str) -> dict:
+    """The real preprocess command (probe + encode jobs, shards written) in a measured subprocess.
+
+    With the in-process executor the measured process is the worker itself, so its CPU time and
+    peak RSS are one worker's. With Ray, the encode stage's wall time (from the job summary) gives
+    the scaling across workers.
+    """
+    manifest, tokenizer = _encode_inputs(work, videos)
+    out = work / f"ds_{label}"
+    cmd = [sys.executable, "-m", "jobs.cli", "preprocess", "--manifest", str(manifest), "--tokenizer",
+           str(tokenizer), "--out", str(out), "--executor", executor, "--workers", str(workers),
+           "--no-progress", "--shard-mb", "1", "--force"]
+    row = measure(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    encode_line = next(line for line in row.pop("stdout").splitlines() if line.startswith("encode:"))
+    row["encode_wall_s"] = float(encode_line.rsplit(" in ", 1)[1].split()[0])
+    row["stored_mib"] = sum(p.stat().st_size for p in (out / "shards").glob("*.tar")) / 2**20
+    return row
+
+
+def encode_rows(work: Path, src: Path, baseline_video_s_per_cpu_s: float) -> list[dict]:
+    rows = []
+    for minutes in (2, 10, 30):  # peak memory must not grow with the video's length
+        video = remux_loop(src, work / f"enc_{minutes}min.mp4", minutes * 60)
+        duration = video_facts(video)["duration_s"]
+        row = {"method": f"encode job, 1 worker, one {minutes}-min 720p video",
+               **run_preprocess(work, {f"v{minutes}": video}, "inprocess", 1, f"len{minutes}")}
+        row["video_s_per_cpu_s"] = duration / row["cpu_s"]
+        row["vs_ffmpeg_video_only"] = row["video_s_per_cpu_s"] / baseline_video_s_per_cpu_s
+        rows.append(row)
+    video = remux_loop(src, work / "enc_3min.mp4", 180)
+    copies = {f"c{i}": video for i in range(4)}  # 4 videos -> 4 units (shards)
+    duration = 4 * video_facts(video)["duration_s"]
+    for workers in (1, 2):
+        row = {"method": f"encode job on Ray, {workers} worker(s), 4 x 3-min 720p",
+               **run_preprocess(work, copies, "ray", workers, f"ray{workers}")}
+        row["video_s_per_wall_s"] = duration / row["encode_wall_s"]
+        rows.append(row)
+    rows[-1]["ray_speedup"] = rows[-2]["encode_wall_s"] / rows[-1]["encode_wall_s"]
+    return rows
+
+
 def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
     print("| " + " | ".join(title for _, title, _ in columns) + " |")
     print("|" + "|".join("---" for _ in columns) + "|")
@@ -172,6 +226,7 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--work", type=Path, default=None, help="folder for the long video (default: a temp dir)")
     parser.add_argument("--resize-compare", action="store_true")
+    parser.add_argument("--skip-encode", action="store_true", help="decode half only")
     parser.add_argument("--child-decode", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--child-resize", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--child-every-frame", nargs=2, help=argparse.SUPPRESS)
@@ -199,6 +254,17 @@ def main() -> None:
                        ("video_s_per_cpu_s", "video-s / CPU-s", ".1f"),
                        ("vs_ffmpeg_video_only", "x ffmpeg -an", ".2f"), ("rss_mib", "peak RSS MiB", ".0f"),
                        ("frames", "frames out", ""), ("sample_fps", "sample fps", ".3g")])
+    if not args.skip_encode:
+        print()
+        baseline = facts["duration_s"] / rows[1]["cpu_s"]
+        enc = encode_rows(work, src, baseline)
+        (work / "bench_encode_jobs.json").write_text(json.dumps(enc, indent=1))
+        print_table(enc, [("method", "method", ""), ("wall_s", "wall s", ".2f"), ("cpu_s", "CPU s", ".2f"),
+                          ("encode_wall_s", "encode stage wall s", ".2f"),
+                          ("video_s_per_cpu_s", "video-s / CPU-s", ".1f"),
+                          ("vs_ffmpeg_video_only", "x ffmpeg -an", ".2f"),
+                          ("video_s_per_wall_s", "video-s / wall-s", ".1f"), ("ray_speedup", "2 vs 1 worker", ".2f"),
+                          ("rss_mib", "peak RSS MiB (driver)", ".0f"), ("stored_mib", "shards MiB", ".0f")])
     if args.resize_compare:
         print()
         resize = resize_rows(src, work)
