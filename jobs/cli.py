@@ -59,7 +59,9 @@ def _registrars():
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the command as given, for steps that re-run it as several ranks
     try:
         return args.func(args)
     except BadInput as exc:

@@ -11,6 +11,11 @@ multi-axis rotary, output projection) and, for DSA, the lightning indexer's proj
 - ``dsa``: model.dsa.attention.dsa_attention in its ``warmup`` or ``sparse`` stage, which also
   returns the indexer's KL loss.
 
+Under context parallelism the core also carries ``rows`` (QueryRows): the layer then holds only
+some query rows of the pack, gathers keys, values and indexer keys of every rank into the
+pack's key table (the gather's backward returns their gradients to their owners), and attends
+from its rows at their global positions (packed_attention_rows, dsa_attention_rows).
+
 The indexer reads the hidden state detached: its loss trains the indexer only. The loss does
 not travel to the top of the model as a tensor: its gradient (times the layer's weight) is
 injected where the attention output's gradient passes (as Megatron does for the MoE
@@ -20,7 +25,7 @@ runs without a graph. ``self.indexer_loss`` keeps the value for reporting.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from megatron.core.process_groups_config import ProcessGroupCollection
@@ -28,7 +33,7 @@ from megatron.core.transformer.identity_op import IdentityOp
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from model.packed_attention import packed_attention
+from model.packed_attention import packed_attention, packed_attention_rows
 from model.rope import apply_rotary
 
 
@@ -49,6 +54,25 @@ class CoreChoice:
     dsa: object | None = None  # model.dsa.config.DSAConfig when kind == "dsa"
     backend: str = "reference"  # dsa_attention backend: "triton" on a GPU
     indexer_weight: float = 1.0  # d(objective)/d(one layer's indexer loss)
+    rows: "QueryRows | None" = None  # set per pack under context parallelism
+
+
+@dataclass
+class QueryRows:
+    """This rank's share of a pack split over context-parallel ranks (built by parallel/).
+
+    q_pos, q_doc: global position and document start of each local row (sorted);
+    gather: local rows [T_loc, ...] -> the pack's table [T, ...], autograd-aware;
+    share: T_loc / T, this rank's weight in the pack's mean indexer loss;
+    grad_scale: what the gradient of this rank's loss term is multiplied by so that the
+      data-parallel mean over ranks gives the one-process gradient (the context size).
+    """
+
+    q_pos: torch.Tensor
+    q_doc: torch.Tensor
+    gather: Callable[[torch.Tensor], torch.Tensor]
+    share: float
+    grad_scale: float
 
 
 class _InjectLossGrad(torch.autograd.Function):
@@ -153,14 +177,26 @@ class PackedSelfAttention(MegatronModule):
 
     def _core(self, q, k, v, cu, hidden, cos, sin):
         self.indexer_loss = None
+        rows = self.core.rows if self.causal else None
+        if rows is not None:  # one collective for keys and values
+            k, v = rows.gather(torch.cat([k, v], dim=-1)).split(self.head_dim, dim=-1)
         if self.core.kind == "dense" or self.indexer is None:
+            if rows is not None:
+                return packed_attention_rows(q, k, v, rows.q_pos, rows.q_doc)
             return packed_attention(q, k, v, cu, causal=self.causal)
-        from model.dsa.attention import dsa_attention
+        from model.dsa.attention import dsa_attention, dsa_attention_rows
 
         q_idx, k_idx, w_idx = self.indexer(hidden.detach(), cos, sin)
-        out, loss = dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu, self.core.dsa,
-                                  backend=self.core.backend)
-        self.indexer_loss = loss.detach()
+        weight = self.core.indexer_weight
+        if rows is None:
+            out, loss = dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu, self.core.dsa,
+                                      backend=self.core.backend)
+            self.indexer_loss = loss.detach()
+        else:
+            out, loss, _ = dsa_attention_rows(q, k, v, q_idx, rows.gather(k_idx), w_idx, rows.q_pos,
+                                              rows.q_doc, self.core.dsa, backend=self.core.backend)
+            self.indexer_loss = loss.detach() * rows.share  # summed over the context ranks
+            weight = weight * rows.share * rows.grad_scale
         if loss.requires_grad:
-            out = _InjectLossGrad.apply(out, loss, self.core.indexer_weight)
+            out = _InjectLossGrad.apply(out, loss, weight)
         return out

@@ -20,8 +20,9 @@ from model.config import VLMConfig
 from model.megatron_configs import lm_transformer_config, vit_transformer_config
 
 
-def init_megatron(seed: int = 1234, expert_parallel: int = 1):
-    """Idempotent; returns the ProcessGroupCollection of the global groups."""
+def init_megatron(seed: int = 1234, expert_parallel: int = 1, context_parallel: int = 1):
+    """Idempotent; returns the ProcessGroupCollection of the global groups (the LM's layout:
+    tensor parallel 1, context parallel and expert parallel as asked, the rest data parallel)."""
     megatron_compat.apply()
     from megatron.core import parallel_state
     from megatron.core.process_groups_config import ProcessGroupCollection
@@ -37,6 +38,7 @@ def init_megatron(seed: int = 1234, expert_parallel: int = 1):
                                 world_size=int(os.environ.get("WORLD_SIZE", "1")))
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(tensor_model_parallel_size=1,
+                                                 context_parallel_size=context_parallel,
                                                  expert_model_parallel_size=expert_parallel)
     # On the CPU the compat layer's tracker must stay installed (no force reset).
     model_parallel_cuda_manual_seed(seed, force_reset_rng=not megatron_compat.needed())
@@ -62,18 +64,21 @@ class BuildOptions:
 
 
 def build_vlm(cfg: VLMConfig, pg_collection, core: CoreChoice | None = None,
-              opts: BuildOptions = BuildOptions()):
+              opts: BuildOptions = BuildOptions(), vit_pg_collection=None):
+    """`pg_collection` is the LM's; `vit_pg_collection` the ViT's own layout (default: the LM's)."""
     from model.vlm import VLM
 
     on_cpu = opts.meta or megatron_compat.needed()
     common = {"dtype": opts.dtype, "init_std": cfg.init_std, "cpu_init": on_cpu, "initialize": not opts.meta}
-    dispatcher = "allgather" if megatron_compat.needed() else "alltoall"
+    dispatcher = "allgather" if megatron_compat.needed() and opts.expert_parallel == 1 else "alltoall"
     lm_config = lm_transformer_config(cfg.lm, expert_parallel=opts.expert_parallel,
                                       dispatcher=dispatcher, recompute=opts.recompute, **common)
     vit_config = vit_transformer_config(cfg.vision, recompute=opts.recompute, **common)
     core = core or CoreChoice(kind="dense")
     if opts.meta:
         with torch.device("meta"):
-            return VLM(cfg, vit_config, lm_config, core, pg_collection, opts.max_sequence_length)
-    model = VLM(cfg, vit_config, lm_config, core, pg_collection, opts.max_sequence_length)
+            return VLM(cfg, vit_config, lm_config, core, pg_collection, opts.max_sequence_length,
+                       vit_pg_collection)
+    model = VLM(cfg, vit_config, lm_config, core, pg_collection, opts.max_sequence_length,
+                vit_pg_collection)
     return model.to(device=megatron_compat.compute_device(), dtype=opts.dtype)

@@ -40,6 +40,7 @@ def apply() -> None:
     _patch_missing_te_names()
     _redirect_hardcoded_cuda()
     _cuda_type_names_for_optimizer()
+    _split_sizes_as_lists()
     _applied = True
 
 
@@ -54,6 +55,10 @@ def _patch_device_lookup() -> None:
     torch.cuda.current_stream = lambda *a, **k: _NullStream()  # type: ignore[assignment]
     # Checkpoint saving waits for device-to-host copies; on the CPU there are none.
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    # The all-to-all MoE dispatcher (variable token counts per rank, as context parallelism
+    # and packs of different lengths give) copies its split sizes on a side stream.
+    torch.cuda.Stream = lambda *a, **k: _NullStream()  # type: ignore[assignment,misc]
+    torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()  # type: ignore[assignment]
 
 
 class _NullStream:
@@ -67,6 +72,15 @@ class _NullStream:
 
     def synchronize(self) -> None:
         pass
+
+    def record_event(self, *a, **k) -> "_NullStream":
+        return self  # an event on the CPU stream: already complete
+
+    def __eq__(self, other) -> bool:  # there is only one CPU stream
+        return isinstance(other, _NullStream)
+
+    def __hash__(self) -> int:
+        return 0
 
 
 class CpuRNGStatesTracker:
@@ -187,3 +201,19 @@ def _cuda_type_names_for_optimizer() -> None:
         return real_type(self, dtype, non_blocking, **kwargs)
 
     torch.Tensor.type = type_  # type: ignore[method-assign]
+
+
+def _split_sizes_as_lists() -> None:
+    """The all-to-all MoE dispatcher moves its split sizes to the host as numpy arrays, but only
+    when they live on a GPU; on the CPU they stay tensors, which all_to_all_single refuses.
+    Hand them over as lists of ints (what the collective takes on any backend)."""
+    import megatron.core.transformer.moe.token_dispatcher as td
+
+    real = td.maybe_move_tensor_to_cpu
+
+    def to_host(tensor, as_numpy: bool = False, record_stream: bool = False):
+        if as_numpy and torch.is_tensor(tensor) and not tensor.is_cuda:
+            return tensor.tolist()
+        return real(tensor, as_numpy=as_numpy, record_stream=record_stream)
+
+    td.maybe_move_tensor_to_cpu = to_host

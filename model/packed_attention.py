@@ -79,3 +79,31 @@ def _long_segment(q, k, v, scale, causal, chunk):
             mask = torch.arange(kend, device=q.device)[None, :] <= rows
         pieces.append(_sdpa(q[None, a:b], k[None, :kend], v[None, :kend], scale, causal, mask)[0])
     return torch.cat(pieces, dim=0)
+
+
+def packed_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
+                          q_doc: torch.Tensor, softmax_scale: float | None = None,
+                          chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+    """Causal attention of query rows at global positions against the whole pack's keys.
+
+    The context-parallel form of the LM's dense core: a rank holds some query rows q [Tq, Hq, D]
+    (sorted global positions `q_pos`, their documents' first positions `q_doc`) and the
+    gathered key table k, v [T, Hkv, D] (row = global position); row i sees keys
+    q_doc[i] .. q_pos[i]. Rows are taken in runs of consecutive positions of one document, each
+    run in query chunks against its causal key prefix.
+    """
+    scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
+    pos, doc = q_pos.tolist(), q_doc.tolist()
+    outs, start = [], 0
+    for i in range(1, len(pos) + 1):
+        if i < len(pos) and pos[i] == pos[i - 1] + 1 and doc[i] == doc[i - 1]:
+            continue
+        d0 = doc[start]
+        for a in range(start, i, chunk):
+            b = min(i, a + chunk)
+            kend = pos[b - 1] + 1
+            rows = q_pos[a:b].to(torch.int64)[:, None]
+            mask = torch.arange(d0, kend, device=q.device)[None, :] <= rows
+            outs.append(_sdpa(q[None, a:b], k[None, d0:kend], v[None, d0:kend], scale, True, mask)[0])
+        start = i
+    return torch.cat(outs, dim=0) if outs else q.new_zeros(q.shape)

@@ -106,6 +106,8 @@ class Trainer:
         self.scheduler.step(increment=1)
         # Read after backward: under recomputation the router records its loss only then.
         aux = moe_aux.value(self.model.cfg.lm.aux_loss_coeff).item()
+        if self.model.parallel is not None:  # each context rank recorded its part of the pack's
+            aux = self.model.parallel.sum_over_cp([aux * self.model.parallel.aux_fix])[0]
         ce, indexer = out.ce.item(), out.indexer.item()
         return StepResult(loss=ce + aux + indexer, ce=ce, aux=aux, indexer=indexer,
                           n_labels=out.n_labels,

@@ -31,9 +31,14 @@ class VLMOutput:
     indexer: torch.Tensor  # value only; 0 without DSA
     aux: torch.Tensor  # value only (Megatron's router adds its gradient); 0 when recomputed
     n_labels: int
+    # Under a parallel layout (parallel/): this rank's share of the objective, scaled so that
+    # Megatron's DDP (mean over data x context ranks) gives the one-process gradient; ce is
+    # then the value over the whole pack, for reporting.
+    local_objective: torch.Tensor | None = None
 
     def objective(self, stage: str = "sparse") -> torch.Tensor:
-        return self.ce * 0.0 if stage == "warmup" else self.ce
+        ce = self.ce if self.local_objective is None else self.local_objective
+        return ce * 0.0 if stage == "warmup" else ce
 
     @property
     def total(self) -> float:
@@ -42,11 +47,16 @@ class VLMOutput:
 
 class VLM(MegatronModule):
     def __init__(self, cfg: VLMConfig, vit_config, lm_config, core: CoreChoice,
-                 pg_collection: ProcessGroupCollection, max_sequence_length: int):
+                 pg_collection: ProcessGroupCollection, max_sequence_length: int,
+                 vit_pg_collection: ProcessGroupCollection | None = None):
         super().__init__(config=lm_config)
         self.cfg = cfg
         self.core = core
-        self.vision = VisionTransformer(cfg.vision, vit_config, pg_collection)
+        # A parallel plan (parallel/forward.py) takes over forward when set: the ViT on its own
+        # layout, the all-to-all hand-off, the LM on a chunk of the pack. model/ knows only
+        # that it has a `forward(model, batch)`.
+        self.parallel = None
+        self.vision = VisionTransformer(cfg.vision, vit_config, vit_pg_collection or pg_collection)
         self.merger = PatchMerger(vit_config, cfg.vision.hidden, cfg.lm.hidden, cfg.vision.merge,
                                   cfg.vision.norm_eps)
         self.language = MoELanguageModel(cfg.lm, lm_config, core, pg_collection, max_sequence_length)
@@ -61,6 +71,8 @@ class VLM(MegatronModule):
     def forward(self, batch) -> VLMOutput:
         """`batch`: a packed sequence as in shards/batch.py (input_ids, labels, position_ids,
         cu_seqlens, pixel_patches, video_grid_thw), already on the model's device."""
+        if self.parallel is not None:
+            return self.parallel.forward(self, batch)
         moe_aux.clear()
         embeds = self.language.embed(batch.input_ids)
         if batch.pixel_patches.shape[0]:

@@ -59,7 +59,8 @@ def config_from_args(args) -> TrainConfig:
                        seed=args.seed, attention=args.attention,
                        dsa_warmup_steps=args.dsa_warmup_steps, dsa=dsa, optim=optim,
                        dtype=args.dtype, recompute=args.recompute, save_every=args.save_every,
-                       keep=args.keep, data=data, init_from=args.init_from)
+                       keep=args.keep, data=data, init_from=args.init_from, cp=args.cp, ep=args.ep,
+                       vit_layout=args.vit_layout)
 
 
 def _run(cfg, run_dir: str, force: bool, workers: int) -> int:
@@ -73,13 +74,43 @@ def _run(cfg, run_dir: str, force: bool, workers: int) -> int:
     return 0
 
 
+def _relaunch(args, argv: list[str]) -> int | None:
+    """With --nproc N > 1 and no launcher around us: run this command as N ranks."""
+    from parallel.launch import launch, under_launcher
+
+    if args.nproc <= 1 or under_launcher():
+        return None
+    return launch(args.nproc, args.launcher, argv)
+
+
+def _argv_without_launch(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--nproc", "--launcher"):
+            skip = True
+            continue
+        if a.startswith(("--nproc=", "--launcher=")):
+            continue
+        out.append(a)
+    return out
+
+
 def run_train(args) -> int:
+    code = _relaunch(args, _argv_without_launch(args.argv))
+    if code is not None:
+        return code
     return _run(config_from_args(args), args.run, args.force, args.workers)
 
 
 def run_resume(args) -> int:
     from jobs.steps.train_loop import stored_config
 
+    code = _relaunch(args, _argv_without_launch(args.argv))
+    if code is not None:
+        return code
     return _run(stored_config(Path(args.run)), args.run, False, args.workers)
 
 
@@ -109,9 +140,21 @@ def register(sub) -> None:
     p.add_argument("--keep", type=int, default=2, help="checkpoints to keep")
     p.add_argument("--init-from", help="a checkpoint folder (iter_NNNNNNN) to take model weights from")
     p.add_argument("--force", action="store_true", help="start over when the run folder holds another config")
+    p.add_argument("--cp", type=int, default=1, help="LM context parallel size")
+    p.add_argument("--ep", type=int, default=1, help="LM expert parallel size")
+    p.add_argument("--vit-layout", choices=["balanced", "owner", "replicated"], default="balanced",
+                   help="where the ViT's frame groups run under context parallel")
+    _launch_options(p)
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="data loader processes")
     p.set_defaults(func=run_train)
     r = sub.add_parser("resume", help="continue a training run with its stored config")
     r.add_argument("run", help="the run folder")
     r.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="data loader processes")
+    _launch_options(r)
     r.set_defaults(func=run_resume)
+
+
+def _launch_options(p) -> None:
+    p.add_argument("--nproc", type=int, default=1,
+                   help="ranks to start (cp x dp of them); 1 = this process (or already launched)")
+    p.add_argument("--launcher", choices=["torchrun", "ray"], default="torchrun")

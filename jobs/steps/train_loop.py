@@ -48,6 +48,9 @@ class TrainConfig:
     keep: int = 2
     data: dict = field(default_factory=dict)  # {"plan", "dataset"} or {"synthetic": SyntheticSpec fields}
     init_from: str | None = None  # a checkpoint folder of another run: model weights only
+    cp: int = 1  # LM context parallel size (parallel/); the rest of the ranks are data parallel
+    ep: int = 1  # LM expert parallel size (divides the number of ranks)
+    vit_layout: str = "balanced"  # ViT under context parallel: balanced | owner | replicated
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,16 +104,28 @@ class _Session:
         from model.config import DSASettings
         from model.presets import preset
 
+        from parallel.groups import init_layout
+        from parallel.layout import Layout
+
         self.cfg, self.run_dir, self.workers = cfg, run_dir, workers
         self.on_gpu = not megatron_compat.needed()
-        self.pg = init_megatron(seed=cfg.seed)
+        self.groups = None
+        if cfg.cp > 1 or cfg.ep > 1:
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            self.groups = init_layout(Layout.for_world(world, cfg.cp, cfg.ep), seed=cfg.seed)
+            self.pg = self.groups.lm
+        else:
+            self.pg = init_megatron(seed=cfg.seed)
         self.rank, self.world = _rank_world()
+        # data-parallel replicas read different packs; the context ranks of one replica share one
+        self.dp_rank = self.groups.dp_rank if self.groups else self.rank
+        self.dp = self.groups.layout.dp if self.groups else self.world
         base = preset(cfg.preset, **cfg.model_overrides)
         dsa = DSASettings(**{**asdict(base.lm.dsa), **cfg.dsa})
         self.model_cfg = base.with_overrides(dsa=dsa, attention=cfg.attention)
         dtype = {"auto": torch.bfloat16 if self.on_gpu else torch.float32,
                  "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
-        self.opts = BuildOptions(dtype=dtype, recompute=cfg.recompute)
+        self.opts = BuildOptions(dtype=dtype, recompute=cfg.recompute, expert_parallel=cfg.ep)
         self.core = CoreChoice()
         self.ckpts = Checkpoints(run_dir, keep=cfg.keep)
 
@@ -119,7 +134,12 @@ class _Session:
         from model.training import OptimSettings, Trainer, configure_core
 
         configure_core(self.core, stage, self.model_cfg.lm.dsa, self.on_gpu)
-        model = build_vlm(self.model_cfg, self.pg, self.core, self.opts)
+        model = build_vlm(self.model_cfg, self.pg, self.core, self.opts,
+                          vit_pg_collection=self.groups.vit if self.groups else None)
+        if self.groups is not None and self.cfg.cp > 1:
+            from parallel.forward import ParallelForward
+
+            model.parallel = ParallelForward(self.groups, vit_mode=self.cfg.vit_layout)
         if weights_from is not None:
             model.load_state_dict(weights_from.state_dict())
         return Trainer(model, OptimSettings(**self.cfg.optim), self.cfg.steps, stage, self.pg,
@@ -173,7 +193,7 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool) -> d
         log(f"initialised the model from {cfg.init_from}")
     metrics = MetricsLog(run_dir, start, enabled=rank0)
     device = next(trainer.model.parameters()).device
-    data = batches(s.packs(), cfg.seed, start, cfg.steps, s.rank, s.world, workers)
+    data = batches(s.packs(), cfg.seed, start, cfg.steps, s.dp_rank, s.dp, workers)
     summary = {"start_step": start, "steps": cfg.steps, "losses": []}
     try:
         for step in range(start, cfg.steps):
@@ -189,7 +209,7 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool) -> d
             if s.on_gpu:
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
-            tokens = batch.num_tokens * s.world
+            tokens = batch.num_tokens * s.dp
             rec = {"loss": res.loss, "ce": res.ce, "aux": res.aux, "indexer": res.indexer,
                    "grad_norm": res.grad_norm, "lr": res.lr, "stage": stage, "tokens": tokens,
                    "tokens_per_s": tokens / dt, "step_time_s": dt, "skipped": res.skipped}

@@ -2,15 +2,8 @@
 
 Fresh random inputs every run; small sizes because the interpreter runs each program in numpy.
 """
-import os
-
-import torch
-
-if not torch.cuda.is_available():
-    # Must precede the first import of the kernels: triton.jit reads it when decorating.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
+import pytest
+import torch  # TRITON_INTERPRET is set for the session in tests/conftest.py
 
 from model.dsa import DSAConfig, dsa_attention, dsa_attention_rows, set_backend  # noqa: E402
 from model.dsa import reference as ref  # noqa: E402

@@ -1,0 +1,104 @@
+"""The ViT -> LM hand-off under a layout: frame groups computed where the balancer put them, merged
+vision tokens sent by an autograd-aware all-to-all to the context rank that owns their positions.
+
+Every context rank of a pack holds the whole pack's patches and grids (the loader gives the pack
+to each of them), so every rank computes the same plan: which rank runs which frame group
+(vit_balance), which rank owns which vision token (the context split), and hence every count of
+the all-to-all, without a metadata exchange. The all-to-all's backward returns each token's
+gradient to the rank that ran its frame group.
+
+Modes: ``balanced`` (cost-balanced groups, the default), ``owner`` (each video on the rank that
+owns its first token: the naive split) and ``replicated`` (every context rank runs the whole
+ViT and keeps its own tokens: no communication, c times the ViT work).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from parallel.collectives import all_to_all
+from parallel.cp_split import LocalPack
+from parallel.vit_balance import (FrameGroup, assign_by_cost, assign_to_token_owner, frame_groups,
+                                  group_cost, imbalance)
+
+ViTMode = Literal["balanced", "owner", "replicated"]
+
+
+@dataclass
+class VisionPlan:
+    groups: list[FrameGroup]
+    costs: list[float]
+    runs_on: list[int]  # context rank that runs each group (-1: every rank, replicated)
+    token_pos: torch.Tensor  # [N_vision] global position of each vision token
+    token_owner: torch.Tensor  # [N_vision] context rank owning it
+    cp: int
+
+    def imbalance(self) -> float:
+        if self.runs_on and self.runs_on[0] < 0:
+            return 1.0
+        return imbalance(self.costs, self.runs_on, self.cp)
+
+    def tokens_run_by(self, rank: int) -> torch.Tensor:
+        pieces = [torch.arange(g.token_start, g.token_start + g.tokens)
+                  for g, r in zip(self.groups, self.runs_on) if r in (rank, -1)]
+        return torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.int64)
+
+
+def plan_vision(batch, lp: LocalPack, vision_token_id: int, vcfg, mode: ViTMode) -> VisionPlan:
+    cp = len(lp.rows)
+    token_pos = (batch.input_ids == vision_token_id).nonzero()[:, 0].cpu()
+    owner_of_pos = torch.empty(lp.total, dtype=torch.int64)
+    for r, rows in enumerate(lp.rows):
+        owner_of_pos[rows] = r
+    token_owner = owner_of_pos[token_pos]
+    groups = frame_groups(batch.video_grid_thw.cpu(), vcfg.merge)
+    if sum(g.tokens for g in groups) != token_pos.numel():
+        raise ValueError(f"{token_pos.numel()} vision placeholders but the grids hold "
+                         f"{sum(g.tokens for g in groups)} tokens")
+    costs = [group_cost(g.patches, vcfg.hidden, vcfg.ffn) for g in groups]
+    if mode == "balanced":
+        runs_on = assign_by_cost(costs, cp)
+    elif mode == "owner":
+        runs_on = assign_to_token_owner(groups, token_owner)
+    elif mode == "replicated":
+        runs_on = [-1] * len(groups)
+    else:
+        raise ValueError(f"unknown ViT mode {mode!r}")
+    return VisionPlan(groups, costs, runs_on, token_pos, token_owner, cp)
+
+
+def _run_vit(model, batch, groups: list[FrameGroup]) -> torch.Tensor:
+    """Merged tokens of `groups`, in order; an empty result still hangs on the graph so that
+    every rank takes part in the all-to-all's backward."""
+    if not groups:
+        anchor = sum(p.sum() for p in model.merger.parameters()) * 0.0
+        return anchor + torch.zeros(0, model.cfg.lm.hidden, device=batch.pixel_patches.device)
+    patches = torch.cat([batch.pixel_patches[g.patch_start:g.patch_start + g.patches] for g in groups])
+    grid = torch.tensor([(1, g.rows, g.cols) for g in groups], dtype=torch.int32)
+    return model.vision_tokens(patches, grid)
+
+
+def place_vision(model, batch, lp: LocalPack, embeds: torch.Tensor, plan: VisionPlan, group) -> torch.Tensor:
+    """embeds [T_local, 1, H] with this rank's vision positions filled by their merged tokens."""
+    me, dev = lp.rank, embeds.device
+    if plan.runs_on and plan.runs_on[0] < 0:  # replicated: run all, keep mine
+        tokens = _run_vit(model, batch, plan.groups)
+        ids = (plan.token_owner == me).nonzero()[:, 0]
+        recv = tokens[ids.to(dev)]
+    else:
+        mine = [g for g, r in zip(plan.groups, plan.runs_on) if r == me]
+        tokens = _run_vit(model, batch, mine)
+        run_here = plan.tokens_run_by(me)
+        dest = plan.token_owner[run_here]
+        order = torch.sort(dest, stable=True).indices
+        send = torch.bincount(dest, minlength=plan.cp).tolist()
+        from_each = []
+        for s in range(plan.cp):
+            ids_s = plan.tokens_run_by(s)
+            from_each.append(ids_s[plan.token_owner[ids_s] == me])
+        ids = torch.cat(from_each)
+        recv = all_to_all(tokens[order.to(dev)], send, [int(x.numel()) for x in from_each], group)
+    local = torch.searchsorted(lp.q_pos.to(torch.int64).cpu(), plan.token_pos[ids])
+    return embeds.index_copy(0, local.to(dev), recv[:, None, :].to(embeds.dtype))

@@ -1,0 +1,49 @@
+"""Every layout gives the loss and gradients of one process on the same packs (fp32).
+
+Real gloo groups in spawned processes, Megatron's DDP reducing the gradients (data x context
+mean, experts over their expert data-parallel group), fresh random weights and packs each run.
+Covers context parallel 2 and 4 with dense attention, DSA sparse and the DSA warm-up, expert
+parallel 2 and 4, data parallel, and the three ViT placements.
+"""
+import random
+
+import torch
+
+from model.presets import preset
+from tests.parallel.harness import packs, reference, spawn
+from tests.parallel.workers import equality_worker
+
+CFG = preset("tiny")
+# Documents of (text tokens, merged video grid): two videos of several frame groups and a text-only
+# document; 212 tokens, long enough that DSA's top-16 selection is sparse.
+DOCS = ((60, (4, 4, 4)), (40, None), (30, (3, 2, 3)))
+
+
+def _run(tmp_path, world: int, cases: list[dict]) -> None:
+    seed = random.randrange(1 << 16)
+    batches = packs(CFG, world, seed, DOCS)
+    refs = {}
+    for case in cases:
+        dp = world // case["cp"]
+        if (case["stage"], dp) not in refs:
+            refs[(case["stage"], dp)] = reference(CFG, case["stage"], batches[:dp], seed=seed)
+    path = tmp_path / "cases.pt"
+    torch.save({"cfg": CFG.to_dict(), "cases": cases, "refs": refs, "batches": batches}, path)
+    spawn(equality_worker, world, str(path))
+
+
+def test_two_processes(tmp_path):
+    _run(tmp_path, 2, [
+        {"cp": 2, "ep": 1, "stage": "dense", "vit": "balanced"},
+        {"cp": 2, "ep": 1, "stage": "sparse", "vit": "balanced"},
+        {"cp": 2, "ep": 2, "stage": "warmup", "vit": "replicated"},
+        {"cp": 1, "ep": 2, "stage": "sparse", "vit": "balanced"},
+    ])
+
+
+def test_four_processes(tmp_path):
+    _run(tmp_path, 4, [
+        {"cp": 4, "ep": 1, "stage": "sparse", "vit": "balanced"},
+        {"cp": 2, "ep": 2, "stage": "sparse", "vit": "owner"},
+        {"cp": 2, "ep": 4, "stage": "dense", "vit": "balanced"},
+    ])
