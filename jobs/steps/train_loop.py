@@ -190,6 +190,9 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool) -> d
     elif cfg.init_from:
         weights = s.ckpts.load_model_only(Path(cfg.init_from), trainer.model.sharded_state_dict())
         trainer.model.load_state_dict(weights)
+        # With bf16 the optimizer holds fp32 master copies made when it was built: refresh them,
+        # or the first update writes the freshly initialised weights back into the model.
+        trainer.optimizer.reload_model_params()
         log(f"initialised the model from {cfg.init_from}")
     metrics = MetricsLog(run_dir, start, enabled=rank0)
     device = next(trainer.model.parameters()).device

@@ -75,3 +75,19 @@ def test_changed_config_is_refused_unless_forced(tmp_path):
     stored = json.loads((run_dir / ".longshot" / "train" / "job.json").read_text())
     assert stored["config"]["optim"] == {"lr": 1e-2}
     assert [r["step"] for r in read_metrics(run_dir)] == [1, 2]
+
+
+def test_init_from_keeps_the_loaded_weights_after_the_first_update(tmp_path):
+    """bf16 keeps fp32 master weights in the optimizer; --init-from must refresh them, or the
+    first update silently puts the freshly initialised weights back (loss jumps to ln(vocab))."""
+    source = tmp_path / "source"
+    common = ["--synthetic", "4", "--seq-len", "512", "--dtype", "bf16", "--workers", "0"]
+    run("train", "--run", str(source), *common, "--steps", "6", "--lr", "3e-3", "--save-every", "6")
+    target = tmp_path / "target"
+    run("train", "--run", str(target), *common, "--steps", "3", "--lr", "1e-6", "--min-lr", "0",
+        "--lr-warmup-steps", "1", "--init-from", str(source / "checkpoints" / "iter_0000006"))
+    trained = [r["ce"] for r in read_metrics(source)]
+    continued = [r["ce"] for r in read_metrics(target)]
+    assert continued[0] < trained[0] - 0.2, "the loaded weights must be in use at step 1"
+    # a learning rate of 1e-6 barely moves the weights: later steps stay where step 1 was
+    assert max(abs(c - continued[0]) for c in continued[1:]) < 0.15, continued
