@@ -58,25 +58,20 @@ def _registrars():
     return registrars()
 
 
+_EXIT_CODES = [(BadInput, EXIT_BAD_INPUT), (ConfigMismatch, EXIT_CONFIG_MISMATCH),
+               (FolderLocked, EXIT_LOCKED), (FileNotFoundError, EXIT_BAD_INPUT)]
+_USER_ERRORS = tuple(kind for kind, _ in _EXIT_CODES)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command as given, for steps that re-run it as several ranks
     try:
         return args.func(args)
-    except BadInput as exc:
+    except _USER_ERRORS as exc:  # problems the user can fix: one line, no traceback
         print(f"longshot {args.command}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except ConfigMismatch as exc:
-        print(f"longshot {args.command}: {exc}", file=sys.stderr)
-        return EXIT_CONFIG_MISMATCH
-    except FolderLocked as exc:
-        print(f"longshot {args.command}: {exc}", file=sys.stderr)
-        return EXIT_LOCKED
-    except FileNotFoundError as exc:
-        print(f"longshot {args.command}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-
+        return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
 
 if __name__ == "__main__":
     sys.exit(main())
