@@ -83,17 +83,14 @@ def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, d
 
 
 @triton.jit
-def _attn_fwd_kernel(
-    Q, K, V, O, LSE, QPOS, own_q0, own_nq, SEL, SEL_N, rng_lo, rng_hi,
-    scale_log2, G,
-    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, stride_sel,
-    HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
-    BN: tl.constexpr, IEEE: tl.constexpr,
-):
-    o = tl.program_id(0)
-    hk = tl.program_id(1)
-    hg = tl.program_id(2)
-    prec: tl.constexpr = "ieee" if IEEE else "tf32"
+def _owner_rows(QPOS, own_q0, own_nq, o, hk, hg, G, D: tl.constexpr, DP: tl.constexpr,
+                QB: tl.constexpr, HPP: tl.constexpr):
+    """The rows one program owns: QB queries of owner `o` x HPP heads of KV head `hk`'s group.
+
+    Forward and backward walk the same (query, head) rows in the same order, so both take them
+    from here: row r is query r // HPP and head hg*HPP + r % HPP; `rv` masks rows past the
+    owner's queries or the group's heads.
+    """
     q0 = tl.load(own_q0 + o)
     nq = tl.load(own_nq + o)
     r = tl.arange(0, QB * HPP)
@@ -105,6 +102,22 @@ def _attn_fwd_kernel(
     pos = tl.load(QPOS + qrow, mask=rv, other=-1)
     dd = tl.arange(0, DP)
     dm = dd < D
+    return rv, qrow, head, pos, dd, dm
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE, QPOS, own_q0, own_nq, SEL, SEL_N, rng_lo, rng_hi,
+    scale_log2, G,
+    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, stride_sel,
+    HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
+    BN: tl.constexpr, IEEE: tl.constexpr,
+):
+    o = tl.program_id(0)
+    hk = tl.program_id(1)
+    prec: tl.constexpr = "ieee" if IEEE else "tf32"
+    rv, qrow, head, pos, dd, dm = _owner_rows(QPOS, own_q0, own_nq, o, hk, tl.program_id(2), G,
+                                              D, DP, QB, HPP)
     q = tl.load(Q + qrow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
                 mask=rv[:, None] & dm[None, :], other=0.0)
     m_i = tl.full([QB * HPP], -1.0e30, tl.float32)
@@ -145,19 +158,9 @@ def _attn_bwd_kernel(
 ):
     o = tl.program_id(0)
     hk = tl.program_id(1)
-    hg = tl.program_id(2)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
-    q0 = tl.load(own_q0 + o)
-    nq = tl.load(own_nq + o)
-    r = tl.arange(0, QB * HPP)
-    qi = r // HPP
-    hh = hg * HPP + r % HPP
-    rv = (qi < nq) & (hh < G)
-    qrow = (q0 + qi).to(tl.int64)
-    head = hk * G + hh
-    pos = tl.load(QPOS + qrow, mask=rv, other=-1)
-    dd = tl.arange(0, DP)
-    dm = dd < D
+    rv, qrow, head, pos, dd, dm = _owner_rows(QPOS, own_q0, own_nq, o, hk, tl.program_id(2), G,
+                                              D, DP, QB, HPP)
     rm = rv[:, None] & dm[None, :]
     q = tl.load(Q + qrow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :], mask=rm, other=0.0)
     do = tl.load(DO + qrow[:, None] * s_dot + head[:, None] * s_doh + dd[None, :], mask=rm, other=0.0)
