@@ -2,7 +2,8 @@
 
 Efficiency alone can mislead: a dataset of many samples just over half a sequence cannot be
 packed above ~50 %, whatever the algorithm. So the stats also give the lower bound on the
-number of packs (``shards.pack_fit.packs_lower_bound``) and the efficiency that bound allows;
+number of packs (``shards.pack_fit.packs_lower_bound``, which also counts the room that
+samples too long to share a pack must waste) and the efficiency that bound allows;
 the gap between the two is what the packer left on the table. On a small dataset the last,
 part-filled pack dominates efficiency, so ``efficiency_without_emptiest`` leaves it out.
 

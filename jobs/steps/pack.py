@@ -20,6 +20,9 @@ from shards.packing import DEFAULT_MAX_TOKENS, PackPlan, pack_index
 from shards.reader import DatasetReader
 
 PLAN_FILE = "packs.parquet"
+# Part of the job's config: a plan made by another packer is a different plan, so a folder
+# packed by an older version is refused (exit 4) rather than silently reused.
+PACKER = "best-fit-decreasing + subset-sum tighten to the Martello-Toth L2 bound"
 
 
 class PackJob(Job):
@@ -28,6 +31,7 @@ class PackJob(Job):
     def __init__(self, dataset_dir: Path, max_tokens: int, seed: int):
         dataset_dir = Path(dataset_dir).resolve()
         super().__init__({"dataset": str(dataset_dir), "max_tokens": max_tokens, "seed": seed,
+                          "packer": PACKER,
                           "dataset_sha256": sha256_file(dataset_dir / MANIFEST_FILE)})
         self.dataset_dir = dataset_dir
 

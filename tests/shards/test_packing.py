@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shards.pack_fit import CapacityIndex, best_fit_decreasing, packs_lower_bound
+from shards.pack_fit import CapacityIndex, best_fit_decreasing, packs_lower_bound, tighten
 from shards.pack_stats import format_pack_stats, pack_stats
 from shards.packing import PackPlan, SampleTooLong, pack_index, pack_samples
 from shards.reader import DatasetReader
@@ -197,3 +197,153 @@ def test_pack_index_uses_the_dataset_index(dataset):
     plan = pack_index(reader.index, max_tokens=int(reader.index["tokens"].to_numpy().max()) + 1)
     for key, shard in zip(plan.key, plan.shard):
         assert reader.shard_for(key).name == shard
+
+
+# -- tighten: the repair after BFD, and the bound it aims at ---------------------------------
+
+
+def demo_like(rng: np.random.Generator, scale: int = 1) -> np.ndarray:
+    """Token counts shaped like the demo dataset's at max_tokens 2048 (times ``scale``).
+
+    A few samples just under the limit (their room is too small for any other sample), a few
+    around 90 % and 45 % of it, and ~600 short ones of 83..177 tokens, drawn until the total
+    leaves 5-40 % of a sequence free in the last one (the demo leaves 33 %): a bound so tight
+    that BFD often ends one pack above it, and that allows over 99 % efficiency.
+    """
+    capacity = 2048 * scale
+    tokens = list(np.concatenate([
+        rng.integers(2020, 2049, 6), rng.integers(1700, 1900, 4), rng.integers(900, 950, 6),
+        rng.integers(83, 178, 600),
+    ]))
+    if scale > 1:
+        tokens = [min(int(t) * scale + int(rng.integers(scale)), capacity) for t in tokens]
+    while not 0.05 <= (-sum(tokens) % capacity) / capacity <= 0.4:
+        tokens.append(int(rng.integers(83, 178)) * scale)
+    return np.array(tokens, dtype=np.int64)
+
+
+def exact_cuts(rng: np.random.Generator, bins: int, capacity: int, low: int, high: int) -> np.ndarray:
+    """Items that fill ``bins`` bins exactly (each bin cut into pieces of ``low``..``high``)."""
+    items = []
+    for _ in range(bins):
+        left = capacity
+        while left:
+            piece = left if left <= high else int(rng.integers(low, min(high, left - low) + 1))
+            items.append(piece)
+            left -= piece
+    return np.array(items)
+
+
+def bfd_misses(rng: np.random.Generator, make, wanted: int, tries: int = 400):
+    """Seeded search: up to ``wanted`` instances (sizes non-increasing, capacity) where BFD misses the bound."""
+    found = []
+    for _ in range(tries):
+        sizes, capacity = make(rng)
+        sizes = sizes[np.lexsort((rng.permutation(sizes.size), -sizes))]
+        assignment = best_fit_decreasing(sizes, capacity)
+        if assignment.max() + 1 > packs_lower_bound(sizes, capacity):
+            found.append((sizes, capacity, assignment))
+            if len(found) == wanted:
+                break
+    return found
+
+
+def check_packing(sizes: np.ndarray, assignment: np.ndarray, capacity: int) -> int:
+    """Every item in one bin, bins numbered 0..k-1 with none over capacity; returns k."""
+    assert assignment.shape == sizes.shape
+    bins = int(assignment.max()) + 1 if sizes.size else 0
+    assert sorted(set(assignment.tolist())) == list(range(bins))
+    assert np.bincount(assignment, weights=sizes).max() <= capacity if bins else True
+    return bins
+
+
+FAMILIES = {
+    "demo-like": lambda rng: (demo_like(rng), 2048),
+    "demo-like x128": lambda rng: (demo_like(rng, 128), 2048 * 128),
+    "exact cuts": lambda rng: (exact_cuts(rng, int(rng.integers(20, 60)), 2048, 83, 450), 2048),
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_tighten_reaches_the_bound_where_bfd_misses_it(family, rng):
+    misses = bfd_misses(rng, FAMILIES[family], wanted=10)
+    assert len(misses) >= 5, "the search should find instances where BFD alone misses the bound"
+    for sizes, capacity, assignment in misses:
+        tightened = tighten(sizes, assignment, capacity)
+        assert check_packing(sizes, tightened, capacity) == packs_lower_bound(sizes, capacity)
+        assert np.array_equal(tighten(sizes, assignment, capacity), tightened)  # deterministic
+
+
+@settings(max_examples=200, deadline=None)
+@given(inputs=packing_inputs(min_size=1), order_seed=st.integers(0, 2**32 - 1), work=st.sampled_from([0, 10**4, None]))
+def test_tighten_keeps_a_valid_packing_never_worse(inputs, order_seed, work):
+    # Any valid input packing (first fit of a random order), any work budget, even none at all.
+    lengths, capacity = inputs
+    sizes = np.array(list(lengths.values()))
+    rng = np.random.default_rng(order_seed)
+    bins, loads = np.empty(sizes.size, np.int64), []
+    for i in rng.permutation(sizes.size).tolist():
+        b = next((j for j, load in enumerate(loads) if load + sizes[i] <= capacity), len(loads))
+        loads.append(0) if b == len(loads) else None
+        loads[b] += int(sizes[i])
+        bins[i] = b
+    kwargs = {} if work is None else {"max_work": work}
+    tightened = tighten(sizes, bins, capacity, **kwargs)
+    count = check_packing(sizes, tightened, capacity)
+    assert packs_lower_bound(sizes, capacity) <= count <= len(loads)
+    assert np.array_equal(tighten(sizes, bins, capacity, **kwargs), tightened)
+
+
+def optimum_bins(sizes: list[int], capacity: int) -> int:
+    """Fewest bins by exhaustive search (tiny inputs only)."""
+    best = len(sizes)
+
+    def place(i: int, loads: list[int]) -> None:
+        nonlocal best
+        if len(loads) >= best:
+            return
+        if i == len(sizes):
+            best = len(loads)
+            return
+        for b, load in enumerate(loads):
+            if load + sizes[i] <= capacity and load not in loads[:b]:  # equal loads: try one
+                loads[b] += sizes[i]
+                place(i + 1, loads)
+                loads[b] -= sizes[i]
+        place(i + 1, loads + [sizes[i]])
+
+    place(0, [])
+    return best
+
+
+@settings(max_examples=300, deadline=None)
+@given(capacity=st.integers(1, 60), data=st.data())
+def test_lower_bound_never_exceeds_the_optimum(capacity, data):
+    sizes = data.draw(st.lists(st.integers(1, capacity), min_size=1, max_size=8))
+    bound = packs_lower_bound(sizes, capacity)
+    assert bound >= max(-(-sum(sizes) // capacity), sum(s > capacity // 2 for s in sizes))
+    assert bound <= optimum_bins(sorted(sizes, reverse=True), capacity)
+
+
+def test_lower_bound_counts_room_that_long_samples_must_waste():
+    # Samples of 95 cannot share with a 10: the volume (285 + 110 = 395) says 4 bins, but the
+    # 110 tokens of 10s need 2 bins of their own besides the three of the 95s.
+    sizes = [95, 95, 95] + [10] * 11
+    assert -(-sum(sizes) // 100) == 4
+    assert packs_lower_bound(sizes, 100) == 5 == optimum_bins(sizes, 100)
+
+
+@pytest.mark.parametrize("scale", [1, 128])
+def test_efficiency_on_a_demo_like_dataset(scale, rng):
+    max_tokens = 2048 * scale
+    tokens = demo_like(rng, scale)
+    lengths = {f"d{i:04d}": int(t) for i, t in enumerate(tokens)}
+    start = time.process_time()
+    plan = pack_samples(lengths, max_tokens=max_tokens, seed=int(rng.integers(1 << 30)))
+    elapsed = time.process_time() - start
+    stats = pack_stats(plan)
+    print(format_pack_stats(stats), f"\npacked {len(lengths)} samples in {elapsed:.3f} s CPU")
+    plan.check()
+    assert plan.num_packs == stats["packs_lower_bound"]
+    assert plan.efficiency >= 0.99
+    assert elapsed < 5
