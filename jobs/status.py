@@ -26,6 +26,9 @@ def describe_folder(folder: Path) -> list[str]:
         if not meta_path.exists():
             continue
         meta = json.loads(meta_path.read_text())
+        if not (state_dir / "units.jsonl").exists() and meta["config"].get("steps") is not None:
+            lines.append(_describe_training(folder, meta, busy))
+            continue
         units_path = state_dir / "units.jsonl"
         total = len(units_path.read_text().splitlines()) if units_path.exists() else 0
         records = Ledger.read(state_dir / "ledger.jsonl")
@@ -44,6 +47,28 @@ def describe_folder(folder: Path) -> list[str]:
         if len(failed) > 10:
             lines.append(f"    ... and {len(failed) - 10} more failed units")
     return lines
+
+
+def _describe_training(folder: Path, meta: dict, busy: bool) -> str:
+    """A training run is a loop, not units: say how far it got and what it last logged."""
+    steps = meta["config"]["steps"]
+    latest_path = folder / "checkpoints" / "latest"
+    latest = int(latest_path.read_text().strip()) if latest_path.exists() else 0
+    last = None
+    metrics = folder / "metrics.jsonl"
+    if metrics.exists():
+        for line in metrics.read_text().splitlines()[::-1]:
+            try:
+                last = json.loads(line)
+                break
+            except ValueError:  # a line being written right now
+                continue
+    status = "complete" if latest >= steps else ("running" if busy else "incomplete")
+    text = (f"  {meta['job']:<10} {status:<10} checkpoint at step {latest} of {steps} "
+            f"(config {meta['config_hash']})")
+    if last:
+        text += f"; last logged step {last['step']}: loss {last['loss']:.4f}"
+    return text
 
 
 def status_text(root: Path) -> str:
