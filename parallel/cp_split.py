@@ -17,8 +17,11 @@ import torch
 
 
 def chunk_borders(length: int, cp: int, align: int = 1) -> list[int]:
-    """2*cp+1 non-decreasing borders of one document of `length` tokens, multiples of `align`
-    (the last is `length`)."""
+    """2*cp+1 non-decreasing borders of one document of `length` tokens (the last is `length`).
+
+    Each border is a multiple of `align` or the document's end: DSA blocks start at the
+    document's start, so both are block borders; a short document leaves its later chunks empty.
+    """
     n = 2 * cp
     borders = [min(length, align * ((i * length + n * align // 2) // (n * align))) for i in range(n)]
     return borders + [length]
