@@ -74,7 +74,10 @@ def test_score_kernel_matches_reference(gran, agg):
     want = ref.owner_scores(qi, ki, wi, plan, cfg, torch.arange(plan.n_owners, device=DEV), base, buf.shape[1])
     need = ((plan.cand_hi - plan.cand_lo) > cfg.topk)[:, None] & torch.isfinite(want)
     assert need.any()
-    torch.testing.assert_close(buf[need], want[need], rtol=1e-5, atol=1e-5)
+    # fp32 summation order differs between kernel and reference; pooled rows sum a block's queries,
+    # so their error scales with the scores' magnitude (the scale is 1 for the other rules)
+    scale = max(1.0, want[need].abs().max().item())
+    torch.testing.assert_close(buf[need], want[need], rtol=1e-5, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("gran,agg,coarse", [("token", "max", 0), ("block", "max", 0), ("block", "sum", 0),
