@@ -81,7 +81,7 @@ def _read_mp4(f, size: int) -> ContainerInfo:
     info = ContainerInfo("mp4", has_index=False)
     pos = 0
     while pos < size:
-        box = _box_at(f, pos, size)
+        box = top_box_at(f, pos, size)
         if box is None:
             info.complete = False
             break
@@ -97,7 +97,7 @@ def _read_mp4(f, size: int) -> ContainerInfo:
     return info
 
 
-def _box_at(f, pos: int, size: int):
+def top_box_at(f, pos: int, size: int):
     """``(type, payload start, end)`` of the top-level box at ``pos``, or None if it is cut off."""
     f.seek(pos)
     header = f.read(16)
@@ -118,7 +118,7 @@ def _box_at(f, pos: int, size: int):
     return kind, payload, end
 
 
-def _children(buf: bytes, start: int, end: int):
+def child_boxes(buf: bytes, start: int, end: int):
     """Child boxes ``(type, payload start, end)`` inside ``buf[start:end]``; stops at damage."""
     pos = start
     while pos + 8 <= end:
@@ -135,23 +135,23 @@ def _children(buf: bytes, start: int, end: int):
         pos += length
 
 
-def _child(buf: bytes, start: int, end: int, kind: bytes):
-    return next(((p, e) for k, p, e in _children(buf, start, end) if k == kind), None)
+def child_box(buf: bytes, start: int, end: int, kind: bytes):
+    return next(((p, e) for k, p, e in child_boxes(buf, start, end) if k == kind), None)
 
 
 def _mp4_video_codecs(moov: bytes) -> list[str]:
     codecs = []
-    for kind, payload, end in _children(moov, 0, len(moov)):
+    for kind, payload, end in child_boxes(moov, 0, len(moov)):
         if kind != b"trak":
             continue
-        mdia = _child(moov, payload, end, b"mdia")
-        hdlr = mdia and _child(moov, *mdia, b"hdlr")
+        mdia = child_box(moov, payload, end, b"mdia")
+        hdlr = mdia and child_box(moov, *mdia, b"hdlr")
         # hdlr payload: version+flags (4), pre_defined (4), handler_type (4)
         if not hdlr or moov[hdlr[0] + 8 : hdlr[0] + 12] != b"vide":
             continue
-        minf = _child(moov, *mdia, b"minf")
-        stbl = minf and _child(moov, *minf, b"stbl")
-        stsd = stbl and _child(moov, *stbl, b"stsd")
+        minf = child_box(moov, *mdia, b"minf")
+        stbl = minf and child_box(moov, *minf, b"stbl")
+        stsd = stbl and child_box(moov, *stbl, b"stsd")
         # stsd payload: version+flags (4), entry_count (4), then entries: size (4), format (4)
         fourcc = moov[stsd[0] + 12 : stsd[0] + 16] if stsd else b""
         codecs.append(_MP4_CODECS.get(fourcc, "unknown"))

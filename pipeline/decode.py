@@ -38,18 +38,23 @@ import numpy as np
 from pipeline.decord_errors import DECORD_ERRORS
 from pipeline.errors import DecodeError
 from pipeline.gop_bridges import DEFAULT_MAX_TAIL, bridged_request
+from pipeline.mp4_excerpt import DEFAULT_EXCERPT_BYTES, ExcerptPlan
+from pipeline.mp4_track import NoSampleTable, read_video_track
 
 
 def iter_frame_windows(path, frame_indices: Sequence[int], height: int, width: int, window: int = 32, *,
                        id: str | None = None, num_threads: int = 1,
-                       max_tail: int = DEFAULT_MAX_TAIL) -> Iterator[np.ndarray]:
-    """Yield the frames at ``frame_indices`` as ``(n, height, width, 3)`` uint8 arrays, ``window``
-    frames at a time (the last window may be shorter). Treat them as read-only: most windows are
-    decord's own buffer, handed over without a copy.
+                       max_tail: int = DEFAULT_MAX_TAIL,
+                       excerpt_bytes: int = DEFAULT_EXCERPT_BYTES) -> Iterator[np.ndarray]:
+    """Yield the frames at ``frame_indices`` as ``(n, height, width, 3)`` uint8 arrays, at most
+    ``window`` frames at a time. Treat them as read-only: most windows are decord's own buffer,
+    handed over without a copy.
 
     ``frame_indices`` must be non-decreasing (a plan's padding repeats the last index).
     ``num_threads`` is decord's decoder thread count; 1 by default because the encode step runs
-    one task per core. ``max_tail`` bounds the GOP tails decoded to avoid a seek
+    one task per core. MP4 files with closed GOPs are decoded through excerpts of at most about
+    ``excerpt_bytes`` of media (:mod:`pipeline.mp4_excerpt`), other files through one reader of
+    the whole file; ``max_tail`` bounds the GOP tails decoded to avoid a seek
     (:mod:`pipeline.gop_bridges`; 0 turns that off). Problems with the file raise :class:`DecodeError`.
     """
     path = str(path)
@@ -57,13 +62,57 @@ def iter_frame_windows(path, frame_indices: Sequence[int], height: int, width: i
     _check_request(indices, height, width, window)
     if not indices:
         return
+    opened = _open_excerpts(path, indices, id)
+    if opened is None:
+        reader = _open_reader(path, id, width=width, height=height, num_threads=num_threads)
+        if indices[-1] >= len(reader):
+            raise _out_of_range(path, id, indices[-1], len(reader))
+        yield from _reader_windows(reader, indices, (height, width), window, max_tail, path, id)
+        return
+    plan, f = opened
+    with f:
+        for excerpt in plan.excerpts(excerpt_bytes):
+            reader = _open_reader(_InMemoryFile(excerpt.data), id, width=width, height=height,
+                                  num_threads=num_threads, path=path)
+            if len(reader) != excerpt.samples:
+                raise DecodeError(path, "truncated or corrupt", id=id,
+                                  detail=f"an excerpt of {excerpt.samples} samples decodes to {len(reader)} frames")
+            frames = excerpt.frames
+            del excerpt  # decord holds its own copy; the next excerpt is built before this name is rebound
+            yield from _reader_windows(reader, frames, (height, width), window, max_tail, path, id)
+            del reader  # free this excerpt's decoder and packets before the next one is read
+
+
+def _open_excerpts(path: str, indices: list[int], id: str | None):
+    """(plan, open file) when the file can be decoded through excerpts, else None."""
     try:
-        reader = decord.VideoReader(path, width=width, height=height, num_threads=num_threads)
+        track = read_video_track(path)
+    except (NoSampleTable, OSError):
+        return None  # the whole-file reader reports what is wrong, if anything
+    if indices[-1] >= len(track):
+        raise _out_of_range(path, id, indices[-1], len(track))
+    f = open(path, "rb")
+    try:
+        return ExcerptPlan(f, track, indices), f
+    except NoSampleTable:
+        f.close()
+        return None
+
+
+def _open_reader(source, id: str | None, *, path: str | None = None, **options):
+    try:
+        return decord.VideoReader(source, **options)
     except DECORD_ERRORS as exc:
-        raise DecodeError(path, "cannot open video", id=id, detail=str(exc)) from None
-    if indices[-1] >= len(reader):
-        raise DecodeError(path, "frame index out of range", id=id,
-                          detail=f"index {indices[-1]}, video has {len(reader)} frames")
+        raise DecodeError(path or source, "cannot open video", id=id, detail=str(exc)) from None
+
+
+def _out_of_range(path: str, id: str | None, index: int, n_frames: int) -> DecodeError:
+    return DecodeError(path, "frame index out of range", id=id,
+                       detail=f"index {index}, video has {n_frames} frames")
+
+
+def _reader_windows(reader, indices: list[int], size: tuple[int, int], window: int, max_tail: int,
+                    path: str, id: str | None) -> Iterator[np.ndarray]:
     keys = [int(k) for k in reader.get_key_indices()]
     previous = None
     for start in range(0, len(indices), window):
@@ -77,9 +126,19 @@ def iter_frame_windows(path, frame_indices: Sequence[int], height: int, width: i
         frames = np.from_dlpack(_DLPackView(batch))
         if len(request) != len(chunk):
             frames = frames[np.flatnonzero(wanted)]  # drop the bridge frames (a copy)
-        if frames.shape != (len(chunk), height, width, 3):
+        if frames.shape != (len(chunk), *size, 3):
             raise DecodeError(path, "unexpected frame shape", id=id, detail=str(frames.shape))
         yield frames
+
+
+class _InMemoryFile:
+    """What decord needs to read a file from memory: ``read()``, returning the bytes uncopied."""
+
+    def __init__(self, data: bytes):
+        self._data = data
+
+    def read(self) -> bytes:
+        return self._data
 
 
 def _check_request(indices: list[int], height: int, width: int, window: int) -> None:
