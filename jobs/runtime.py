@@ -61,6 +61,7 @@ class JobReport:
     failed: dict[str, str] = field(default_factory=dict)
     final_result: Any = None
     seconds: float = 0.0
+    unit_cpu_s: float = 0.0  # CPU time spent inside the units that ran now (all workers)
     took_over_lock_from: dict | None = None
 
     @property
@@ -233,6 +234,7 @@ def _drive(run, ledger, executor, todo, retry, report, bar) -> None:
             for handle in executor.wait(list(inflight), timeout=0.5):
                 unit, attempt, staging = inflight.pop(handle)
                 outcome = executor.outcome(handle)
+                report.unit_cpu_s += outcome.cpu_s
                 if outcome.ok:
                     try:
                         _commit(run, ledger, unit.id, attempt, staging, outcome.result)
@@ -268,7 +270,8 @@ def format_report(report: JobReport) -> str:
     lines = [f"{report.job}: {report.total} units in {report.out_dir} "
              f"({report.ran} run now, {report.skipped} already done"
              + (f", {report.recovered} recovered after a crash" if report.recovered else "")
-             + f", {len(report.failed)} failed) in {report.seconds:.1f} s"]
+             + f", {len(report.failed)} failed) in {report.seconds:.1f} s"
+             + (f" (units: {report.unit_cpu_s:.1f} CPU s)" if report.ran or report.failed else "")]
     if report.took_over_lock_from:
         lines.append(f"  took over the folder from a run that died "
                      f"(pid {report.took_over_lock_from.get('pid')})")

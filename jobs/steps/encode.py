@@ -36,7 +36,7 @@ _STAGE_ORDER = {"manifest": 0, "probe": 1, "text": 2, "plan": 3, "decode": 4}
 @dataclass(frozen=True)
 class EncodeConfig:
     budget: BudgetConfig = BudgetConfig()
-    zstd_level: int = 3
+    zstd_level: int = 1  # level 1, not 3: 2.5x less CPU per frame for 8-17% more bytes (RESULTS.md)
     frame_delta: bool = False
     shard_bytes: int = 256 << 20  # target stored bytes per shard (one unit of work)
     compression_ratio: float = 1.5  # for the size estimate only; measured in tests/bench/RESULTS.md

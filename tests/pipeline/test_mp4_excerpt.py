@@ -113,3 +113,17 @@ def test_hevc_excerpts_decode_to_the_whole_files_frames(special_files):
         assert len(list(ExcerptPlan(f, track, indices).excerpts(small))) > 1
     got = np.concatenate(list(iter_frame_windows(path, indices, 64, 112, excerpt_bytes=small)))
     assert np.array_equal(got, sequential_frames(path, indices, 64, 112))
+
+
+def test_an_excerpt_holds_at_most_its_budget_plus_one_gop(bikes_minute):
+    """What bounds decord's memory on a long video: no reader ever sees more than this."""
+    track = read_video_track(bikes_minute)
+    starts = np.flatnonzero(track.sync)
+    largest_gop = max(int(track.sizes[a:b].sum()) for a, b in zip(starts, [*starts[1:], len(track)]))
+    budget = 150_000
+    with open(bikes_minute, "rb") as f:
+        parts = list(ExcerptPlan(f, track, range(len(track))).excerpts(budget))
+    header = 64 * 1024  # moov of a few thousand samples
+    assert len(parts) > 5
+    assert max(len(p.data) for p in parts) <= budget + largest_gop + header
+    assert sum(p.samples for p in parts) == len(track)  # every frame wanted: nothing left out
