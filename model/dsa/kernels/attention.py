@@ -45,14 +45,28 @@ def _tile_keys(t, nt_sel, SEL, sel_row, n_sel, lo, hi, BN: tl.constexpr):
 
 @triton.jit
 def _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_kt, s_kh, s_vt, s_vh,
-              prec: tl.constexpr):
-    """One online-softmax step over a tile of BN keys (rows kidx of the global key table)."""
+              prec: tl.constexpr, MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
+    """One online-softmax step over a tile of BN keys (rows kidx of the global key table).
+
+    ``MASK_K``: some of the tile's keys are padding (``km``); ``CAUSAL``: apply key <= query
+    position. Full tiles of a selected list need neither (see the forward kernel), which keeps
+    the predicate and select work out of the loop that carries most of the FLOPs.
+    """
     kofs = kidx.to(tl.int64)
-    kt = tl.load(K + kofs[None, :] * s_kt + hk * s_kh + dd[:, None], mask=km[None, :] & dm[:, None], other=0.0)
-    vv = tl.load(V + kofs[:, None] * s_vt + hk * s_vh + dd[None, :], mask=km[:, None] & dm[None, :], other=0.0)
-    s = tl.dot(q, kt, input_precision=prec) * scale_log2
-    ok = km[None, :] & (kidx[None, :] <= pos[:, None])
-    s = tl.where(ok, s, float("-inf"))
+    kp = K + kofs[:, None] * s_kt + hk * s_kh + dd[None, :]
+    vp = V + kofs[:, None] * s_vt + hk * s_vh + dd[None, :]
+    if MASK_K or not EVEN_D:
+        lm = km[:, None] & dm[None, :]
+        kk = tl.load(kp, mask=lm, other=0.0)
+        vv = tl.load(vp, mask=lm, other=0.0)
+    else:
+        kk = tl.load(kp)
+        vv = tl.load(vp)
+    s = tl.dot(q, tl.trans(kk), input_precision=prec) * scale_log2
+    if CAUSAL:
+        s = tl.where(km[None, :] & (kidx[None, :] <= pos[:, None]), s, float("-inf"))
+    elif MASK_K:
+        s = tl.where(km[None, :], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
@@ -116,6 +130,7 @@ def _attn_fwd_kernel(
     o = tl.program_id(0)
     hk = tl.program_id(1)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
+    EVEN_D: tl.constexpr = D == DP
     rv, qrow, head, pos, dd, dm = _owner_rows(QPOS, own_q0, own_nq, o, hk, tl.program_id(2), G,
                                               D, DP, QB, HPP)
     q = tl.load(Q + qrow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
@@ -130,16 +145,23 @@ def _attn_fwd_kernel(
     hi = tl.load(rng_hi + o)
     sel_row = o.to(tl.int64) * stride_sel
     offs = tl.arange(0, BN)
-    for j in range(0, n_sel, BN):  # the selected list: gathered key rows
-        km = j + offs < n_sel
-        kidx = tl.load(SEL + sel_row + j + offs, mask=km, other=0)
+    # The selected list: gathered key rows. Selection only offers keys before the owner's first
+    # query (Plan.cand_hi), so no list key needs the causal mask; full tiles need no mask at all.
+    n_full = (n_sel // BN) * BN
+    for j in range(0, n_full, BN):
+        kidx = tl.load(SEL + sel_row + j + offs)
+        m_i, l_i, acc = _fwd_tile(q, K, V, kidx, offs < BN, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
+                                  s_kt, s_kh, s_vt, s_vh, prec, False, False, EVEN_D)
+    if n_full < n_sel:
+        km = n_full + offs < n_sel
+        kidx = tl.load(SEL + sel_row + n_full + offs, mask=km, other=0)
         m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
-                                  s_kt, s_kh, s_vt, s_vh, prec)
+                                  s_kt, s_kh, s_vt, s_vh, prec, True, False, EVEN_D)
     for j in range(lo, hi, BN):  # the contiguous range: the block's own keys, or the dense prefix
         kidx = j + offs
         km = kidx < hi
         m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
-                                  s_kt, s_kh, s_vt, s_vh, prec)
+                                  s_kt, s_kh, s_vt, s_vh, prec, True, True, EVEN_D)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     tl.store(O + qrow[:, None] * s_ot + head[:, None] * s_oh + dd[None, :], out.to(O.dtype.element_ty),
