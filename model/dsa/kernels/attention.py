@@ -77,22 +77,41 @@ def _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_k
 
 @triton.jit
 def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale, scale_log2,
-              s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr):
-    """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV with atomics."""
+              s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
+              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
+    """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV with atomics.
+
+    ``MASK_K`` and ``CAUSAL`` as in :func:`_fwd_tile`; padded rows (``rv``) always get P = 0.
+    """
     kofs = kidx.to(tl.int64)
-    cm = km[:, None] & dm[None, :]
-    kk = tl.load(K + kofs[:, None] * s_kt + hk * s_kh + dd[None, :], mask=cm, other=0.0)
-    vv = tl.load(V + kofs[:, None] * s_vt + hk * s_vh + dd[None, :], mask=cm, other=0.0)
+    kp = K + kofs[:, None] * s_kt + hk * s_kh + dd[None, :]
+    vp = V + kofs[:, None] * s_vt + hk * s_vh + dd[None, :]
+    dkp = kofs[:, None] * s_dkt + hk * s_dkh + dd[None, :]
+    if MASK_K or not EVEN_D:
+        cm = km[:, None] & dm[None, :]
+        kk = tl.load(kp, mask=cm, other=0.0)
+        vv = tl.load(vp, mask=cm, other=0.0)
+    else:
+        kk = tl.load(kp)
+        vv = tl.load(vp)
     s = tl.dot(q, tl.trans(kk), input_precision=prec) * scale_log2
-    ok = rv[:, None] & km[None, :] & (kidx[None, :] <= pos[:, None])
+    ok = rv[:, None]
+    if CAUSAL:
+        ok = ok & km[None, :] & (kidx[None, :] <= pos[:, None])
+    elif MASK_K:
+        ok = ok & km[None, :]
     p = tl.where(ok, tl.exp2(s - lse2[:, None]), 0.0)
     dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec)
     dp = tl.dot(do, tl.trans(vv), input_precision=prec)
     ds = p * (dp - delta[:, None])
     dq += tl.dot(ds.to(kk.dtype), kk, input_precision=prec)
     dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale
-    tl.atomic_add(DK + kofs[:, None] * s_dkt + hk * s_dkh + dd[None, :], dk, mask=cm, sem="relaxed")
-    tl.atomic_add(DV + kofs[:, None] * s_dkt + hk * s_dkh + dd[None, :], dv, mask=cm, sem="relaxed")
+    if MASK_K or not EVEN_D:
+        tl.atomic_add(DK + dkp, dk, mask=cm, sem="relaxed")
+        tl.atomic_add(DV + dkp, dv, mask=cm, sem="relaxed")
+    else:
+        tl.atomic_add(DK + dkp, dk, sem="relaxed")
+        tl.atomic_add(DV + dkp, dv, sem="relaxed")
     return dq
 
 
@@ -181,6 +200,7 @@ def _attn_bwd_kernel(
     o = tl.program_id(0)
     hk = tl.program_id(1)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
+    EVEN_D: tl.constexpr = D == DP
     rv, qrow, head, pos, dd, dm = _owner_rows(QPOS, own_q0, own_nq, o, hk, tl.program_id(2), G,
                                               D, DP, QB, HPP)
     rm = rv[:, None] & dm[None, :]
@@ -196,29 +216,34 @@ def _attn_bwd_kernel(
     hi = tl.load(rng_hi + o)
     sel_row = o.to(tl.int64) * stride_sel
     offs = tl.arange(0, BN)
-    for j in range(0, n_sel, BN):
-        km = j + offs < n_sel
-        kidx = tl.load(SEL + sel_row + j + offs, mask=km, other=0)
-        dq = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale, scale_log2,
-                       s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec)
+    n_full = (n_sel // BN) * BN  # list tiles: as in the forward
+    for j in range(0, n_full, BN):
+        kidx = tl.load(SEL + sel_row + j + offs)
+        dq = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, offs < BN, pos, hk, dd, dm, dq, sm_scale,
+                       scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, False, False, EVEN_D)
+    if n_full < n_sel:
+        km = n_full + offs < n_sel
+        kidx = tl.load(SEL + sel_row + n_full + offs, mask=km, other=0)
+        dq = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale,
+                       scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, True, False, EVEN_D)
     for j in range(lo, hi, BN):
         kidx = j + offs
         km = kidx < hi
-        dq = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale, scale_log2,
-                       s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec)
+        dq = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale,
+                       scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, True, True, EVEN_D)
     tl.store(DQ + qrow[:, None] * s_dqt + head[:, None] * s_dqh + dd[None, :],
              (dq * sm_scale).to(DQ.dtype.element_ty), mask=rm)
 
 
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them.
-FWD_CONFIG = {"block": (64, 16, 2), "token": (64, 4, 2)}  # H100 sweeps, 2026-11-24
+FWD_CONFIG = {"block": (64, 16, 3), "token": (64, 4, 2)}  # H100 sweeps, 2026-11-24
 BWD_CONFIG = {"block": (64, 8, 1), "token": (32, 4, 2)}
 
 
 # Query rows (queries x heads of one KV group) per program in block mode: every gathered key tile
 # feeds this many rows of the dot. Forward: 256 rows (64 queries x 4 heads) over 16 warps ran at
-# 265 TFLOP/s vs 218 for 128 rows over 8 warps (H100, 128K, tests/bench/RESULTS.md). Backward
-# keeps 128: it holds q, dO and dQ per row.
+# 377 TFLOP/s vs 296 for 128 rows over 8 warps (H100, 128K, mask-free list tiles,
+# tests/bench/RESULTS.md). Backward keeps 128: it holds q, dO and dQ per row.
 BLOCK_ROWS = {"fwd": 256, "bwd": 128}
 
 
