@@ -144,9 +144,8 @@ def connect_ray(address: str | None = None, num_cpus: int | None = None, **init_
 
     if ray.is_initialized():
         return False
-    kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level="WARNING",
-                                  log_to_driver=False, configure_logging=True)
-    kwargs.update(init_kwargs)
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "WARNING",
+                              "log_to_driver": False, "configure_logging": True, **init_kwargs}
     if address and not _is_loopback(address):
         ray.init(address=address, **kwargs)
         return True

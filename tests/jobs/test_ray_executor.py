@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.executors import RayExecutor
+from jobs.executors import RAY_LOOPBACK_ENV, RayExecutor
 from jobs.runtime import run_job
 from tests.jobs.helpers import output_files
 from tests.jobs.sample_jobs import WriteFilesJob
@@ -49,7 +49,8 @@ def ray_head():
     port = _free_port()
     temp_dir = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # AF_UNIX paths must stay short
     # Token auth off on both sides: a token file left by an earlier local Ray must not matter.
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    # RAY_LOOPBACK_ENV: else Ray puts the node on this host's network address, not 127.0.0.1.
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled", **RAY_LOOPBACK_ENV)
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
@@ -61,9 +62,12 @@ def ray_head():
         started, log = _wait_for_line(head.stdout, "Ray runtime started", timeout=240)
         if not started:
             pytest.fail(f"ray head did not start within 240 s:\n{log[-3000:]}")
+        assert "Local node IP: 127.0.0.1" in log, f"the head is not on loopback:\n{log[-3000:]}"
         yield f"127.0.0.1:{port}"
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # --block tears the cluster down on SIGTERM
+        # --block tears the cluster down on SIGTERM; to it alone: with GCS gone at once too, it
+        # would first try for 30 s to drain the node
+        os.kill(head.pid, signal.SIGTERM)
         try:
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
