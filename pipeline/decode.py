@@ -21,10 +21,14 @@ Even without resizing, full-size RGB output costs more than decord's resize, so 
 clear. The frames are then exactly what ``VideoReader(path, width=W, height=H).get_batch(idx)``
 returns, which the tests check.
 
-Memory is bounded by the window: each window is one ``get_batch`` call (decord dedups repeated
-indices inside it; with bridge frames, see :mod:`pipeline.gop_bridges`, at most twice the window
-is decoded at once) handed to numpy without a copy, and decord keeps only its decoder state
-between calls. Sorted indices never make decord seek backwards, so windowing costs no extra decode.
+Memory does not grow with the video. MP4 files (H.264/HEVC, closed GOPs) are decoded through
+excerpts (:mod:`pipeline.mp4_excerpt`): small in-memory MP4s of the samples a run of planned
+frames needs, so decord, which keeps the packets it has read, never holds more than one
+excerpt's worth; they also leave out GOP tails and non-reference H.264 frames that no planned
+frame needs. Other files go through one decord reader of the whole file. Within a reader each
+window is one ``get_batch`` call (decord dedups repeated indices inside it; with bridge frames,
+see :mod:`pipeline.gop_bridges`, at most twice the window is decoded at once) handed to numpy
+without a copy. Sorted indices never make decord seek backwards, so windowing costs no extra decode.
 """
 
 from __future__ import annotations
