@@ -21,6 +21,8 @@ class Outcome:
     result: Any = None
     error: str | None = None
     cpu_s: float = 0.0  # CPU time of the process running the unit, all its threads, while it ran
+    started: float = 0.0  # wall clock (time.time) when the unit began and ended in its worker
+    finished: float = 0.0
 
 
 def execute_unit(job, unit, staging: Path) -> Outcome:
@@ -29,14 +31,15 @@ def execute_unit(job, unit, staging: Path) -> Outcome:
     A worker runs one unit at a time, so its process CPU time over the unit is the unit's cost
     (decoder threads included): what "throughput per core" is measured in.
     """
-    cpu0 = time.process_time()
+    cpu0, started = time.process_time(), time.time()
     try:
         staging.mkdir(parents=True, exist_ok=True)
-        return Outcome(True, job.run_unit(unit, staging), cpu_s=time.process_time() - cpu0)
+        outcome = Outcome(True, job.run_unit(unit, staging))
     except Exception as exc:  # noqa: BLE001 - every failure of a unit is recorded, never fatal
         tb = traceback.format_exception(exc)
-        return Outcome(False, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-3:])}".strip(),
-                       cpu_s=time.process_time() - cpu0)
+        outcome = Outcome(False, error=f"{type(exc).__name__}: {exc}\n{''.join(tb[-3:])}".strip())
+    outcome.cpu_s, outcome.started, outcome.finished = time.process_time() - cpu0, started, time.time()
+    return outcome
 
 
 class Executor(ABC):

@@ -62,6 +62,7 @@ class JobReport:
     final_result: Any = None
     seconds: float = 0.0
     unit_cpu_s: float = 0.0  # CPU time spent inside the units that ran now (all workers)
+    units_span: tuple[float, float] | None = None  # first unit's start, last unit's end (wall clock)
     took_over_lock_from: dict | None = None
 
     @property
@@ -235,6 +236,9 @@ def _drive(run, ledger, executor, todo, retry, report, bar) -> None:
                 unit, attempt, staging = inflight.pop(handle)
                 outcome = executor.outcome(handle)
                 report.unit_cpu_s += outcome.cpu_s
+                if outcome.started:
+                    first, last = report.units_span or (outcome.started, outcome.finished)
+                    report.units_span = (min(first, outcome.started), max(last, outcome.finished))
                 if outcome.ok:
                     try:
                         _commit(run, ledger, unit.id, attempt, staging, outcome.result)
@@ -271,7 +275,8 @@ def format_report(report: JobReport) -> str:
              f"({report.ran} run now, {report.skipped} already done"
              + (f", {report.recovered} recovered after a crash" if report.recovered else "")
              + f", {len(report.failed)} failed) in {report.seconds:.1f} s"
-             + (f" (units: {report.unit_cpu_s:.1f} CPU s)" if report.ran or report.failed else "")]
+             + (f" (units: {report.unit_cpu_s:.1f} CPU s); units ran {report.units_span[1] - report.units_span[0]:.1f} s,"
+                f" first start to last end" if report.units_span else "")]
     if report.took_over_lock_from:
         lines.append(f"  took over the folder from a run that died "
                      f"(pid {report.took_over_lock_from.get('pid')})")

@@ -33,6 +33,7 @@ without a copy. Sorted indices never make decord seek backwards, so windowing co
 
 from __future__ import annotations
 
+import gc
 import itertools
 from collections.abc import Iterator, Sequence
 
@@ -85,6 +86,11 @@ def iter_frame_windows(path, frame_indices: Sequence[int], height: int, width: i
             del excerpt  # decord holds its own copy; the next excerpt is built before this name is rebound
             yield from _reader_windows(reader, frames, (height, width), window, max_tail, path, id)
             del reader  # free this excerpt's decoder and packets before the next one is read
+            # decord's FFI passes the excerpt's bytes through a ctypes array type it creates per
+            # call, which sits in a reference cycle with a copy of the bytes: without a collection
+            # here those copies pile up until Python's rare full GC (60-min video: 399 MiB peak
+            # RSS, 157 MiB with it). A full collection costs ~16 ms per excerpt of ~40 s of video.
+            gc.collect()
 
 
 def _open_excerpts(path: str, indices: list[int], id: str | None):

