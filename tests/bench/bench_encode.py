@@ -26,10 +26,12 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,6 +186,7 @@ def run_preprocess(work: Path, videos: dict[str, Path], executor: str, workers: 
     """
     manifest, tokenizer = _encode_inputs(work, videos)
     out = work / f"ds_{label}"
+    shutil.rmtree(out, ignore_errors=True)  # a finished job would resume as "already done"
     cmd = [sys.executable, "-m", "jobs.cli", "preprocess", "--manifest", str(manifest), "--tokenizer",
            str(tokenizer), "--out", str(out), "--executor", executor, "--workers", str(workers),
            "--no-progress", "--shard-mb", "1", "--force"]
@@ -228,6 +231,16 @@ def encode_rows(work: Path, src: Path, baselines: dict[str, float], which: str =
         add(row, duration)
     rows[-1]["ray_speedup"] = rows[-2]["encode_wall_s"] / rows[-1]["encode_wall_s"]
     rows[-1]["ray_speedup_units"] = rows[-2]["units_span_s"] / rows[-1]["units_span_s"]
+    # The machine's own ceiling for two workers, without Ray: two in-process commands at once,
+    # each with half the videos, against the in-process command doing all four.
+    one = run_preprocess(work, copies, "inprocess", 1, "plain1")
+    halves = [dict(list(copies.items())[:2]), dict(list(copies.items())[2:])]
+    with ThreadPoolExecutor(2) as pool:
+        two = list(pool.map(lambda i: run_preprocess(work, halves[i], "inprocess", 1, f"plain2_{i}"), (0, 1)))
+    span = max(r["units_span_s"] for r in two)
+    rows.append({"method": "no Ray: 1 in-process command, 4 x 3-min 720p", **one})
+    rows.append({"method": "no Ray: 2 in-process commands at once, 2 x 3-min each", **two[0],
+                 "units_span_s": span, "ray_speedup_units": one["units_span_s"] / span})
     return rows
 
 
@@ -298,7 +311,7 @@ def main() -> None:
                           ("vs_ffmpeg_as_written", "x ffmpeg as written", ".2f"),
                           ("video_s_per_wall_s", "video-s / wall-s", ".1f"), ("units_span_s", "units first start to last end s", ".1f"),
                           ("ray_speedup", "2 vs 1 worker (stage wall)", ".2f"),
-                          ("ray_speedup_units", "2 vs 1 worker (units span)", ".2f"),
+                          ("ray_speedup_units", "2 vs 1 worker (units span; last row: 2 plain processes)", ".2f"),
                           ("rss_mib", "peak RSS MiB (driver)", ".0f"), ("stored_mib", "shards MiB", ".0f")])
     if args.resize_compare:
         print()
