@@ -464,13 +464,19 @@ def quality(t=8192, frame=256, k=1024, bq=64, seed=0):
 
 def _kept_share(lgm, vis, chosen, k):
     """Per query row: indexer softmax mass of its own top-k keys that ``chosen`` ([rows or 1, T]) keeps,
-    over the mass of its own top-k."""
+    over the mass of its own top-k.
+
+    Ties at the k-th logit are shared out: when m visible keys tie there for the s = k - (keys above it)
+    remaining places, each counts s/m of its mass, the expectation over which of them a top-k would take.
+    A trained indexer has such ties (a query whose weights w are all negative scores every key with all
+    relu terms 0 at exactly 0); random synthetic logits have none, and then this is the plain top-k."""
     p = torch.softmax(lgm, -1)
-    top = torch.topk(lgm, k, dim=-1).indices
-    own = torch.zeros_like(vis)
-    own.scatter_(1, top, True)
-    own &= vis
-    return (p * (own & chosen)).sum(1) / (p * own).sum(1)
+    thr = torch.topk(lgm, k, dim=-1).values[:, -1:]
+    above = vis & (lgm > thr)
+    at = vis & (lgm == thr)
+    frac = (k - above.sum(1, keepdim=True)) / at.sum(1, keepdim=True).clamp(min=1)
+    own = above + at * frac  # weight of each key in the own top-k: 1, s/m at the threshold, else 0
+    return (p * own * chosen).sum(1) / (p * own).sum(1)
 
 
 def video_indexer(t, frame, h=8, d=64, gen=None):
@@ -504,13 +510,27 @@ def video_indexer(t, frame, h=8, d=64, gen=None):
 QUALITY_RULES = [("max", 0), ("sum", 0), ("pooled", 0), ("max", 2), ("max", 4), ("sum", 2), ("sum", 4)]
 
 
-def quality_vectors(t=8192, frame=256, k=1024, bq=64, seed=0, rules=QUALITY_RULES):
-    """Share of each query's own top-k indexer mass kept by each block selection rule, computed on
-    video_indexer's inputs with the reference selection (the rule the kernels implement)."""
-    gen = torch.Generator().manual_seed(seed)
-    qi, ki, wi = video_indexer(t, frame, gen=gen)
+def quality_vectors(t=8192, frame=256, k=1024, bq=64, seed=0, rules=QUALITY_RULES, *, indexer=None, doc=None,
+                    per_query=False):
+    """Share of each query's own top-k indexer mass kept by each block selection rule, with the
+    reference selection (the rule the kernels implement).
+
+    By default on video_indexer's inputs (one document of ``t`` tokens). ``indexer`` = (q_I [T, H_I, d_I],
+    k_I [T, d_I], w [T, H_I]) gives the inputs instead (``t``, ``frame``, ``seed`` are then unused), e.g. a
+    trained model's indexer outputs for one packed sequence; ``doc`` [T] is then each row's document start
+    (plan.doc_starts_from_cu_seqlens), default one document. A query's own top-k, its softmax and what
+    the rule keeps are taken over the keys it sees: its document's keys at or before it. Blocks whose
+    candidates (+1) fit in k are skipped (every query there sees all its keys under every rule).
+    Returns {rule: (mean, p5, min)} over the counted queries, or with ``per_query`` {rule: the per-query
+    kept shares} (for pooling several sequences) without logging."""
+    if indexer is None:
+        gen = torch.Generator().manual_seed(seed)
+        qi, ki, wi = video_indexer(t, frame, gen=gen)
+    else:
+        qi, ki, wi = (x.detach().float().cpu() for x in indexer)
+        t = qi.shape[0]
     pos = torch.arange(t, dtype=torch.int32)
-    doc = torch.zeros(t, dtype=torch.int32)
+    doc = torch.zeros(t, dtype=torch.int32) if doc is None else doc.to(torch.int32).cpu()
     res = {}
     lgs = {}
     for agg, coarse in rules:
@@ -523,23 +543,28 @@ def quality_vectors(t=8192, frame=256, k=1024, bq=64, seed=0, rules=QUALITY_RULE
         kept = []
         for o in range(plan.n_owners):
             b0, nq = int(plan.own_q0[o]), int(plan.own_nq[o])
-            if int(plan.cand_hi[o] - plan.cand_lo[o]) + 1 <= k:
+            lo = int(plan.cand_lo[o])  # the document's first key (0 for one document)
+            if int(plan.cand_hi[o]) - lo + 1 <= k:
                 continue
             rows = torch.arange(b0, b0 + nq)
             if o not in lgs:
-                lgs[o] = ref.index_logits(qi[rows], wi[rows], ki[: b0 + nq])
-            vis = torch.arange(b0 + nq)[None, :] <= rows[:, None]
+                lgs[o] = ref.index_logits(qi[rows], wi[rows], ki[lo: b0 + nq])
+            vis = torch.arange(lo, b0 + nq)[None, :] <= rows[:, None]
             lgm = lgs[o].masked_fill(~vis, float("-inf"))
-            chosen = torch.zeros(b0 + nq, dtype=torch.bool)
+            chosen = torch.zeros(b0 + nq - lo, dtype=torch.bool)
             s = sel[o, : int(sel_n[o])].long()
-            chosen[s] = True
-            chosen[b0:] = True
+            chosen[s - lo] = True
+            chosen[int(plan.rng_lo[o]) - lo: int(plan.rng_hi[o]) - lo] = True  # the block's own keys
             kept.append(_kept_share(lgm, vis, chosen[None, :], k))
-        kv = torch.cat(kept)
+        kv = torch.cat(kept) if kept else torch.zeros(0)
         name = agg + (f"+coarse{coarse}" if coarse else "")
+        if per_query:
+            res[name] = kv
+            continue
         res[name] = (kv.mean().item(), kv.quantile(0.05).item(), kv.min().item())
+        where = f"T={t}, frame={frame}" if indexer is None else f"given indexer, T={t}, {len(kv)} queries"
         log(f"[indexer] {name:<14}: kept share of own top-{k} mass mean {res[name][0]:.4f} p5 {res[name][1]:.4f} "
-            f"min {res[name][2]:.4f} (T={t}, frame={frame}, B_q={bq}; reference select {t_sel:.1f} s on CPU)")
+            f"min {res[name][2]:.4f} ({where}, B_q={bq}; reference select {t_sel:.1f} s on CPU)")
     return res
 
 
