@@ -42,6 +42,9 @@ class DSAConfig:
       (``bench_dsa.py --quality``, three seeds/frame sizes) it keeps at least as much of each query's
       own top-k mass as exact max (mean and 5th percentile; its single worst query keeps less), while
       ``pooled`` loses 1.4-2 points at the 5th percentile. The 5% over ``pooled`` buys that tail.
+      On a trained (tiny, demo-pack) indexer no rule wins on both layers and every rule's tail is
+      poor (``bench_indexer_quality.py``, RESULTS.md): the default stays until a real-size
+      indexer is measured.
     stage: ``warmup`` = dense causal attention, the indexer trains on KL(head-mean dense attention
       || indexer); ``sparse`` = attention over the selected keys, the indexer trains on the KL over
       the selected set.
