@@ -46,7 +46,7 @@ _NOT_FORWARDED = frozenset({"CUDA_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ROCR
                             "HOSTNAME", "PWD", "OLDPWD", "SHLVL", "_"})
 
 
-def ray_ranks(nproc: int, argv: list[str]) -> int:
+def ray_ranks(nproc: int, argv: list[str], address: str | None = None) -> int:
     """Run `python -m jobs.cli argv` as `nproc` Ray tasks, one per rank; returns the largest exit
     code (128 + N for a rank killed by signal N), after naming each rank that failed.
 
@@ -68,7 +68,7 @@ def ray_ranks(nproc: int, argv: list[str]) -> int:
 
     from jobs.executors import connect_ray
 
-    started = connect_ray(os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
+    started = connect_ray(address or os.environ.get("RAY_ADDRESS") or None, log_to_driver=True)
     pg = None
     try:
         bundle = _rank_bundle(nproc, ray.cluster_resources())
@@ -199,11 +199,12 @@ def _stop(refs: list, grace_s: float = 15.0) -> None:
         ray.cancel(ref, force=True)
 
 
-def launch(nproc: int, launcher: str, argv: list[str]) -> int:
+def launch(nproc: int, launcher: str, argv: list[str], ray_address: str | None = None) -> int:
+    """``ray_address``: the Ray cluster to join (default $RAY_ADDRESS, else a local Ray)."""
     # one thread per rank unless told otherwise, as torchrun sets it for several ranks
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if launcher == "torchrun":
         return torchrun(nproc, argv)
     if launcher == "ray":
-        return ray_ranks(nproc, argv)
+        return ray_ranks(nproc, argv, ray_address)
     raise ValueError(f"unknown launcher {launcher!r}: torchrun or ray")

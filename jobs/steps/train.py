@@ -80,7 +80,10 @@ def _relaunch(args, argv: list[str]) -> int | None:
 
     if args.nproc <= 1 or under_launcher():
         return None
-    return launch(args.nproc, args.launcher, argv)
+    return launch(args.nproc, args.launcher, argv, args.ray_address)
+
+
+_LAUNCH_FLAGS = ("--nproc", "--launcher", "--ray-address")  # the launcher's, not the ranks'
 
 
 def _argv_without_launch(argv: list[str]) -> list[str]:
@@ -89,10 +92,10 @@ def _argv_without_launch(argv: list[str]) -> list[str]:
         if skip:
             skip = False
             continue
-        if a in ("--nproc", "--launcher"):
+        if a in _LAUNCH_FLAGS:
             skip = True
             continue
-        if a.startswith(("--nproc=", "--launcher=")):
+        if a.startswith(tuple(f + "=" for f in _LAUNCH_FLAGS)):
             continue
         out.append(a)
     return out
@@ -158,3 +161,5 @@ def _launch_options(p) -> None:
     p.add_argument("--nproc", type=int, default=1,
                    help="ranks to start (cp x dp of them); 1 = this process (or already launched)")
     p.add_argument("--launcher", choices=["torchrun", "ray"], default="torchrun")
+    p.add_argument("--ray-address", default=None,
+                   help="with --launcher ray: the cluster to join (default $RAY_ADDRESS, else a local Ray on loopback)")

@@ -26,7 +26,7 @@ def train(run: Path, *args, env=ENV) -> subprocess.CompletedProcess:
 
 def test_ray_ranks_train_as_torchrun_ranks_do(tmp_path, ray_head):  # noqa: F811
     train(tmp_path / "torchrun")
-    out = train(tmp_path / "ray", "--launcher", "ray", env=RAY_ENV | {"RAY_ADDRESS": ray_head})
+    out = train(tmp_path / "ray", "--launcher", "ray", "--ray-address", ray_head, env=RAY_ENV)
     assert "(rank1 pid=" in out.stdout + out.stderr, "the ranks' output comes from the Ray tasks"
     want = numbers(read_metrics(tmp_path / "torchrun"))
     assert [w[0] for w in want] == [1, 2, 3, 4]
