@@ -83,14 +83,37 @@ def iter_frame_windows(path, frame_indices: Sequence[int], height: int, width: i
                 raise DecodeError(path, "truncated or corrupt", id=id,
                                   detail=f"an excerpt of {excerpt.samples} samples decodes to {len(reader)} frames")
             frames = excerpt.frames
+            _cyclic_garbage.add(len(excerpt.data))
             del excerpt  # decord holds its own copy; the next excerpt is built before this name is rebound
             yield from _reader_windows(reader, frames, (height, width), window, max_tail, path, id)
             del reader  # free this excerpt's decoder and packets before the next one is read
-            # decord's FFI passes the excerpt's bytes through a ctypes array type it creates per
-            # call, which sits in a reference cycle with a copy of the bytes: without a collection
-            # here those copies pile up until Python's rare full GC (60-min video: 399 MiB peak
-            # RSS, 157 MiB with it). A full collection costs ~16 ms per excerpt of ~40 s of video.
+            _cyclic_garbage.collect_if_due()
+
+
+class _CyclicGarbage:
+    """Frees the copies of excerpt bytes that decord's FFI leaves in reference cycles.
+
+    decord passes an in-memory file through a ctypes array type it creates per call, which sits
+    in a reference cycle with a copy of the bytes: left alone, those copies pile up until Python's
+    rare full collection (60-min video: 399 MiB peak RSS, 157 MiB collecting after each excerpt).
+    A full collection costs ~16 ms, so it runs once that many bytes may be waiting, not per
+    excerpt: memory stays bounded and short clips don't pay 16 ms each.
+    """
+
+    def __init__(self, limit: int = 32 << 20):
+        self.limit = limit
+        self.pending = 0
+
+    def add(self, nbytes: int) -> None:
+        self.pending += nbytes
+
+    def collect_if_due(self) -> None:
+        if self.pending >= self.limit:
             gc.collect()
+            self.pending = 0
+
+
+_cyclic_garbage = _CyclicGarbage()
 
 
 def _open_excerpts(path: str, indices: list[int], id: str | None):
