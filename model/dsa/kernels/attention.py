@@ -45,36 +45,24 @@ def _tile_keys(t, nt_sel, SEL, sel_row, n_sel, lo, hi, BN: tl.constexpr):
 
 @triton.jit
 def _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_kt, s_kh, s_vt, s_vh,
-              prec: tl.constexpr, MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
-              K_BY_COLUMN: tl.constexpr):
+              prec: tl.constexpr, MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
     """One online-softmax step over a tile of BN keys (rows kidx of the global key table).
 
     ``MASK_K``: some of the tile's keys are padding (``km``); ``CAUSAL``: apply key <= query
     position. Full tiles of a selected list need neither (see the forward kernel), which keeps
     the predicate and select work out of the loop that carries most of the FLOPs.
-    ``K_BY_COLUMN`` loads the key tile as [D, BN] (token mode's 16-row tiles ran faster so:
-    84 vs 100 ms at 128K on the H100) instead of [BN, D] then transposed (block mode's 256 rows).
     """
     kofs = kidx.to(tl.int64)
-    if K_BY_COLUMN:
-        kp = K + kofs[None, :] * s_kt + hk * s_kh + dd[:, None]
-    else:
-        kp = K + kofs[:, None] * s_kt + hk * s_kh + dd[None, :]
+    kp = K + kofs[:, None] * s_kt + hk * s_kh + dd[None, :]
     vp = V + kofs[:, None] * s_vt + hk * s_vh + dd[None, :]
     if MASK_K or not EVEN_D:
         lm = km[:, None] & dm[None, :]
-        if K_BY_COLUMN:
-            kk = tl.load(kp, mask=km[None, :] & dm[:, None], other=0.0)
-        else:
-            kk = tl.load(kp, mask=lm, other=0.0)
+        kk = tl.load(kp, mask=lm, other=0.0)
         vv = tl.load(vp, mask=lm, other=0.0)
     else:
         kk = tl.load(kp)
         vv = tl.load(vp)
-    if K_BY_COLUMN:
-        s = tl.dot(q, kk, input_precision=prec) * scale_log2
-    else:
-        s = tl.dot(q, tl.trans(kk), input_precision=prec) * scale_log2
+    s = tl.dot(q, tl.trans(kk), input_precision=prec) * scale_log2
     if CAUSAL:
         s = tl.where(km[None, :] & (kidx[None, :] <= pos[:, None]), s, float("-inf"))
     elif MASK_K:
@@ -156,7 +144,7 @@ def _attn_fwd_kernel(
     scale_log2, G,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, stride_sel,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
-    BN: tl.constexpr, IEEE: tl.constexpr, TOKEN: tl.constexpr,
+    BN: tl.constexpr, IEEE: tl.constexpr,
 ):
     o = tl.program_id(0)
     hk = tl.program_id(1)
@@ -182,17 +170,17 @@ def _attn_fwd_kernel(
     for j in range(0, n_full, BN):
         kidx = tl.load(SEL + sel_row + j + offs)
         m_i, l_i, acc = _fwd_tile(q, K, V, kidx, offs < BN, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
-                                  s_kt, s_kh, s_vt, s_vh, prec, False, False, EVEN_D, TOKEN)
+                                  s_kt, s_kh, s_vt, s_vh, prec, False, False, EVEN_D)
     if n_full < n_sel:
         km = n_full + offs < n_sel
         kidx = tl.load(SEL + sel_row + n_full + offs, mask=km, other=0)
         m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
-                                  s_kt, s_kh, s_vt, s_vh, prec, True, False, EVEN_D, TOKEN)
+                                  s_kt, s_kh, s_vt, s_vh, prec, True, False, EVEN_D)
     for j in range(lo, hi, BN):  # the contiguous range: the block's own keys, or the dense prefix
         kidx = j + offs
         km = kidx < hi
         m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
-                                  s_kt, s_kh, s_vt, s_vh, prec, True, True, EVEN_D, TOKEN)
+                                  s_kt, s_kh, s_vt, s_vh, prec, True, True, EVEN_D)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     tl.store(O + qrow[:, None] * s_ot + head[:, None] * s_oh + dd[None, :], out.to(O.dtype.element_ty),
@@ -289,7 +277,7 @@ def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int 
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), lse.stride(0), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n, IEEE=ieee(q),
-        TOKEN=token, num_warps=num_warps, num_stages=num_stages,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return out, lse
 
