@@ -30,10 +30,13 @@ def _rows_source(q_idx, w_idx, plan: Plan, cfg: DSAConfig):
 
 
 @torch.no_grad()
-def select(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int = 1 << 30):
-    """(sel [n_own, k] int32 ascending key rows, -1 padded; sel_n [n_own] int32)."""
+def select(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int = 1 << 30, fallbacks=None):
+    """(sel [n_own, k] int32 ascending key rows, -1 padded; sel_n [n_own] int32).
+
+    ``fallbacks`` (int32 [1], optional) counts rows whose sampled top-k pivot missed (topk.py).
+    """
     if cfg.coarse and cfg.granularity == "block" and cfg.block_agg != "pooled":
-        return _select_coarse(q_idx, k_idx, w_idx, plan, cfg, buf_bytes)
+        return _select_coarse(q_idx, k_idx, w_idx, plan, cfg, buf_bytes, fallbacks)
     dev = q_idx.device
     k = cfg.topk
     n_own = plan.n_owners
@@ -57,15 +60,15 @@ def select(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int = 1 <
         view = buf[: nr * width].view(nr, width)
         owner_scores(qsrc, wsrc, k_idx, q0src, plan.own_nq, plan.cand_lo, plan.cand_hi, o, nr,
                      base, width, view, k, token, cfg.block_agg == "max")
-        topk_rows(view, base, plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k)
+        topk_rows(view, base, plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k, fallbacks=fallbacks)
     return sel, sel_n
 
 
-def _select_coarse(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int):
+def _select_coarse(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int, fallbacks):
     """Pooled top-(coarse*k) candidates per block, then the exact max/sum top-k among them."""
     k = cfg.topk
     cand, cand_n = select(q_idx, k_idx, w_idx, plan, replace(cfg, block_agg="pooled", coarse=0,
-                                                            topk=cfg.coarse * k), buf_bytes)
+                                                            topk=cfg.coarse * k), buf_bytes, fallbacks)
     dev = q_idx.device
     n_own, width = cand.shape
     zeros = torch.zeros(n_own, dtype=torch.int32, device=dev)
@@ -78,7 +81,7 @@ def _select_coarse(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: i
         view = buf[: nr * width].view(nr, width)
         owner_scores(q_idx, w_idx, k_idx, plan.own_q0, plan.own_nq, zeros, cand_n, o, nr, 0, width, view, k,
                      False, cfg.block_agg == "max", key_list=cand)
-        topk_rows(view, 0, zeros, cand_n, pos, sel_n, o, nr, k)
+        topk_rows(view, 0, zeros, cand_n, pos, sel_n, o, nr, k, fallbacks=fallbacks)
     sel = torch.where(pos >= 0, torch.gather(cand, 1, pos.long().clamp(min=0)), pos)
     return sel, sel_n
 

@@ -31,6 +31,8 @@ from model.dsa import DSAConfig, dsa_attention_rows  # noqa: E402
 from model.dsa import reference as ref  # noqa: E402
 from model.dsa.kernels import attention as attn_mod  # noqa: E402
 from model.dsa.kernels import index_scores as scores_mod  # noqa: E402
+from model.dsa.kernels import indexer_kl as kl_mod  # noqa: E402
+from model.dsa.kernels import topk as topk_mod  # noqa: E402
 from model.dsa.kernels.attention import attn_bwd, attn_fwd  # noqa: E402
 from model.dsa.kernels.index_scores import owner_scores  # noqa: E402
 from model.dsa.kernels.indexer_kl import indexer_kl  # noqa: E402
@@ -130,12 +132,12 @@ def sweep(t=131072):
         if not token:
             best = None
             for bn, nw, hd in ((64, 8, False), (128, 8, False), (64, 8, True), (128, 8, True), (64, 4, True)):
-                scores_mod.CONFIG.update(block_n=bn, num_warps=nw, head_dot=hd)
+                scores_mod.CONFIG["block"].update(block_n=bn, num_warps=nw, head_dot=hd)
                 s = try_time(lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=4)
                 log(f"  sweep T={t} selection block_n={bn} warps={nw} head_dot={hd}: {s * 1e3:.2f} ms")
                 if best is None or s < best[0]:
                     best = (s, dict(block_n=bn, num_warps=nw, head_dot=hd))
-            scores_mod.CONFIG.update(best[1])
+            scores_mod.CONFIG["block"].update(best[1])
             ROWS.append(dict(T=t, what="sweep: index scores config", ms=best[0] * 1e3, note=str(best[1])))
         sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
         fwd_opts = [(64, 8, 2), (64, 8, 3), (128, 8, 2), (64, 4, 2)] if not token else \
@@ -163,6 +165,47 @@ def sweep(t=131072):
         ROWS.append(dict(T=t, what=f"sweep: {gran} attn bwd config", ms=best[0] * 1e3, note=str(best[1])))
         sel = sel_n = out = lse = dout = None
     x = None
+    torch.cuda.empty_cache()
+
+
+def best_of(label, t, opts, install, run, **kw):
+    """Time run() under each option (install(opt) first), log each, keep and install the fastest."""
+    best = None
+    for opt in opts:
+        install(opt)
+        s_ = try_time(run, **kw)
+        log(f"  sweep T={t} {label} {opt}: {s_ * 1e3:.2f} ms")
+        if best is None or s_ < best[0]:
+            best = (s_, opt)
+    install(best[1])
+    ROWS.append(dict(T=t, what=f"sweep: {label}", ms=best[0] * 1e3, note=str(best[1])))
+    return best[1]
+
+
+def sweep_token(t=131072):
+    """Token-mode launch configs of the index scores, the top-k and the indexer KL; installs the best."""
+    pos = torch.arange(t, dtype=torch.int32, device=DEV)
+    doc = torch.zeros(t, dtype=torch.int32, device=DEV)
+    x = inputs(t, seed=3)
+    scale = 1 / math.sqrt(D)
+    cfg = DSAConfig(index_heads=HI, index_dim=DI, topk=K, granularity="token", block_q=BQ)
+    plan = build_plan(pos, doc, cfg, dense=False)
+    keys = ("block_n", "num_warps", "num_stages", "chunk")
+    best_of("token index scores (block_n, warps, stages, chunk), timed with top-k", t,
+            [(64, 8, 3, 1024), (128, 8, 3, 1024), (64, 4, 3, 1024), (128, 8, 2, 4096), (64, 8, 4, 4096),
+             (128, 4, 3, 2048)],
+            lambda o: scores_mod.CONFIG["token"].update(zip(keys, o)),
+            lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
+    best_of("top-k (tile, warps), timed with scores", t, [(2048, 8), (1024, 4), (2048, 16), (4096, 8)],
+            lambda o: topk_mod.CONFIG.update(tile=o[0], num_warps=o[1]),
+            lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
+    sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
+    out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, True)
+    best_of("token indexer KL (BN, warps, stages)", t, [(64, 8, 1), (64, 4, 1), (64, 4, 2), (32, 4, 2), (128, 8, 2)],
+            lambda o: kl_mod.CONFIG.update(token=o),
+            lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n, scale,
+                               True, True), min_total=0.3, max_reps=3)
+    x = sel = sel_n = out = lse = None
     torch.cuda.empty_cache()
 
 
@@ -233,17 +276,25 @@ def correctness(t, cases=(("block", "sparse", "max"), ("token", "sparse", "max")
         g1 = torch.autograd.grad((o1.float() * dout.float()).sum() + 100 * l1, args)
         msg = ""
         sel = None
+        ok_sel = True
         if stage == "sparse":
             sel = (aux["sel"], aux["sel_n"])
             rs, rn = ref.select(x["q_idx"].detach(), x["k_idx"].detach(), x["w_idx"].detach(), aux["plan"], cfg)
             same = (rs == aux["sel"]).all(1).float().mean().item()
             msg = f"identical selections {same:.4f}, counts equal {bool(torch.equal(rn, aux['sel_n']))}"
+            topk_mod.CONFIG["sample"] = False  # the sampled-pivot top-k must equal the five passes
+            s5, n5 = select(x["q_idx"].detach(), x["k_idx"].detach(), x["w_idx"].detach(), aux["plan"], cfg)
+            topk_mod.CONFIG["sample"] = True
+            five = bool(torch.equal(s5, aux["sel"]) and torch.equal(n5, aux["sel_n"]))
+            msg += f", equal to five-pass top-k {five}"
+            ok_sel = five
         o2, l2, _ = dsa_attention_rows(*args, pos, doc, cfg, backend="reference", sel=sel)
         g2 = torch.autograd.grad((o2.float() * dout.float()).sum() + 100 * l2, args)
         errs = {n: rel(a, b) for n, a, b in zip(names, g1, g2)}
         log(f"  {gran}/{stage}/{rule} T={t}: out {rel(o1, o2):.2e} loss {l1.item():.6f} vs {l2.item():.6f} "
             f"grads {', '.join(f'{n} {e:.2e}' for n, e in errs.items())} {msg}")
-        ok = rel(o1, o2) < 2e-2 and abs(l1.item() - l2.item()) < 2e-2 * abs(l2.item()) + 1e-3 and max(errs.values()) < 5e-2
+        ok = rel(o1, o2) < 2e-2 and abs(l1.item() - l2.item()) < 2e-2 * abs(l2.item()) + 1e-3 and max(errs.values()) < 5e-2 \
+            and ok_sel
         ROWS.append(dict(T=t, what=f"correctness {gran}/{stage}/{rule}", ms=float("nan"),
                          note=f"{'PASS' if ok else 'FAIL'} out {rel(o1, o2):.1e} maxgrad {max(errs.values()):.1e} {msg}"))
         o1 = o2 = g1 = g2 = x = args = None
@@ -300,8 +351,19 @@ def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True):
             row(t, f"{name}: indexer scores", s_sc, flop=2 * HI * DI * pairs_sc, nbytes=sc_bytes,
                 note="bytes = scores written" + ("; pooled: one row per block, pooling included" if
                                                  cfg.block_agg == "pooled" and not token else ""))
-            row(t, f"{name}: top-k (select - scores)", max(s_sel - s_sc, 1e-9), nbytes=5 * sc_bytes,
-                note="bytes = 5 radix passes over the scores")
+            fb = torch.zeros(1, dtype=torch.int32, device=DEV)
+            select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg, fallbacks=fb)
+            row(t, f"{name}: top-k (select - scores)", max(s_sel - s_sc, 1e-9), nbytes=sc_bytes,
+                note=f"bytes = one read of the scores; pivot fallbacks {int(fb)} of {int(big.sum())} rows")
+            if token:  # the same on indexer inputs with video structure (clustered top keys)
+                vq, vk, vw = (z.to(DEV, torch.bfloat16) for z in
+                              video_indexer(t, 256, HI, DI, torch.Generator().manual_seed(5)))
+                s_v = timeit(lambda: select(vq, vk, vw, plan, cfg))
+                fb.zero_()
+                select(vq, vk, vw, plan, cfg, fallbacks=fb)
+                row(t, "token: top-k, video-structured indexer inputs", max(s_v - s_sc, 1e-9), nbytes=sc_bytes,
+                    note=f"select {s_v * 1e3:.1f} ms - scores; pivot fallbacks {int(fb)} of {int(big.sum())} rows")
+                vq = vk = vw = None
             buf = None
         row(t, f"{name}: selection total", s_sel)
         npairs = attended(plan, sel_n, token)
@@ -579,7 +641,8 @@ def main():
     ap.add_argument("--commit", default=os.environ.get("COMMIT", ""))
     ap.add_argument("--quality", action="store_true")
     ap.add_argument("--sweep", type=int, default=1,
-                    help="sweep launch configs first: 1 all, 2 block attention only, 0 none")
+                    help="sweep launch configs first: 1 all, 2 block attention, 3 block attention and token "
+                         "selection/KL, 0 none")
     ap.add_argument("--modes", default="block,token")
     ap.add_argument("--rules", default="pooled,max", help="block selection rules: max, sum, pooled, max+coarse2, ...")
     ap.add_argument("--check-rules", default="pooled,max+coarse2", help="block rules checked against the reference")
@@ -605,6 +668,8 @@ def main():
     rules = tuple(r for r in a.rules.split(",") if r)
     if a.sweep == 1:
         section("launch-config sweep", sweep)
+    if a.sweep in (1, 3) and "token" in modes:
+        section("token sweep", sweep_token)
     if a.sweep:
         section("block attention sweep", sweep_block_attn, 131072, rules[0])
     if a.check:

@@ -60,6 +60,44 @@ def test_topk_kernel_is_exact_with_ties():
         assert (sel[r, want.numel():] == -1).all()
 
 
+def exact_topk(row, k):
+    """Ascending indices of the k largest, ties to the lower index (what the kernel promises)."""
+    return torch.sort(torch.sort(row, descending=True, stable=True).indices[:k]).values
+
+
+def test_topk_sampled_pivot_path_is_exact_and_falls_back_when_the_guess_misses():
+    """Rows longer than 4k and the sample go through a sampled pivot and a scratch copy.
+
+    Random rows take that path; rows built so that the pivot misses (all ties: more than 4k
+    elements at the pivot; the sampled runs holding the row's largest values: fewer than k at or
+    above it) must fall back, and every row must equal the exact top-k either way.
+    """
+    g = gen()
+    k, runs, run = 8, 8, 4  # scratch 32 slots, a 32-score sample
+    n_rows, width = 10, 300
+    buf = torch.randn(n_rows, width, generator=g, device=DEV)
+    buf[:4] = torch.round(buf[:4] * 4)  # ties, but not so many that the copy overflows
+    buf[4] = 1.5  # every element a tie: the copy overflows, fallback
+    n = width
+    starts = [(i * (n - run)) // (runs - 1) for i in range(runs)]
+    sampled = torch.tensor([s + j for s in starts for j in range(run)], device=DEV)
+    buf[5, sampled] = 100.0 + torch.arange(sampled.numel(), device=DEV, dtype=torch.float32)
+    lo = torch.zeros(n_rows, dtype=torch.int32, device=DEV)
+    hi = torch.full((n_rows,), width, dtype=torch.int32, device=DEV)
+    sel = torch.empty(n_rows, k, dtype=torch.int32, device=DEV)
+    cnt = torch.empty(n_rows, dtype=torch.int32, device=DEV)
+    fallbacks = torch.zeros(1, dtype=torch.int32, device=DEV)
+    topk_rows(buf, 0, lo, hi, sel, cnt, 0, n_rows, k, tile=64, fallbacks=fallbacks, sample_runs=(runs, run))
+    for r in range(n_rows):
+        assert sel[r].tolist() == exact_topk(buf[r], k).tolist(), r
+    assert (cnt == k).all()
+    assert 2 <= int(fallbacks) < n_rows  # rows 4 and 5 at least; most rows keep their copy
+    # the same rows through the five-pass path alone
+    sel2 = torch.empty_like(sel)
+    topk_rows(buf, 0, lo, hi, sel2, cnt, 0, n_rows, k, tile=64, sample=False)
+    assert torch.equal(sel, sel2)
+
+
 # ----------------------------------------------------------------------------------------- scores
 @pytest.mark.parametrize("gran,agg", [("token", "max"), ("block", "max"), ("block", "sum"), ("block", "pooled")])
 def test_score_kernel_matches_reference(gran, agg):

@@ -20,9 +20,11 @@ import triton.language as tl
 
 from .common import ieee, next_pow2
 
-# Launch defaults (tests/bench/bench_dsa.py sweeps them on the GPU). head_dot applies to bf16/fp16
-# inputs only: fp32 inputs keep the exact fp32 head sum.
-CONFIG = dict(block_n=64, num_warps=8, head_dot=True)
+# Launch defaults per row kind: "token" rows (token mode, pooled block rows) and "block" rows (a
+# block's max/sum); tests/bench/bench_dsa.py sweeps them on the GPU. head_dot applies
+# to bf16/fp16 inputs only: fp32 inputs keep the exact fp32 head sum. chunk: key columns per program.
+CONFIG = {"block": dict(block_n=64, num_warps=8, num_stages=3, head_dot=True, chunk=1024),
+          "token": dict(block_n=64, num_warps=8, num_stages=3, head_dot=True, chunk=1024)}
 
 
 @triton.jit
@@ -166,7 +168,6 @@ def pool_rows(q_idx, w_idx, own_q0, own_nq):
 
 def owner_scores(q_idx, w_idx, k_idx, own_q0, own_nq, cand_lo, cand_hi, owner0: int, n_rows: int,
                  col_base: int, width: int, buf: torch.Tensor, topk: int, token: bool, agg_max: bool,
-                 block_n: int | None = None, chunk: int = 1024, num_warps: int | None = None,
                  key_list: torch.Tensor | None = None):
     """Fill buf[:n_rows, :width] with the scores of owners owner0..owner0+n_rows-1 (candidates only).
 
@@ -174,8 +175,8 @@ def owner_scores(q_idx, w_idx, k_idx, own_q0, own_nq, cand_lo, cand_hi, owner0: 
     arange). ``key_list`` [n_own, width] (block rows only): column c of owner o is key
     key_list[o, c], with cand_lo/cand_hi then giving the columns in use (0 and the list's count).
     """
-    block_n = block_n or CONFIG["block_n"]
-    num_warps = num_warps or CONFIG["num_warps"]
+    c = CONFIG["token" if token else "block"]
+    block_n, chunk = c["block_n"], c["chunk"]
     hi_, di = q_idx.shape[1], q_idx.shape[2]
     hip, dip = next_pow2(hi_), max(16, next_pow2(di))
     qs = max(1, 128 // hip)  # QS*HIP = 128 rows per dot (>= 16 as tl.dot needs)
@@ -189,6 +190,6 @@ def owner_scores(q_idx, w_idx, k_idx, own_q0, own_nq, cand_lo, cand_hi, owner0: 
         hi_, di, topk,
         lst, lst.stride(0) if has_list else 0,
         TOKEN=token, AGG_MAX=agg_max, HAS_LIST=has_list, QS=qs, HIP=hip, DIP=dip, BN=block_n, CH=chunk,
-        IEEE=ieee(q_idx), HEAD_DOT=CONFIG["head_dot"] and not ieee(q_idx),
-        num_warps=num_warps,
+        IEEE=ieee(q_idx), HEAD_DOT=c["head_dot"] and not ieee(q_idx),
+        num_warps=c["num_warps"], num_stages=c["num_stages"],
     )

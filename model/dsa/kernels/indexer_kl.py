@@ -125,6 +125,10 @@ def _kl_kernel(
             tl.store(DWI + irow * s_dwt + ij, dwi, mask=riv)
 
 
+# Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them.
+CONFIG = {"block": (64, 8, 1), "token": (64, 8, 1)}
+
+
 def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
     """(QS, HP, HIP): queries per inner step and padded head counts, every dot >= 16 rows."""
     qs = 1 if token else min(16, next_pow2(max_nq))
@@ -132,8 +136,10 @@ def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
 
 
 def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, token: bool, with_grad: bool,
-               block_n: int = 64, num_warps: int = 8, num_stages: int = 1):
+               block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None):
     """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t."""
+    c = CONFIG["token" if token else "block"]
+    block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
     tq, hq, d = q.shape
     hkv = k.shape[1]
     g = hq // hkv

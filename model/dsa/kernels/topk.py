@@ -1,18 +1,33 @@
-"""Exact top-k per row by radix select, ties to the lower key index, output in ascending key order.
+"""Exact top-k per row, ties to the lower key index, output in ascending key order.
 
-Why not sort: a row has up to 256K scores and only k = 2048 survive. The kernel maps each float to
-an order-preserving 32-bit integer and fixes the k-th largest key 8 bits at a time: four passes
-each build a 256-bin histogram of the next byte among the elements that still match the prefix,
-and pick the bin where the count from the top reaches the remaining k. A last pass compacts every
-element above the threshold and the first (k - count_above) elements equal to it, in index order
-(a running cumsum), so ties resolve to lower indices deterministically. Five reads of the row, no
-sort, no extra memory. A row with at most k candidates takes all of them without reading scores.
+Why not sort: a row has up to 256K scores and only k = 2048 survive. Scores map to
+order-preserving 32-bit integers, and a radix select fixes the k-th largest key 8 bits at a time:
+four passes each build a 256-bin histogram of the next byte among the elements that still match
+the prefix; an emit pass then takes every element above the threshold and the first
+(k - count_above) elements equal to it, in index order (a running cumsum), so ties resolve to
+lower indices deterministically and the output comes out sorted.
+
+Five reads of a 64K-256K row cost more than the scores took to write, so long rows (more than
+4k candidates) first guess a pivot: the row is sampled (128 runs of 16 adjacent scores, spread
+evenly) and the pivot is the sample's score whose rank predicts about 2k elements at or above it.
+One read of the row then copies every element >= pivot (score and key index, in index order) to
+a per-row scratch of 4k slots, and the radix select and emit run over that copy. The copy holds
+every element >= pivot, so when it holds at least k of them the k-th largest and all of its ties
+are in it and the result is exactly the one over the whole row. When the guess was off (fewer
+than k, or more than 4k elements at or above the pivot: structured rows, heavy ties) the row
+falls back to the five passes; ``fallbacks`` counts such rows. A row with at most k candidates
+takes all of them without reading scores.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+SAMPLE_RUNS, SAMPLE_RUN = 128, 16  # 2048 sampled scores per long row, in 64-byte runs
+PIVOT_TARGET = 2  # the pivot aims at this many times k elements at or above it
+CONFIG = dict(tile=2048, num_warps=8, sample=True)  # defaults; tests/bench/bench_dsa.py sweeps them
+SCRATCH = 4  # scratch slots per row in multiples of k; rows longer than this (and the sample) sample
 
 
 @triton.jit
@@ -24,8 +39,82 @@ def _ordered(x):
 
 
 @triton.jit
+def _load_keys(src, offs, m, FLOAT: tl.constexpr):
+    """Order keys of src[offs]: float scores (the row) or already-ordered int32 (the scratch)."""
+    if FLOAT:
+        return _ordered(tl.load(src + offs, mask=m, other=0.0))
+    else:
+        return tl.load(src + offs, mask=m, other=0)
+
+
+@triton.jit
+def _radix_threshold(src, n, k, FLOAT: tl.constexpr, TILE: tl.constexpr):
+    """(k-th largest order key of src[:n], how many elements equal to it to take)."""
+    offs0 = tl.arange(0, TILE)
+    bins = tl.arange(0, 256)
+    prefix = tl.zeros([], tl.int32)
+    pmask = tl.zeros([], tl.int32)
+    krem = tl.zeros([], tl.int32) + k
+    for p in tl.static_range(4):
+        shift = 24 - 8 * p
+        hist = tl.zeros([256], tl.int32)
+        for j in range(0, n, TILE):
+            offs = j + offs0
+            m = offs < n
+            u = _load_keys(src, offs, m, FLOAT) ^ (-2147483648)  # unsigned order as int32 bits
+            match = m & ((u & pmask) == prefix)
+            b = tl.where(match, (u >> shift) & 255, 0)
+            h = tl.histogram(b, 256)
+            nout = TILE - tl.sum(match.to(tl.int32), 0)
+            hist += tl.where(bins == 0, h - nout, h)
+        total = tl.sum(hist, 0)
+        suffix = total - tl.cumsum(hist, 0) + hist  # elements in bins >= b
+        bstar = tl.sum((suffix >= krem).to(tl.int32), 0) - 1
+        krem -= tl.sum(tl.where(bins > bstar, hist, 0), 0)
+        prefix = prefix | (bstar << shift)
+        pmask = tl.full([], -1, tl.int32) << shift
+    return prefix ^ (-2147483648), krem  # back to the signed order of _ordered
+
+
+@triton.jit
+def _emit(src, idx_src, n, thr, krem, out, lo, FLOAT: tl.constexpr, TILE: tl.constexpr):
+    """Write the key indices above thr and the first krem equal to it, in index order."""
+    offs0 = tl.arange(0, TILE)
+    pos = tl.zeros([], tl.int32)
+    neq = tl.zeros([], tl.int32)
+    for j in range(0, n, TILE):
+        offs = j + offs0
+        m = offs < n
+        s = _load_keys(src, offs, m, FLOAT)
+        eq = m & (s == thr)
+        eqrank = neq + tl.cumsum(eq.to(tl.int32), 0) - 1
+        take = (m & (s > thr)) | (eq & (eqrank < krem))
+        if FLOAT:
+            idx = lo + offs
+        else:
+            idx = tl.load(idx_src + offs, mask=m, other=0)
+        dest = pos + tl.cumsum(take.to(tl.int32), 0) - 1
+        tl.store(out + dest, idx, mask=take)
+        pos += tl.sum(take.to(tl.int32), 0)
+        neq += tl.sum(eq.to(tl.int32), 0)
+
+
+@triton.jit
+def _sample_pivot(row, n, k, RUNS: tl.constexpr, RUN: tl.constexpr, TARGET: tl.constexpr):
+    """An order key with about TARGET*k of the row's n elements at or above it, from a sample."""
+    ns: tl.constexpr = RUNS * RUN
+    run0 = (tl.arange(0, RUNS) * (n - RUN)) // (RUNS - 1)
+    offs = tl.reshape(run0[:, None] + tl.arange(0, RUN)[None, :], (ns,))
+    ranked = tl.sort(_ordered(tl.load(row + offs)), descending=True)
+    j = tl.minimum((TARGET * k * ns) // n, ns - 1)
+    return tl.sum(tl.where(tl.arange(0, ns) == j, ranked, 0), 0)
+
+
+@triton.jit
 def _topk_kernel(BUF, stride_buf, col_base, cand_lo, cand_hi, SEL, SEL_N, owner0, stride_sel, K_SEL,
-                 TILE: tl.constexpr):
+                 SCR, stride_scr, FALLBACKS,
+                 TILE: tl.constexpr, HAS_SCR: tl.constexpr, RUNS: tl.constexpr, RUN: tl.constexpr,
+                 TARGET: tl.constexpr, SLOTS: tl.constexpr):
     r = tl.program_id(0)
     o = owner0 + r
     lo = tl.load(cand_lo + o)
@@ -40,47 +129,55 @@ def _topk_kernel(BUF, stride_buf, col_base, cand_lo, cand_hi, SEL, SEL_N, owner0
         tl.store(SEL_N + o, tl.maximum(n, 0))
     else:
         row = BUF + r.to(tl.int64) * stride_buf + (lo - col_base)
-        bins = tl.arange(0, 256)
-        prefix = tl.zeros([], tl.int32)
-        pmask = tl.zeros([], tl.int32)
-        krem = tl.zeros([], tl.int32) + K_SEL
-        for p in tl.static_range(4):
-            shift = 24 - 8 * p
-            hist = tl.zeros([256], tl.int32)
-            for j in range(0, n, TILE):
-                offs = j + offs0
-                m = offs < n
-                u = _ordered(tl.load(row + offs, mask=m, other=0.0)) ^ (-2147483648)
-                match = m & ((u & pmask) == prefix)
-                b = tl.where(match, (u >> shift) & 255, 0)
-                h = tl.histogram(b, 256)
-                nout = TILE - tl.sum(match.to(tl.int32), 0)
-                hist += tl.where(bins == 0, h - nout, h)
-            total = tl.sum(hist, 0)
-            suffix = total - tl.cumsum(hist, 0) + hist  # elements in bins >= b
-            bstar = tl.sum((suffix >= krem).to(tl.int32), 0) - 1
-            krem -= tl.sum(tl.where(bins > bstar, hist, 0), 0)
-            prefix = prefix | (bstar << shift)
-            pmask = tl.full([], -1, tl.int32) << shift
-        thr = prefix ^ (-2147483648)  # back to the signed order of _ordered
-        pos = tl.zeros([], tl.int32)
-        neq = tl.zeros([], tl.int32)
-        for j in range(0, n, TILE):
-            offs = j + offs0
-            m = offs < n
-            s = _ordered(tl.load(row + offs, mask=m, other=0.0))
-            eq = m & (s == thr)
-            eqrank = neq + tl.cumsum(eq.to(tl.int32), 0) - 1
-            take = (m & (s > thr)) | (eq & (eqrank < krem))
-            dest = pos + tl.cumsum(take.to(tl.int32), 0) - 1
-            tl.store(out + dest, lo + offs, mask=take)
-            pos += tl.sum(take.to(tl.int32), 0)
-            neq += tl.sum(eq.to(tl.int32), 0)
+        cap = SLOTS * K_SEL
+        scr_s = SCR + r.to(tl.int64) * stride_scr
+        scr_i = scr_s + cap
+        copied = tl.zeros([], tl.int32) - 1  # elements >= pivot, or -1: no copy made
+        if HAS_SCR:
+            if n > tl.maximum(cap, RUNS * RUN):
+                pivot = _sample_pivot(row, n, K_SEL, RUNS, RUN, TARGET)
+                copied = tl.zeros([], tl.int32)
+                for j in range(0, n, TILE):
+                    offs = j + offs0
+                    m = offs < n
+                    s = _ordered(tl.load(row + offs, mask=m, other=0.0))
+                    take = m & (s >= pivot)
+                    dest = copied + tl.cumsum(take.to(tl.int32), 0) - 1
+                    keep = take & (dest < cap)
+                    tl.store(scr_s + dest, s, mask=keep)
+                    tl.store(scr_i + dest, lo + offs, mask=keep)
+                    copied += tl.sum(take.to(tl.int32), 0)
+        if (copied >= K_SEL) & (copied <= cap):
+            thr, krem = _radix_threshold(scr_s, copied, K_SEL, False, TILE)
+            _emit(scr_s, scr_i, copied, thr, krem, out, lo, False, TILE)
+        else:
+            if copied >= 0:
+                tl.atomic_add(FALLBACKS, 1)
+            thr, krem = _radix_threshold(row, n, K_SEL, True, TILE)
+            _emit(row, row, n, thr, krem, out, lo, True, TILE)
         tl.store(SEL_N + o, K_SEL)
 
 
 def topk_rows(buf: torch.Tensor, col_base: int, cand_lo, cand_hi, sel: torch.Tensor, sel_n: torch.Tensor,
-              owner0: int, n_rows: int, topk: int, tile: int = 2048, num_warps: int = 8):
-    """sel[owner0 + r] = ascending top-k key indices of buf[r, cand_lo-col_base : cand_hi-col_base]."""
+              owner0: int, n_rows: int, topk: int, tile: int | None = None, num_warps: int | None = None,
+              fallbacks: torch.Tensor | None = None, sample: bool | None = None,
+              sample_runs: tuple[int, int] = (SAMPLE_RUNS, SAMPLE_RUN)):
+    """sel[owner0 + r] = ascending top-k key indices of buf[r, cand_lo-col_base : cand_hi-col_base].
+
+    Rows wider than SCRATCH * topk and than the sample take the sampled-pivot path when ``sample``
+    (scratch memory n_rows x 2 x SCRATCH*topk int32, freed on return); ``fallbacks`` (int32 [1])
+    counts the rows whose pivot missed and took the five passes instead. ``sample_runs``: (runs,
+    scores per run), powers of two; tests shrink it to reach the sampled path on small rows.
+    """
+    tile, num_warps = tile or CONFIG["tile"], num_warps or CONFIG["num_warps"]
+    sample = CONFIG["sample"] if sample is None else sample
+    cap = SCRATCH * topk
+    runs, run = sample_runs
+    has_scr = sample and buf.shape[1] > max(cap, runs * run)
+    scr = torch.empty((n_rows, 2 * cap) if has_scr else (1, 1), dtype=torch.int32, device=buf.device)
+    if fallbacks is None:
+        fallbacks = torch.zeros(1, dtype=torch.int32, device=buf.device)
     _topk_kernel[(n_rows,)](buf, buf.stride(0), col_base, cand_lo, cand_hi, sel, sel_n, owner0,
-                            sel.stride(0), topk, TILE=tile, num_warps=num_warps)
+                            sel.stride(0), topk, scr, scr.stride(0), fallbacks, TILE=tile, HAS_SCR=has_scr,
+                            RUNS=runs, RUN=run, TARGET=PIVOT_TARGET, SLOTS=SCRATCH,
+                            num_warps=num_warps)
