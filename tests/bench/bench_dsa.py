@@ -190,10 +190,10 @@ def sweep_token(t=131072):
     scale = 1 / math.sqrt(D)
     cfg = DSAConfig(index_heads=HI, index_dim=DI, topk=K, granularity="token", block_q=BQ)
     plan = build_plan(pos, doc, cfg, dense=False)
-    keys = ("block_n", "num_warps", "num_stages", "chunk")
-    best_of("token index scores (block_n, warps, stages, chunk), timed with top-k", t,
-            [(64, 8, 3, 1024), (128, 8, 3, 1024), (64, 4, 3, 1024), (128, 8, 2, 4096), (64, 8, 4, 4096),
-             (128, 4, 3, 2048)],
+    keys = ("block_n", "num_warps", "num_stages", "chunk", "head_dot")
+    best_of("token index scores (block_n, warps, stages, chunk, head_dot), timed with top-k", t,
+            [(64, 8, 3, 1024, True), (64, 8, 3, 1024, False), (128, 8, 2, 1024, True), (64, 8, 2, 4096, True),
+             (64, 4, 2, 1024, True), (128, 8, 2, 1024, False)],
             lambda o: scores_mod.CONFIG["token"].update(zip(keys, o)),
             lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
     best_of("top-k (tile, warps), timed with scores", t, [(2048, 8), (1024, 4), (2048, 16), (4096, 8)],
@@ -201,7 +201,7 @@ def sweep_token(t=131072):
             lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
     sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
     out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, True)
-    best_of("token indexer KL (BN, warps, stages)", t, [(64, 8, 1), (64, 4, 1), (64, 4, 2), (32, 4, 2), (128, 8, 2)],
+    best_of("token indexer KL (BN, warps, stages)", t, [(64, 4, 2), (64, 4, 3), (64, 2, 2), (32, 2, 2), (128, 4, 2)],
             lambda o: kl_mod.CONFIG.update(token=o),
             lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n, scale,
                                True, True), min_total=0.3, max_reps=3)

@@ -125,8 +125,10 @@ def _kl_kernel(
             tl.store(DWI + irow * s_dwt + ij, dwi, mask=riv)
 
 
-# Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them.
-CONFIG = {"block": (64, 8, 1), "token": (64, 8, 1)}
+# Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them. Token
+# programs own one query (16-row dots): 4 warps and 2 stages ran 157 ms against 278 ms for 8 warps
+# and 1 stage at 128K (H100, tests/bench/RESULTS.md).
+CONFIG = {"block": (64, 8, 1), "token": (64, 4, 2)}
 
 
 def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
