@@ -10,7 +10,6 @@ coarse*k first and then the exact max/sum over each block's candidate list only.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import replace
 
 import torch
@@ -52,60 +51,17 @@ def select(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int = 1 <
         return sel, sel_n
     span = int(hi.max()) - int(lo.min())
     rows = max(1, min(n_own, buf_bytes // (4 * span)))
-    overlap = _Overlap(dev, n_own > rows)
-    rows = max(1, min(n_own, buf_bytes // (4 * span * overlap.n_buffers)))
-    bufs = [torch.empty(rows * span, dtype=torch.float32, device=dev) for _ in range(overlap.n_buffers)]
+    buf = torch.empty(rows * span, dtype=torch.float32, device=dev)
     qsrc, wsrc, q0src, token = _rows_source(q_idx, w_idx, plan, cfg)
-    for i, o in enumerate(range(0, n_own, rows)):
+    for o in range(0, n_own, rows):
         nr = min(rows, n_own - o)
         base = int(lo[o:o + nr].min())
         width = max(1, int(hi[o:o + nr].max()) - base)
-        view = bufs[i % overlap.n_buffers][: nr * width].view(nr, width)
-        overlap.before_scores(i)
+        view = buf[: nr * width].view(nr, width)
         owner_scores(qsrc, wsrc, k_idx, q0src, plan.own_nq, plan.cand_lo, plan.cand_hi, o, nr,
                      base, width, view, k, token, cfg.block_agg == "max")
-        with overlap.topk_stream(i):
-            topk_rows(view, base, plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k, fallbacks=fallbacks)
-    overlap.join()
+        topk_rows(view, base, plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k, fallbacks=fallbacks)
     return sel, sel_n
-
-
-class _Overlap:
-    """Chunk i's top-k on a side stream while chunk i+1's scores run, on a GPU.
-
-    Why: the score kernel is bound by tensor-core work and the top-k by latency and memory, so on
-    one stream each leaves the GPU half idle while the other runs. Two score buffers alternate
-    (each half the memory of the single one, so the footprint stays the same); a buffer is written
-    again only after the top-k that read it is done. Without CUDA, or with a single chunk, this
-    is one buffer and program order.
-    """
-
-    def __init__(self, device: torch.device, several_chunks: bool):
-        self.on = device.type == "cuda" and several_chunks
-        self.n_buffers = 2 if self.on else 1
-        if self.on:
-            self.main = torch.cuda.current_stream(device)
-            self.side = torch.cuda.Stream(device)
-            self.side.wait_stream(self.main)
-            self.read_done: list = [None, None]
-
-    def before_scores(self, i: int) -> None:
-        if self.on and self.read_done[i % 2] is not None:
-            self.main.wait_event(self.read_done[i % 2])
-
-    @contextlib.contextmanager
-    def topk_stream(self, i: int):
-        if not self.on:
-            yield
-            return
-        self.side.wait_event(self.main.record_event())
-        with torch.cuda.stream(self.side):
-            yield
-        self.read_done[i % 2] = self.side.record_event()
-
-    def join(self) -> None:
-        if self.on:
-            self.main.wait_stream(self.side)
 
 
 def _select_coarse(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int, fallbacks):

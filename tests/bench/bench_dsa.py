@@ -201,7 +201,7 @@ def sweep_token(t=131072):
             lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
     sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
     out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, True)
-    best_of("token indexer KL (BN, warps, stages)", t, [(64, 4, 2), (64, 4, 3), (64, 2, 2), (32, 2, 2), (128, 4, 2)],
+    best_of("token indexer KL (BN, warps, stages)", t, [(64, 2, 2), (64, 2, 3), (64, 4, 2), (32, 2, 2), (128, 2, 2)],
             lambda o: kl_mod.CONFIG.update(token=o),
             lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n, scale,
                                True, True), min_total=0.3, max_reps=3)

@@ -126,9 +126,9 @@ def _kl_kernel(
 
 
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them. Token
-# programs own one query (16-row dots): 4 warps and 2 stages ran 157 ms against 278 ms for 8 warps
+# programs own one query (16-row dots): 2 warps and 2 stages ran 129 ms against 278 ms for 8 warps
 # and 1 stage at 128K (H100, tests/bench/RESULTS.md).
-CONFIG = {"block": (64, 8, 1), "token": (64, 4, 2)}
+CONFIG = {"block": (64, 8, 1), "token": (64, 2, 2)}
 
 
 def kl_shape(max_nq: int, g: int, h_i: int, token: bool):

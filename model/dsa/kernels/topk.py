@@ -8,9 +8,8 @@ the prefix; an emit pass then takes every element above the threshold and the fi
 lower indices deterministically and the output comes out sorted.
 
 Five reads of a 64K-256K row cost more than the scores took to write, so long rows (more than
-4k candidates) first guess a pivot: the row is sampled (128 runs of 16 adjacent scores, spread
-evenly) and the pivot is the sample's score whose rank predicts about 2k elements at or above it.
-One read of the row then copies every element >= pivot (score and key index, in index order) to
+4k candidates) first guess a pivot: the row is sampled (2048 scores spread evenly) and the pivot
+is the sample's score whose rank predicts about 2k elements at or above it. One read of the row then copies every element >= pivot (score and key index, in index order) to
 a per-row scratch of 4k slots, and the radix select and emit run over that copy. The copy holds
 every element >= pivot, so when it holds at least k of them the k-th largest and all of its ties
 are in it and the result is exactly the one over the whole row. When the guess was off (fewer
@@ -24,7 +23,10 @@ import torch
 import triton
 import triton.language as tl
 
-SAMPLE_RUNS, SAMPLE_RUN = 128, 16  # 2048 sampled scores per long row, in 64-byte runs
+# 2048 sampled scores per long row, single scores: runs of 16 adjacent scores (one per ~8 frames of
+# a 256K row) missed clustered top keys, and 4% of the rows of video-structured indexer inputs fell
+# back at 256K (H100, tests/bench/RESULTS.md).
+SAMPLE_RUNS, SAMPLE_RUN = 2048, 1
 PIVOT_TARGET = 2  # the pivot aims at this many times k elements at or above it
 CONFIG = dict(tile=2048, num_warps=8, sample=True)  # defaults; tests/bench/bench_dsa.py sweeps them
 SCRATCH = 4  # scratch slots per row in multiples of k; rows longer than this (and the sample) sample
@@ -103,7 +105,7 @@ def _emit(src, idx_src, n, thr, krem, out, lo, FLOAT: tl.constexpr, TILE: tl.con
 def _sample_pivot(row, n, k, RUNS: tl.constexpr, RUN: tl.constexpr, TARGET: tl.constexpr):
     """An order key with about TARGET*k of the row's n elements at or above it, from a sample."""
     ns: tl.constexpr = RUNS * RUN
-    run0 = (tl.arange(0, RUNS) * (n - RUN)) // (RUNS - 1)
+    run0 = (tl.arange(0, RUNS).to(tl.int64) * (n - RUN)) // (RUNS - 1)  # int64: rows past 1M keys
     offs = tl.reshape(run0[:, None] + tl.arange(0, RUN)[None, :], (ns,))
     ranked = tl.sort(_ordered(tl.load(row + offs)), descending=True)
     j = tl.minimum((TARGET * k * ns) // n, ns - 1)
