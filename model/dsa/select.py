@@ -3,6 +3,8 @@
 The score matrix of all owners over all keys is O(L^2) (O(L^2 / B_q) in block mode), so it never
 exists whole: owners are processed in chunks whose score buffer stays under ``buf_bytes``
 (1 GiB by default), the buffer is reused, and only the [n_owners, k] int32 selection survives.
+Token rows go first through kernels/pivot_filter.py, which keeps only scores above a sampled
+pivot and writes no score buffer; the rows it cannot finish take the buffered path.
 
 Block rules (config.py): ``max``/``sum`` score B_q query rows per key; ``pooled`` scores one
 pooled row per block (pool_rows, then the token-row kernel); ``coarse`` > 0 runs ``pooled`` with
@@ -15,8 +17,10 @@ from dataclasses import replace
 import torch
 
 from .config import DSAConfig
+from .kernels import topk as topk_mod
 from .kernels.index_scores import owner_scores, pool_rows
-from .kernels.topk import topk_rows
+from .kernels.pivot_filter import filter_rows
+from .kernels.topk import topk_in_scratch, topk_rows
 from .plan import Plan
 
 
@@ -44,24 +48,60 @@ def select(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int = 1 <
     sel_n = torch.empty(n_own, dtype=torch.int32, device=dev)
     lo = plan.cand_lo.cpu()
     hi = plan.cand_hi.cpu()
-    n = hi - lo
-    if int(n.max()) <= k:  # every owner takes all of its candidates: no scores needed
+    if int((hi - lo).max()) <= k:  # every owner takes all of its candidates: no scores needed
         dummy = torch.empty((1, 1), dtype=torch.float32, device=dev)
         topk_rows(dummy, 0, plan.cand_lo, plan.cand_hi, sel, sel_n, 0, n_own, k)
         return sel, sel_n
-    span = int(hi.max()) - int(lo.min())
-    rows = max(1, min(n_own, buf_bytes // (4 * span)))
-    buf = torch.empty(rows * span, dtype=torch.float32, device=dev)
+    runs = [(0, n_own)]
+    if cfg.granularity == "token" and topk_mod.CONFIG["filter"] and topk_mod.CONFIG["sample"] > 1:
+        runs = _select_filtered(q_idx, k_idx, w_idx, plan, k, buf_bytes, fallbacks, sel, sel_n)
+    for a, b in runs:
+        _select_buffered(q_idx, k_idx, w_idx, plan, cfg, buf_bytes, fallbacks, sel, sel_n, a, b, lo, hi)
+    return sel, sel_n
+
+
+def _select_buffered(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int, fallbacks, sel, sel_n,
+                     first: int, end: int, lo, hi) -> None:
+    """Owners first..end-1: scores in chunks of a reused buffer, then top-k per row."""
+    k = cfg.topk
+    span = int(hi[first:end].max()) - int(lo[first:end].min())
+    rows = max(1, min(end - first, buf_bytes // (4 * span)))
+    buf = torch.empty(rows * span, dtype=torch.float32, device=q_idx.device)
     qsrc, wsrc, q0src, token = _rows_source(q_idx, w_idx, plan, cfg)
-    for o in range(0, n_own, rows):
-        nr = min(rows, n_own - o)
+    for o in range(first, end, rows):
+        nr = min(rows, end - o)
         base = int(lo[o:o + nr].min())
         width = max(1, int(hi[o:o + nr].max()) - base)
         view = buf[: nr * width].view(nr, width)
         owner_scores(qsrc, wsrc, k_idx, q0src, plan.own_nq, plan.cand_lo, plan.cand_hi, o, nr,
                      base, width, view, k, token, cfg.block_agg == "max")
         topk_rows(view, base, plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k, fallbacks=fallbacks)
-    return sel, sel_n
+
+
+def _select_filtered(q_idx, k_idx, w_idx, plan: Plan, k: int, buf_bytes: int, fallbacks, sel, sel_n):
+    """Token owners through pivot_filter (no score buffer); returns the (first, end) runs of owners
+    it could not finish (short rows, rows of a document that starts inside a program's group,
+    missed pivots) for the buffered path."""
+    n_own = plan.n_owners
+    cap = topk_mod.SCRATCH * k
+    rows = max(1, min(n_own, buf_bytes // (4 * (2 * cap + topk_mod.CONFIG["sample"]))))
+    scr = torch.empty((rows, 2 * cap), dtype=torch.int32, device=q_idx.device)
+    copied = torch.empty(rows, dtype=torch.int32, device=q_idx.device)
+    redo = torch.zeros(n_own, dtype=torch.int8, device=q_idx.device)
+    for o in range(0, n_own, rows):
+        nr = min(rows, n_own - o)
+        filter_rows(q_idx, w_idx, k_idx, plan, o, nr, k, scr[:nr], copied[:nr])
+        topk_in_scratch(scr[:nr], copied[:nr], plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k, redo)
+    marks = redo.cpu()
+    if fallbacks is not None:
+        fallbacks += int((marks == 1).sum())
+    left = torch.nonzero(marks).flatten()
+    if left.numel() == 0:
+        return []
+    breaks = torch.nonzero(torch.diff(left) != 1).flatten()
+    firsts = torch.cat([left[:1], left[breaks + 1]])
+    ends = torch.cat([left[breaks], left[-1:]]) + 1
+    return list(zip(firsts.tolist(), ends.tolist()))
 
 
 def _select_coarse(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int, fallbacks):

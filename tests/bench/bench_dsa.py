@@ -36,6 +36,8 @@ from model.dsa.kernels import topk as topk_mod  # noqa: E402
 from model.dsa.kernels.attention import attn_bwd, attn_fwd  # noqa: E402
 from model.dsa.kernels.index_scores import owner_scores  # noqa: E402
 from model.dsa.kernels.indexer_kl import indexer_kl  # noqa: E402
+from model.dsa.kernels.pivot_filter import filter_rows  # noqa: E402
+from model.dsa.kernels.topk import topk_in_scratch  # noqa: E402
 from model.dsa.plan import build_plan  # noqa: E402
 from model.dsa.select import _rows_source, select  # noqa: E402
 
@@ -282,9 +284,10 @@ def correctness(t, cases=(("block", "sparse", "max"), ("token", "sparse", "max")
             rs, rn = ref.select(x["q_idx"].detach(), x["k_idx"].detach(), x["w_idx"].detach(), aux["plan"], cfg)
             same = (rs == aux["sel"]).all(1).float().mean().item()
             msg = f"identical selections {same:.4f}, counts equal {bool(torch.equal(rn, aux['sel_n']))}"
-            topk_mod.CONFIG["sample"] = False  # the sampled-pivot top-k must equal the five passes
+            saved = dict(topk_mod.CONFIG)  # the sampled-pivot and filtered top-k must equal the five passes
+            topk_mod.CONFIG.update(sample=0, filter=False)
             s5, n5 = select(x["q_idx"].detach(), x["k_idx"].detach(), x["w_idx"].detach(), aux["plan"], cfg)
-            topk_mod.CONFIG["sample"] = True
+            topk_mod.CONFIG.update(saved)
             five = bool(torch.equal(s5, aux["sel"]) and torch.equal(n5, aux["sel_n"]))
             msg += f", equal to five-pass top-k {five}"
             ok_sel = five
@@ -309,6 +312,33 @@ def attended(plan, sel_n, token):
     own = plan.owner_of_row.long()
     diag = plan.q_pos.long() - plan.rng_lo[own].long() + 1
     return int((sel_n.long() * nq).sum() + diag.sum())
+
+
+def bench_filtered(t, q_idx, k_idx, w_idx, plan, cfg, n_big):
+    """The pivot-filtered token selection in parts: sample + pivot + filtered scores, top-k in the
+    scratch, and the rows handed back to the buffered path."""
+    k = cfg.topk
+    cap = topk_mod.SCRATCH * k
+    rows_ = max(1, min(plan.n_owners, (1 << 30) // (4 * (2 * cap + topk_mod.CONFIG["sample"]))))
+    scr = torch.empty((rows_, 2 * cap), dtype=torch.int32, device=DEV)
+    copied = torch.empty(rows_, dtype=torch.int32, device=DEV)
+    sel = torch.empty((plan.n_owners, k), dtype=torch.int32, device=DEV)
+    sel_n = torch.empty(plan.n_owners, dtype=torch.int32, device=DEV)
+    redo = torch.zeros(plan.n_owners, dtype=torch.int8, device=DEV)
+
+    def run(with_topk):
+        for o in range(0, plan.n_owners, rows_):
+            nr = min(rows_, plan.n_owners - o)
+            filter_rows(q_idx, w_idx, k_idx, plan, o, nr, k, scr[:nr], copied[:nr])
+            if with_topk:
+                topk_in_scratch(scr[:nr], copied[:nr], plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k, redo)
+    s_f = timeit(lambda: run(False))
+    s_ft = timeit(lambda: run(True))
+    marks = redo.cpu()
+    row(t, "token: pivot-filtered scores (sample, pivot, filter)", s_f,
+        note=f"no score buffer; rows handed back: {int((marks == 1).sum())} missed pivots, "
+             f"{int((marks == 2).sum())} not sampled, of {n_big} rows with more than k candidates")
+    row(t, "token: top-k in the scratch", max(s_ft - s_f, 1e-9))
 
 
 def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True):
@@ -352,19 +382,26 @@ def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True):
                 note="bytes = scores written" + ("; pooled: one row per block, pooling included" if
                                                  cfg.block_agg == "pooled" and not token else ""))
             fb = torch.zeros(1, dtype=torch.int32, device=DEV)
+            saved = dict(topk_mod.CONFIG)
+            topk_mod.CONFIG["filter"] = False  # the buffered path: scores written, then top-k
+            s_buf = timeit(lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg))
             select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg, fallbacks=fb)
-            row(t, f"{name}: top-k (select - scores)", max(s_sel - s_sc, 1e-9), nbytes=sc_bytes,
+            topk_mod.CONFIG.update(saved)
+            row(t, f"{name}: top-k (buffered selection - scores)", max(s_buf - s_sc, 1e-9), nbytes=sc_bytes,
                 note=f"bytes = one read of the scores; pivot fallbacks {int(fb)} of {int(big.sum())} rows")
-            if token:  # the same on indexer inputs with video structure (clustered top keys)
+            buf = None
+            if token:
+                row(t, "token: selection total, buffered path", s_buf)
+                bench_filtered(t, x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg, int(big.sum()))
+                # the same on indexer inputs with video structure (clustered top keys)
                 vq, vk, vw = (z.to(DEV, torch.bfloat16) for z in
                               video_indexer(t, 256, HI, DI, torch.Generator().manual_seed(5)))
                 s_v = timeit(lambda: select(vq, vk, vw, plan, cfg))
                 fb.zero_()
                 select(vq, vk, vw, plan, cfg, fallbacks=fb)
-                row(t, "token: top-k, video-structured indexer inputs", max(s_v - s_sc, 1e-9), nbytes=sc_bytes,
-                    note=f"select {s_v * 1e3:.1f} ms - scores; pivot fallbacks {int(fb)} of {int(big.sum())} rows")
+                row(t, "token: selection total, video-structured indexer inputs", s_v,
+                    note=f"pivot fallbacks {int(fb)} of {int(big.sum())} rows")
                 vq = vk = vw = None
-            buf = None
         row(t, f"{name}: selection total", s_sel)
         npairs = attended(plan, sel_n, token)
         fl_fwd = 4 * D * HQ * npairs
@@ -416,7 +453,7 @@ def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True):
             # memory-traffic floor: K,V gathers fwd + bwd, fp32 dK/dV scatter, KL gathers of K and k_I,
             # scores written once and read once.
             per_pair_fwd = HKV * D * 2 * 2 + HKV * D * 2 + 2 * DI * 2
-            score_bytes = 4 * int(cand.sum()) * 2
+            score_bytes = 0 if topk_mod.CONFIG["filter"] else 4 * int(cand.sum()) * 2  # filtered: none stored
             floor_f = (npairs * per_pair_fwd + score_bytes + 2 * x["q"].numel() * 2) / bw
             floor_fb = floor_f + (npairs * (HKV * D * 2 * 2 + HKV * D * 4 * 2 * 2)) / bw
             row(t, "token: memory floor fwd", floor_f, note=f"measured/floor {s_lf / floor_f:.2f}")

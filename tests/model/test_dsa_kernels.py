@@ -7,7 +7,9 @@ import torch  # TRITON_INTERPRET is set for the session in tests/conftest.py
 
 from model.dsa import DSAConfig, dsa_attention, dsa_attention_rows, set_backend  # noqa: E402
 from model.dsa import reference as ref  # noqa: E402
-from model.dsa.kernels.topk import topk_rows  # noqa: E402
+from model.dsa.kernels import topk as topk_mod  # noqa: E402
+from model.dsa.kernels.pivot_filter import filter_rows  # noqa: E402
+from model.dsa.kernels.topk import topk_in_scratch, topk_rows  # noqa: E402
 from model.dsa.plan import build_plan, doc_starts_from_cu_seqlens  # noqa: E402
 from model.dsa.select import score_rows, select  # noqa: E402
 
@@ -73,29 +75,56 @@ def test_topk_sampled_pivot_path_is_exact_and_falls_back_when_the_guess_misses()
     above it) must fall back, and every row must equal the exact top-k either way.
     """
     g = gen()
-    k, runs, run = 8, 8, 4  # scratch 32 slots, a 32-score sample
+    k, ns = 8, 32  # scratch 32 slots, a 32-score sample
     n_rows, width = 10, 300
     buf = torch.randn(n_rows, width, generator=g, device=DEV)
     buf[:4] = torch.round(buf[:4] * 4)  # ties, but not so many that the copy overflows
     buf[4] = 1.5  # every element a tie: the copy overflows, fallback
-    n = width
-    starts = [(i * (n - run)) // (runs - 1) for i in range(runs)]
-    sampled = torch.tensor([s + j for s in starts for j in range(run)], device=DEV)
+    sampled = torch.tensor([(i * (width - 1)) // (ns - 1) for i in range(ns)], device=DEV)
     buf[5, sampled] = 100.0 + torch.arange(sampled.numel(), device=DEV, dtype=torch.float32)
     lo = torch.zeros(n_rows, dtype=torch.int32, device=DEV)
     hi = torch.full((n_rows,), width, dtype=torch.int32, device=DEV)
     sel = torch.empty(n_rows, k, dtype=torch.int32, device=DEV)
     cnt = torch.empty(n_rows, dtype=torch.int32, device=DEV)
     fallbacks = torch.zeros(1, dtype=torch.int32, device=DEV)
-    topk_rows(buf, 0, lo, hi, sel, cnt, 0, n_rows, k, tile=64, fallbacks=fallbacks, sample_runs=(runs, run))
+    topk_rows(buf, 0, lo, hi, sel, cnt, 0, n_rows, k, tile=64, fallbacks=fallbacks, sample=ns)
     for r in range(n_rows):
         assert sel[r].tolist() == exact_topk(buf[r], k).tolist(), r
     assert (cnt == k).all()
     assert 2 <= int(fallbacks) < n_rows  # rows 4 and 5 at least; most rows keep their copy
     # the same rows through the five-pass path alone
     sel2 = torch.empty_like(sel)
-    topk_rows(buf, 0, lo, hi, sel2, cnt, 0, n_rows, k, tile=64, sample=False)
+    topk_rows(buf, 0, lo, hi, sel2, cnt, 0, n_rows, k, tile=64, sample=0)
     assert torch.equal(sel, sel2)
+
+
+def test_pivot_filtered_token_selection_is_exact(monkeypatch):
+    """Token rows scored against a sampled pivot, no score buffer (pivot_filter.py): the rows it
+    finishes equal the reference's exact top-k; short rows and rows of a document that starts
+    inside a program's row group are handed back; select() as a whole equals the reference."""
+    monkeypatch.setitem(topk_mod.CONFIG, "sample", 64)
+    g = gen()
+    t, k = 170, 7
+    _, _, _, qi, ki, wi = case(g, t, 2, 1, grad=False)
+    pos, doc = rows_of([0, 25, t], t)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=k, granularity="token", block_q=4)
+    plan = build_plan(pos, doc, cfg, dense=False)
+    n_own, cap = plan.n_owners, topk_mod.SCRATCH * k
+    scr = torch.empty((n_own, 2 * cap), dtype=torch.int32, device=DEV)
+    copied = torch.empty(n_own, dtype=torch.int32, device=DEV)
+    sel = torch.full((n_own, k), -5, dtype=torch.int32, device=DEV)
+    sel_n = torch.full((n_own,), -5, dtype=torch.int32, device=DEV)
+    redo = torch.zeros(n_own, dtype=torch.int8, device=DEV)
+    filter_rows(qi, wi, ki, plan, 0, n_own, k, scr, copied)
+    topk_in_scratch(scr, copied, plan.cand_lo, plan.cand_hi, sel, sel_n, 0, n_own, k, redo)
+    want, want_n = ref.select(qi, ki, wi, plan, cfg)
+    n = plan.cand_hi - plan.cand_lo
+    done = (redo == 0) & (n > k)
+    assert int(done.sum()) >= 40  # most of the 81 sampled rows keep their pivot
+    assert torch.equal(sel[done], want[done]) and (sel_n[done] == k).all()
+    assert (redo[(n > k) & (n <= max(cap, 64))] == 2).all()  # too short to sample
+    s1, n1 = select(qi, ki, wi, plan, cfg)
+    assert torch.equal(s1, want) and torch.equal(n1, want_n)
 
 
 # ----------------------------------------------------------------------------------------- scores
@@ -118,12 +147,15 @@ def test_score_kernel_matches_reference(gran, agg):
     torch.testing.assert_close(buf[need], want[need], rtol=1e-5, atol=1e-5 * scale)
 
 
-@pytest.mark.parametrize("gran,agg,coarse", [("token", "max", 0), ("block", "max", 0), ("block", "sum", 0),
-                                             ("block", "pooled", 0), ("block", "max", 2), ("block", "sum", 2)])
-def test_selection_is_exact_topk_on_integer_scores(gran, agg, coarse):
+@pytest.mark.parametrize("gran,agg,coarse,sample", [
+    ("token", "max", 0, 2048), ("token", "max", 0, 8), ("block", "max", 0, 2048), ("block", "sum", 0, 2048),
+    ("block", "pooled", 0, 2048), ("block", "max", 2, 2048), ("block", "sum", 2, 2048)])
+def test_selection_is_exact_topk_on_integer_scores(gran, agg, coarse, sample, monkeypatch):
     """Integer indexer inputs make every score exact in fp32 (pooled rows are sums, also exact), so
     kernel and reference must pick the same keys, including every tie (ties go to the lower key
-    index); coarse-to-fine must agree on the candidate list and on the final pick."""
+    index); coarse-to-fine must agree on the candidate list and on the final pick. An 8-score
+    sample sends long token rows through the pivot filter, ties at the pivot included."""
+    monkeypatch.setitem(topk_mod.CONFIG, "sample", sample)
     g = gen()
     t = 61
     qi = torch.randint(-2, 3, (t, 2, 16), generator=g, device=DEV).float()

@@ -23,12 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-# 2048 sampled scores per long row, single scores: runs of 16 adjacent scores (one per ~8 frames of
-# a 256K row) missed clustered top keys, and 4% of the rows of video-structured indexer inputs fell
-# back at 256K (H100, tests/bench/RESULTS.md).
-SAMPLE_RUNS, SAMPLE_RUN = 2048, 1
 PIVOT_TARGET = 2  # the pivot aims at this many times k elements at or above it
-CONFIG = dict(tile=2048, num_warps=8, sample=True)  # defaults; tests/bench/bench_dsa.py sweeps them
+# Launch defaults (tests/bench/bench_dsa.py sweeps tile and warps). sample: scores sampled per long
+# row, single scores spread evenly (0: no sampling). Runs of 16 adjacent scores (one run per ~8
+# frames of a 256K row) missed clustered top keys: 4% of the rows of video-structured indexer inputs
+# fell back at 256K (H100, tests/bench/RESULTS.md). filter: token rows skip the score buffer
+# (pivot_filter.py).
+CONFIG = dict(tile=2048, num_warps=8, sample=2048, filter=True)
 SCRATCH = 4  # scratch slots per row in multiples of k; rows longer than this (and the sample) sample
 
 
@@ -102,21 +103,33 @@ def _emit(src, idx_src, n, thr, krem, out, lo, FLOAT: tl.constexpr, TILE: tl.con
 
 
 @triton.jit
-def _sample_pivot(row, n, k, RUNS: tl.constexpr, RUN: tl.constexpr, TARGET: tl.constexpr):
+def pivot_rank(n, k, ns, TARGET: tl.constexpr):
+    """Rank (0 = largest) in an ns-score sample of a row of n whose score should leave about
+    TARGET*k of the row's elements at or above it."""
+    return tl.minimum((TARGET * k * ns) // n, ns - 1)
+
+
+@triton.jit
+def sample_offsets(n, NS: tl.constexpr):
+    """NS positions spread evenly over [0, n), int64 (rows past 1M keys)."""
+    return (tl.arange(0, NS).to(tl.int64) * (n - 1)) // (NS - 1)
+
+
+@triton.jit
+def _sample_pivot(row, n, k, NS: tl.constexpr, TARGET: tl.constexpr):
     """An order key with about TARGET*k of the row's n elements at or above it, from a sample."""
-    ns: tl.constexpr = RUNS * RUN
-    run0 = (tl.arange(0, RUNS).to(tl.int64) * (n - RUN)) // (RUNS - 1)  # int64: rows past 1M keys
-    offs = tl.reshape(run0[:, None] + tl.arange(0, RUN)[None, :], (ns,))
-    ranked = tl.sort(_ordered(tl.load(row + offs)), descending=True)
-    j = tl.minimum((TARGET * k * ns) // n, ns - 1)
-    return tl.sum(tl.where(tl.arange(0, ns) == j, ranked, 0), 0)
+    ranked = tl.sort(_ordered(tl.load(row + sample_offsets(n, NS))), descending=True)
+    return tl.sum(tl.where(tl.arange(0, NS) == pivot_rank(n, k, NS, TARGET), ranked, 0), 0)
 
 
 @triton.jit
 def _topk_kernel(BUF, stride_buf, col_base, cand_lo, cand_hi, SEL, SEL_N, owner0, stride_sel, K_SEL,
-                 SCR, stride_scr, FALLBACKS,
-                 TILE: tl.constexpr, HAS_SCR: tl.constexpr, RUNS: tl.constexpr, RUN: tl.constexpr,
+                 SCR, stride_scr, COPIED, FALLBACKS, REDO,
+                 TILE: tl.constexpr, HAS_SCR: tl.constexpr, PRE: tl.constexpr, NS: tl.constexpr,
                  TARGET: tl.constexpr, SLOTS: tl.constexpr):
+    """One row. PRE: the scratch was filled by the pivot-filtered score kernel (pivot_filter.py)
+    and COPIED holds its count (-1: row not filtered); a row it cannot finish is marked in REDO
+    (1: the pivot missed, 2: not filtered) for the buffered path, with no score row to fall back on."""
     r = tl.program_id(0)
     o = owner0 + r
     lo = tl.load(cand_lo + o)
@@ -124,20 +137,28 @@ def _topk_kernel(BUF, stride_buf, col_base, cand_lo, cand_hi, SEL, SEL_N, owner0
     n = hi - lo
     out = SEL + o.to(tl.int64) * stride_sel
     offs0 = tl.arange(0, TILE)
+    cap = SLOTS * K_SEL
+    scr_s = SCR + r.to(tl.int64) * stride_scr
+    scr_i = scr_s + cap
     if n <= K_SEL:
         for j in range(0, K_SEL, TILE):
             offs = j + offs0
             tl.store(out + offs, tl.where(offs < n, lo + offs, -1), mask=offs < K_SEL)
         tl.store(SEL_N + o, tl.maximum(n, 0))
+    elif PRE:
+        copied = tl.load(COPIED + r)
+        if (copied >= K_SEL) & (copied <= cap):
+            thr, krem = _radix_threshold(scr_s, copied, K_SEL, False, TILE)
+            _emit(scr_s, scr_i, copied, thr, krem, out, lo, False, TILE)
+            tl.store(SEL_N + o, K_SEL)
+        else:
+            tl.store(REDO + o, tl.where(copied >= 0, 1, 2).to(tl.int8))
     else:
         row = BUF + r.to(tl.int64) * stride_buf + (lo - col_base)
-        cap = SLOTS * K_SEL
-        scr_s = SCR + r.to(tl.int64) * stride_scr
-        scr_i = scr_s + cap
         copied = tl.zeros([], tl.int32) - 1  # elements >= pivot, or -1: no copy made
         if HAS_SCR:
-            if n > tl.maximum(cap, RUNS * RUN):
-                pivot = _sample_pivot(row, n, K_SEL, RUNS, RUN, TARGET)
+            if n > tl.maximum(cap, NS):
+                pivot = _sample_pivot(row, n, K_SEL, NS, TARGET)
                 copied = tl.zeros([], tl.int32)
                 for j in range(0, n, TILE):
                     offs = j + offs0
@@ -162,24 +183,30 @@ def _topk_kernel(BUF, stride_buf, col_base, cand_lo, cand_hi, SEL, SEL_N, owner0
 
 def topk_rows(buf: torch.Tensor, col_base: int, cand_lo, cand_hi, sel: torch.Tensor, sel_n: torch.Tensor,
               owner0: int, n_rows: int, topk: int, tile: int | None = None, num_warps: int | None = None,
-              fallbacks: torch.Tensor | None = None, sample: bool | None = None,
-              sample_runs: tuple[int, int] = (SAMPLE_RUNS, SAMPLE_RUN)):
+              fallbacks: torch.Tensor | None = None, sample: int | None = None):
     """sel[owner0 + r] = ascending top-k key indices of buf[r, cand_lo-col_base : cand_hi-col_base].
 
-    Rows wider than SCRATCH * topk and than the sample take the sampled-pivot path when ``sample``
-    (scratch memory n_rows x 2 x SCRATCH*topk int32, freed on return); ``fallbacks`` (int32 [1])
-    counts the rows whose pivot missed and took the five passes instead. ``sample_runs``: (runs,
-    scores per run), powers of two; tests shrink it to reach the sampled path on small rows.
+    Rows wider than SCRATCH * topk and than the sample (``sample`` scores, CONFIG's by default; 0:
+    never) take the sampled-pivot path (scratch memory n_rows x 2 x SCRATCH*topk int32, freed on
+    return); ``fallbacks`` (int32 [1]) counts the rows whose pivot missed and took the five passes.
     """
     tile, num_warps = tile or CONFIG["tile"], num_warps or CONFIG["num_warps"]
-    sample = CONFIG["sample"] if sample is None else sample
+    ns = CONFIG["sample"] if sample is None else sample
     cap = SCRATCH * topk
-    runs, run = sample_runs
-    has_scr = sample and buf.shape[1] > max(cap, runs * run)
+    has_scr = ns > 1 and buf.shape[1] > max(cap, ns)
     scr = torch.empty((n_rows, 2 * cap) if has_scr else (1, 1), dtype=torch.int32, device=buf.device)
     if fallbacks is None:
         fallbacks = torch.zeros(1, dtype=torch.int32, device=buf.device)
     _topk_kernel[(n_rows,)](buf, buf.stride(0), col_base, cand_lo, cand_hi, sel, sel_n, owner0,
-                            sel.stride(0), topk, scr, scr.stride(0), fallbacks, TILE=tile, HAS_SCR=has_scr,
-                            RUNS=runs, RUN=run, TARGET=PIVOT_TARGET, SLOTS=SCRATCH,
+                            sel.stride(0), topk, scr, scr.stride(0), scr, fallbacks, scr, TILE=tile,
+                            HAS_SCR=has_scr, PRE=False, NS=max(ns, 2), TARGET=PIVOT_TARGET, SLOTS=SCRATCH,
                             num_warps=num_warps)
+
+
+def topk_in_scratch(scr: torch.Tensor, copied: torch.Tensor, cand_lo, cand_hi, sel, sel_n, owner0: int,
+                    n_rows: int, topk: int, redo: torch.Tensor):
+    """The rows' top-k from a scratch that pivot_filter.filter_rows filled (scr [n_rows, 2 *
+    SCRATCH*topk] int32, copied [n_rows]); rows it cannot finish are marked in redo [n_own] int8."""
+    _topk_kernel[(n_rows,)](scr, 0, 0, cand_lo, cand_hi, sel, sel_n, owner0, sel.stride(0), topk, scr,
+                            scr.stride(0), copied, copied, redo, TILE=CONFIG["tile"], HAS_SCR=False, PRE=True,
+                            NS=2, TARGET=PIVOT_TARGET, SLOTS=SCRATCH, num_warps=CONFIG["num_warps"])
