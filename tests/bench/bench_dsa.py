@@ -32,6 +32,7 @@ from model.dsa import reference as ref  # noqa: E402
 from model.dsa.kernels import attention as attn_mod  # noqa: E402
 from model.dsa.kernels import index_scores as scores_mod  # noqa: E402
 from model.dsa.kernels import indexer_kl as kl_mod  # noqa: E402
+from model.dsa.kernels import pivot_filter as filter_mod  # noqa: E402
 from model.dsa.kernels import topk as topk_mod  # noqa: E402
 from model.dsa.kernels.attention import attn_bwd, attn_fwd  # noqa: E402
 from model.dsa.kernels.index_scores import owner_scores  # noqa: E402
@@ -200,6 +201,12 @@ def sweep_token(t=131072):
             lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
     best_of("top-k (tile, warps), timed with scores", t, [(2048, 8), (1024, 4), (2048, 16), (4096, 8)],
             lambda o: topk_mod.CONFIG.update(tile=o[0], num_warps=o[1]),
+            lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
+    fkeys = ("block_n", "num_warps", "num_stages", "longest_first")
+    best_of("token pivot filter (block_n, warps, stages, longest first), timed with selection", t,
+            [(64, 8, 3, True), (64, 8, 3, False), (64, 4, 3, True), (32, 4, 3, True), (64, 8, 4, True),
+             (32, 8, 3, True)],
+            lambda o: filter_mod.CONFIG.update(zip(fkeys, o)),
             lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
     sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
     out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, True)

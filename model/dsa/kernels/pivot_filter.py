@@ -30,15 +30,21 @@ from .index_scores import CONFIG as SCORE_CONFIG
 from .index_scores import _row_logits
 from .topk import _ordered, _radix_threshold, pivot_rank
 
-NOT_SAMPLED = 2147483647  # pivot of a row left to the buffered path (no finite score's order key)
+# Launch of the filter kernel (tests/bench/bench_dsa.py sweeps it): key tile, warps, pipeline
+# stages, and whether programs start from the last rows (the longest, causal rows go first, so no
+# long program starts late and runs alone at the end).
+CONFIG = dict(block_n=64, num_warps=8, num_stages=3, longest_first=True)
 
 
 @triton.jit
-def _group(own_q0, cand_lo, cand_hi, owner0, n_rows, MIN_N, HI, QS: tl.constexpr, HIP: tl.constexpr):
+def _group(own_q0, cand_lo, cand_hi, owner0, n_rows, MIN_N, HI, QS: tl.constexpr, HIP: tl.constexpr,
+           LONGEST_FIRST: tl.constexpr):
     """A program's QS rows: row index, validity, candidate bounds, which are sampled (same document
     as the first row, more than MIN_N candidates), the shared start and the shortest sampled row;
     plus the (query, index head) rows of the dot."""
     pid = tl.program_id(0)
+    if LONGEST_FIRST:
+        pid = tl.num_programs(0) - 1 - pid
     orow = pid * QS + tl.arange(0, QS)
     ov = orow < n_rows
     lo_i = tl.load(cand_lo + owner0 + orow, mask=ov, other=0)
@@ -58,7 +64,7 @@ def _sample_kernel(QI, WI, KI, SBUF, SAMPLED, own_q0, cand_lo, cand_hi, owner0, 
                    NS: tl.constexpr, QS: tl.constexpr, HIP: tl.constexpr, DIP: tl.constexpr, BN: tl.constexpr,
                    IEEE: tl.constexpr, HEAD_DOT: tl.constexpr):
     orow, ov, lo_i, hi_i, samp, lo0, n_min, rv, qrow, hj = _group(own_q0, cand_lo, cand_hi, owner0, n_rows,
-                                                                 MIN_N, HI, QS, HIP)
+                                                                 MIN_N, HI, QS, HIP, False)
     tl.store(SAMPLED + orow, samp.to(tl.int8), mask=ov)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
     dd = tl.arange(0, DIP)
@@ -90,9 +96,9 @@ def _pivot_kernel(SBUF, SAMPLED, PIVOT, cand_lo, cand_hi, owner0, stride_sb, K_S
 def _filter_kernel(QI, WI, KI, PIVOT, SCR, COPIED, own_q0, cand_lo, cand_hi, owner0, n_rows,
                    s_qt, s_qh, s_wt, s_kt, stride_scr, HI, DI, CAP,
                    QS: tl.constexpr, HIP: tl.constexpr, DIP: tl.constexpr, BN: tl.constexpr,
-                   IEEE: tl.constexpr, HEAD_DOT: tl.constexpr):
+                   IEEE: tl.constexpr, HEAD_DOT: tl.constexpr, LONGEST_FIRST: tl.constexpr):
     orow, ov, lo_i, hi_i, _, _, _, rv, qrow, hj = _group(own_q0, cand_lo, cand_hi, owner0, n_rows,
-                                                         0, HI, QS, HIP)
+                                                         0, HI, QS, HIP, LONGEST_FIRST)
     piv = tl.load(PIVOT + orow, mask=ov, other=2147483647)
     act = ov & (piv != 2147483647)
     # the loop's bounds: a pipelined prologue may form (predicated) addresses from them, so an idle
@@ -135,14 +141,16 @@ def filter_rows(q_idx, w_idx, k_idx, plan, owner0: int, n_rows: int, topk: int, 
     sbuf = torch.empty((n_rows, ns), dtype=torch.int32, device=dev)
     sampled = torch.empty(n_rows, dtype=torch.int8, device=dev)
     pivot = torch.empty(n_rows, dtype=torch.int32, device=dev)
-    common = dict(QS=qs, HIP=hip, DIP=dip, BN=c["block_n"], IEEE=ieee(q_idx),
-                  HEAD_DOT=c["head_dot"] and not ieee(q_idx), num_warps=c["num_warps"])
+    f = CONFIG
+    common = dict(QS=qs, HIP=hip, DIP=dip, IEEE=ieee(q_idx), HEAD_DOT=c["head_dot"] and not ieee(q_idx))
     strides = (q_idx.stride(0), q_idx.stride(1), w_idx.stride(0), k_idx.stride(0))
     grid = (triton.cdiv(n_rows, qs),)
     _sample_kernel[grid](q_idx, w_idx, k_idx, sbuf, sampled, plan.own_q0, plan.cand_lo, plan.cand_hi, owner0,
-                         n_rows, sbuf.stride(0), *strides, hi_, di, max(cap, ns), NS=ns, **common)
+                         n_rows, sbuf.stride(0), *strides, hi_, di, max(cap, ns), NS=ns, BN=c["block_n"],
+                         num_warps=c["num_warps"], **common)
     _pivot_kernel[(n_rows,)](sbuf, sampled, pivot, plan.cand_lo, plan.cand_hi, owner0, sbuf.stride(0), topk,
                              NS=ns, TARGET=topk_mod.PIVOT_TARGET, num_warps=4)
     _filter_kernel[grid](q_idx, w_idx, k_idx, pivot, scr, copied, plan.own_q0, plan.cand_lo, plan.cand_hi,
-                         owner0, n_rows, *strides, scr.stride(0), hi_, di, cap, num_stages=c["num_stages"],
+                         owner0, n_rows, *strides, scr.stride(0), hi_, di, cap, BN=f["block_n"],
+                         LONGEST_FIRST=f["longest_first"], num_warps=f["num_warps"], num_stages=f["num_stages"],
                          **common)
