@@ -96,6 +96,15 @@ def check_level(level: object) -> int:
     return level
 
 
+class _Sink:
+    """The ``write()`` method zstd's stream writer calls with each piece of compressed output."""
+
+    __slots__ = ("write",)
+
+    def __init__(self, write: Callable[[bytes], object]):
+        self.write = write
+
+
 class FrameEncoder:
     """Compresses chunks of frames into one zstd frame, handing compressed bytes to ``write``.
 
@@ -104,11 +113,18 @@ class FrameEncoder:
     """
 
     def __init__(self, write: Callable[[bytes], object], *, level: int, delta: bool, what: str):
-        self._write = write
         self._level = check_level(level)
         self._delta = delta
         self._what = what
-        self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True).compressobj()
+        # A stream writer, not compressobj(): it hands zstd's output on in ~128 KiB pieces from one
+        # reused buffer, where compressobj() grows a fresh bytes object to a chunk's whole compressed
+        # size (~16 MiB per 32 frames at 336x588), paying page faults and copies, and the tar then
+        # gets 16 MiB writes. Measured on 336x588 frames at level 1 (2-core VM, 2026-11-24): the
+        # writer's own CPU fell from ~3.8-4.1 to ~2.9-3.2 ms/frame inside an encode unit. The
+        # zstd frame written is byte for byte the same.
+        self._stream = zstandard.ZstdCompressor(level=level, write_checksum=True).stream_writer(
+            _Sink(write), closefd=False
+        )
         self._frame_shape: tuple[int, int, int] | None = None
         self._frames = 0
         self._previous: np.ndarray | None = None  # last frame of the previous chunk (delta only)
@@ -117,9 +133,7 @@ class FrameEncoder:
         chunk = self._checked(chunk)
         if chunk.shape[0] == 0:
             return
-        data = self._delta_code(chunk) if self._delta else chunk
-        if out := self._compressor.compress(data):
-            self._write(out)
+        self._stream.write(self._delta_code(chunk) if self._delta else chunk)
         self._frames += chunk.shape[0]
 
     def finish(self) -> FramesInfo:
@@ -127,8 +141,7 @@ class FrameEncoder:
             raise InvalidSample(
                 f"{self._what}: no frames (frame_chunks was empty); a sample needs T >= 1 frames"
             )
-        if out := self._compressor.flush():
-            self._write(out)
+        self._stream.close()  # ends the zstd frame; the sink stays open (closefd=False)
         shape = (self._frames, *self._frame_shape)
         return FramesInfo(shape=shape, level=self._level, delta=self._delta, raw_bytes=int(np.prod(shape)))
 
