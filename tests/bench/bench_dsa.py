@@ -186,31 +186,33 @@ def best_of(label, t, opts, install, run, **kw):
 
 
 def sweep_token(t=131072):
-    """Token-mode launch configs of the index scores, the top-k and the indexer KL; installs the best."""
+    """Token-mode launch configs of the pivot filter, the attention forward and backward and the
+    indexer KL; installs the best. (The score and top-k configs of the buffered path, which token
+    mode now uses for short rows only, keep their defaults: their sweeps picked by noise.)"""
     pos = torch.arange(t, dtype=torch.int32, device=DEV)
     doc = torch.zeros(t, dtype=torch.int32, device=DEV)
     x = inputs(t, seed=3)
     scale = 1 / math.sqrt(D)
     cfg = DSAConfig(index_heads=HI, index_dim=DI, topk=K, granularity="token", block_q=BQ)
     plan = build_plan(pos, doc, cfg, dense=False)
-    keys = ("block_n", "num_warps", "num_stages", "chunk", "head_dot")
-    best_of("token index scores (block_n, warps, stages, chunk, head_dot), timed with top-k", t,
-            [(64, 8, 3, 1024, True), (64, 8, 3, 1024, False), (128, 8, 2, 1024, True), (64, 8, 2, 4096, True),
-             (64, 4, 2, 1024, True), (128, 8, 2, 1024, False)],
-            lambda o: scores_mod.CONFIG["token"].update(zip(keys, o)),
-            lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
-    best_of("top-k (tile, warps), timed with scores", t, [(2048, 8), (1024, 4), (2048, 16), (4096, 8)],
-            lambda o: topk_mod.CONFIG.update(tile=o[0], num_warps=o[1]),
-            lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
     fkeys = ("block_n", "num_warps", "num_stages", "longest_first")
     best_of("token pivot filter (block_n, warps, stages, longest first), timed with selection", t,
-            [(64, 8, 3, True), (64, 8, 3, False), (64, 4, 3, True), (32, 4, 3, True), (64, 8, 4, True),
-             (32, 8, 3, True)],
+            [(64, 8, 3, True), (64, 4, 3, True)],
             lambda o: filter_mod.CONFIG.update(zip(fkeys, o)),
             lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
     sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
+    best_of("token attn fwd (BN, warps, stages)", t, [(64, 4, 2), (32, 4, 2), (64, 2, 2), (32, 2, 2), (64, 4, 3)],
+            lambda o: attn_mod.FWD_CONFIG.update(token=o),
+            lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, True), min_total=0.3, max_reps=3)
     out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, True)
-    best_of("token indexer KL (BN, warps, stages)", t, [(64, 2, 2), (64, 2, 3), (64, 4, 2), (32, 2, 2), (128, 2, 2)],
+    dout = torch.randn_like(out)
+    best_of("token attn bwd (BN, warps, stages)", t,
+            [(32, 4, 2), (16, 4, 2), (32, 2, 2), (64, 4, 2), (32, 4, 3), (16, 2, 2)],
+            lambda o: attn_mod.BWD_CONFIG.update(token=o),
+            lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, True), min_total=0.3,
+            max_reps=2)
+    dout = None
+    best_of("token indexer KL (BN, warps, stages)", t, [(64, 2, 2), (32, 2, 2), (64, 1, 2)],
             lambda o: kl_mod.CONFIG.update(token=o),
             lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n, scale,
                                True, True), min_total=0.3, max_reps=3)
