@@ -53,7 +53,9 @@ def select(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int = 1 <
         topk_rows(dummy, 0, plan.cand_lo, plan.cand_hi, sel, sel_n, 0, n_own, k)
         return sel, sel_n
     runs = [(0, n_own)]
-    if cfg.granularity == "token" and topk_mod.CONFIG["filter"] and topk_mod.CONFIG["sample"] > 1:
+    ns = topk_mod.CONFIG["sample"]
+    if cfg.granularity == "token" and topk_mod.CONFIG["filter"] and ns > 1 \
+            and int((hi - lo).max()) > max(topk_mod.SCRATCH * k, ns):  # else no row could be sampled
         runs = _select_filtered(q_idx, k_idx, w_idx, plan, k, buf_bytes, fallbacks, sel, sel_n)
     for a, b in runs:
         _select_buffered(q_idx, k_idx, w_idx, plan, cfg, buf_bytes, fallbacks, sel, sel_n, a, b, lo, hi)
