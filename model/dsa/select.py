@@ -80,20 +80,29 @@ def _select_buffered(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes:
         topk_rows(view, base, plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k, fallbacks=fallbacks)
 
 
-def _select_filtered(q_idx, k_idx, w_idx, plan: Plan, k: int, buf_bytes: int, fallbacks, sel, sel_n):
-    """Token owners through pivot_filter (no score buffer); returns the (first, end) runs of owners
-    it could not finish (short rows, rows of a document that starts inside a program's group,
-    missed pivots) for the buffered path."""
+def filtered_chunks(q_idx, k_idx, w_idx, plan: Plan, k: int, buf_bytes: int, sel, sel_n, redo,
+                    with_topk: bool = True) -> None:
+    """pivot_filter over all token owners in chunks whose scratch stays under buf_bytes, each chunk's
+    top-k taken in its scratch (unless ``with_topk`` is False: the benchmark times the parts); rows
+    left unfinished are marked in redo [n_own] int8."""
     n_own = plan.n_owners
     cap = topk_mod.SCRATCH * k
     rows = max(1, min(n_own, buf_bytes // (4 * (2 * cap + topk_mod.CONFIG["sample"]))))
     scr = torch.empty((rows, 2 * cap), dtype=torch.int32, device=q_idx.device)
     copied = torch.empty(rows, dtype=torch.int32, device=q_idx.device)
-    redo = torch.zeros(n_own, dtype=torch.int8, device=q_idx.device)
     for o in range(0, n_own, rows):
         nr = min(rows, n_own - o)
         filter_rows(q_idx, w_idx, k_idx, plan, o, nr, k, scr[:nr], copied[:nr])
-        topk_in_scratch(scr[:nr], copied[:nr], plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k, redo)
+        if with_topk:
+            topk_in_scratch(scr[:nr], copied[:nr], plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k, redo)
+
+
+def _select_filtered(q_idx, k_idx, w_idx, plan: Plan, k: int, buf_bytes: int, fallbacks, sel, sel_n):
+    """Token owners through pivot_filter (no score buffer); returns the (first, end) runs of owners
+    it could not finish (short rows, rows of a document that starts inside a program's group,
+    missed pivots) for the buffered path."""
+    redo = torch.zeros(plan.n_owners, dtype=torch.int8, device=q_idx.device)
+    filtered_chunks(q_idx, k_idx, w_idx, plan, k, buf_bytes, sel, sel_n, redo)
     marks = redo.cpu()
     if fallbacks is not None:
         fallbacks += int((marks == 1).sum())

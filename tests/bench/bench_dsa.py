@@ -37,10 +37,8 @@ from model.dsa.kernels import topk as topk_mod  # noqa: E402
 from model.dsa.kernels.attention import attn_bwd, attn_fwd  # noqa: E402
 from model.dsa.kernels.index_scores import owner_scores  # noqa: E402
 from model.dsa.kernels.indexer_kl import indexer_kl  # noqa: E402
-from model.dsa.kernels.pivot_filter import filter_rows  # noqa: E402
-from model.dsa.kernels.topk import topk_in_scratch  # noqa: E402
 from model.dsa.plan import build_plan  # noqa: E402
-from model.dsa.select import _rows_source, select  # noqa: E402
+from model.dsa.select import _rows_source, filtered_chunks, select  # noqa: E402
 
 HQ, HKV, D, HI, DI, K, BQ = 32, 4, 128, 8, 128, 2048, 64
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only for a smoke run under TRITON_INTERPRET
@@ -327,20 +325,11 @@ def bench_filtered(t, q_idx, k_idx, w_idx, plan, cfg, n_big):
     """The pivot-filtered token selection in parts: sample + pivot + filtered scores, top-k in the
     scratch, and the rows handed back to the buffered path."""
     k = cfg.topk
-    cap = topk_mod.SCRATCH * k
-    rows_ = max(1, min(plan.n_owners, (1 << 30) // (4 * (2 * cap + topk_mod.CONFIG["sample"]))))
-    scr = torch.empty((rows_, 2 * cap), dtype=torch.int32, device=DEV)
-    copied = torch.empty(rows_, dtype=torch.int32, device=DEV)
     sel = torch.empty((plan.n_owners, k), dtype=torch.int32, device=DEV)
     sel_n = torch.empty(plan.n_owners, dtype=torch.int32, device=DEV)
     redo = torch.zeros(plan.n_owners, dtype=torch.int8, device=DEV)
-
-    def run(with_topk):
-        for o in range(0, plan.n_owners, rows_):
-            nr = min(rows_, plan.n_owners - o)
-            filter_rows(q_idx, w_idx, k_idx, plan, o, nr, k, scr[:nr], copied[:nr])
-            if with_topk:
-                topk_in_scratch(scr[:nr], copied[:nr], plan.cand_lo, plan.cand_hi, sel, sel_n, o, nr, k, redo)
+    run = lambda with_topk: filtered_chunks(q_idx, k_idx, w_idx, plan, k, 1 << 30, sel, sel_n, redo,  # noqa: E731
+                                            with_topk)
     s_f = timeit(lambda: run(False))
     s_ft = timeit(lambda: run(True))
     marks = redo.cpu()
