@@ -65,8 +65,15 @@ class LMConfig:
     # Channel pairs of the rotary given to (t, h, w); sums to head_dim // 2.
     mrope_section: tuple[int, int, int] = (16, 24, 24)
     rope_theta: float = 1_000_000.0
+    # How the rotary pairs are dealt to (t, h, w): "sections" = contiguous blocks of
+    # mrope_section pairs (t first); "interleaved" = t, h, w, t, h, w, ... over the first
+    # 3 x section pairs of h and w, the rest t (Qwen3-VL's layout).
+    mrope_layout: Literal["sections", "interleaved"] = "sections"
     norm_eps: float = 1e-6
     aux_loss_coeff: float = 1e-3
+    # Router: False = top-k of the logits, softmax over those k (the k weights sum to 1, as
+    # Qwen3-MoE's norm_topk_prob); True = softmax over all experts, then top-k, unnormalised.
+    router_pre_softmax: bool = False
     # Default core of every layer (a run may choose another): "dense" = exact packed causal
     # attention, "dsa" = DeepSeek sparse attention. Every layer has its indexer either way, so
     # checkpoints of dense and DSA runs hold the same parameters and can seed one another.
@@ -78,6 +85,8 @@ class LMConfig:
             raise ValueError(f"mrope_section {self.mrope_section} must sum to head_dim/2 = {self.head_dim // 2}")
         if self.heads % self.kv_heads:
             raise ValueError("heads must be a multiple of kv_heads (GQA)")
+        if self.mrope_layout not in ("sections", "interleaved"):
+            raise ValueError(f"mrope_layout must be 'sections' or 'interleaved', got {self.mrope_layout!r}")
         if self.dsa.index_dim != self.head_dim:
             raise ValueError("the indexer shares the rotary of the heads: index_dim must equal head_dim")
 

@@ -60,12 +60,23 @@ class MoELanguageModel(MegatronModule):
 
     def forward(self, decoder_input: torch.Tensor, position_ids: torch.Tensor,
                 cu_seqlens: torch.Tensor, labels: torch.Tensor) -> LMOutput:
-        cos, sin = multi_axis_cos_sin(position_ids, self.lm.mrope_section, self.lm.head_dim,
-                                      self.lm.rope_theta)
-        hidden = self.decoder(decoder_input, attention_mask=None, rotary_pos_cos=cos,
-                              rotary_pos_sin=sin, packed_seq_params=packed_params(cu_seqlens))
+        hidden = self.hidden_states(decoder_input, position_ids, cu_seqlens)
         ce_sum, n = self._labeled_cross_entropy(hidden, labels)
         return LMOutput(ce_sum, n, self._indexer_loss(hidden))
+
+    def hidden_states(self, decoder_input: torch.Tensor, position_ids: torch.Tensor,
+                      cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """[S, 1, H] embeddings -> [S, 1, H] final-norm hidden states of the packed sequence."""
+        cos, sin = multi_axis_cos_sin(position_ids, self.lm.mrope_section, self.lm.head_dim,
+                                      self.lm.rope_theta, self.lm.mrope_layout)
+        return self.decoder(decoder_input, attention_mask=None, rotary_pos_cos=cos,
+                            rotary_pos_sin=sin, packed_seq_params=packed_params(cu_seqlens))
+
+    def logits(self, decoder_input: torch.Tensor, position_ids: torch.Tensor,
+               cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """Full [S, vocab] logits (evaluation and interop checks on short sequences only)."""
+        out, _ = self.output_layer(self.hidden_states(decoder_input, position_ids, cu_seqlens))
+        return out[:, 0]
 
     def _head_ce(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits, _ = self.output_layer(rows)

@@ -1,7 +1,8 @@
 """Rotary position embedding over several position axes: (t, h, w) for the LM, (h, w) for the ViT.
 
-Each axis owns a contiguous section of the rotary frequency pairs, so a token's angle on a pair
-comes from the position on that pair's axis. With one axis (or equal positions on every axis,
+Each axis owns some of the rotary frequency pairs (a contiguous section, or every third pair in
+Qwen3-VL's interleaved layout), so a token's angle on a pair comes from the position on that
+pair's axis. With one axis (or equal positions on every axis,
 as text tokens have) this is ordinary RoPE. Packed documents need no special case: positions
 are given per token and restart per document upstream.
 """
@@ -11,10 +12,12 @@ import torch
 
 
 def multi_axis_cos_sin(positions: torch.Tensor, sections: tuple[int, ...], head_dim: int,
-                       theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+                       theta: float, layout: str = "sections") -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape [S, head_dim] (float32) for `positions` [n_axes, S].
 
-    `sections[a]` frequency pairs go to axis a, in order; they sum to head_dim // 2.
+    `sections[a]` frequency pairs go to axis a; they sum to head_dim // 2. `layout` says which:
+    "sections" = contiguous blocks in axis order; "interleaved" = pairs dealt 0, 1, 2, 0, 1, 2,
+    ... while every axis still has pairs to take, the rest to axis 0 (Qwen3-VL's text rotary).
     """
     if positions.dim() != 2 or positions.shape[0] != len(sections):
         raise ValueError(f"positions must be [{len(sections)}, S], got {tuple(positions.shape)}")
@@ -22,10 +25,38 @@ def multi_axis_cos_sin(positions: torch.Tensor, sections: tuple[int, ...], head_
         raise ValueError(f"sections {sections} must sum to head_dim/2 = {head_dim // 2}")
     half = head_dim // 2
     inv_freq = 1.0 / theta ** (torch.arange(0, half, device=positions.device, dtype=torch.float32) / half)
-    axis_of_pair = torch.repeat_interleave(
-        torch.arange(len(sections), device=positions.device), torch.tensor(sections, device=positions.device))
-    pos = positions.to(torch.float32)[axis_of_pair]  # [half, S]: the axis each pair reads
-    angles = pos.t() * inv_freq[None, :]  # [S, half]
+    axis_of_pair = _axis_of_pair(sections, layout).to(positions.device)
+    return _cos_sin(positions.to(torch.float32)[axis_of_pair].t() * inv_freq[None, :])
+
+
+def axial_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [S, head_dim] for 2-D positions [2, S] where both axes share one frequency
+    ladder of head_dim // 4 pairs (row pairs first, then column pairs): Qwen3-VL's ViT rotary."""
+    if positions.dim() != 2 or positions.shape[0] != 2 or head_dim % 4:
+        raise ValueError(f"axial rotary needs positions [2, S] and head_dim % 4 == 0, got "
+                         f"{tuple(positions.shape)} and {head_dim}")
+    quarter = head_dim // 4
+    inv_freq = 1.0 / theta ** (torch.arange(0, quarter, device=positions.device, dtype=torch.float32) / quarter)
+    pos = positions.to(torch.float32)
+    return _cos_sin(torch.cat([pos[0][:, None] * inv_freq, pos[1][:, None] * inv_freq], dim=-1))
+
+
+def _axis_of_pair(sections: tuple[int, ...], layout: str) -> torch.Tensor:
+    if layout == "sections":
+        return torch.repeat_interleave(torch.arange(len(sections)), torch.tensor(sections))
+    if layout != "interleaved":
+        raise ValueError(f"unknown rotary layout {layout!r}")
+    n = len(sections)
+    axis = torch.zeros(sum(sections), dtype=torch.int64)
+    for a in range(1, n):
+        axis[a:n * sections[a]:n] = a
+    if any(int((axis == a).sum()) != sections[a] for a in range(1, n)):
+        raise ValueError(f"sections {sections} cannot be interleaved (a later axis outgrows the first)")
+    return axis
+
+
+def _cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[S, half] angles -> cos, sin [S, 2 * half] in the half-split layout."""
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
 
