@@ -24,7 +24,7 @@ runs without a graph. ``self.indexer_loss`` keeps the value for reporting.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
@@ -73,6 +73,9 @@ class QueryRows:
     gather: Callable[[torch.Tensor], torch.Tensor]
     share: float
     grad_scale: float
+    # DSA plans of these rows by (config, dense): every layer (and the recomputation in
+    # backward) shares one, so the plan's host reads happen once per pack, not per layer.
+    plans: dict = field(default_factory=dict)
 
 
 class _InjectLossGrad(torch.autograd.Function):
@@ -194,7 +197,8 @@ class PackedSelfAttention(MegatronModule):
             self.indexer_loss = loss.detach()
         else:
             out, loss, _ = dsa_attention_rows(q, k, v, q_idx, rows.gather(k_idx), w_idx, rows.q_pos,
-                                              rows.q_doc, self.core.dsa, backend=self.core.backend)
+                                              rows.q_doc, self.core.dsa, backend=self.core.backend,
+                                              plans=rows.plans)
             self.indexer_loss = loss.detach() * rows.share  # summed over the context ranks
             weight = weight * rows.share * rows.grad_scale
         if loss.requires_grad:

@@ -46,24 +46,39 @@ def gather_rows(x: torch.Tensor, rows: list[torch.Tensor], rank: int, group) -> 
     return GatherRows.apply(x, rows, rank, group)
 
 
+def _timed(events: list | None, x: torch.Tensor, run):
+    """run(); with ``events`` (a list) and a GPU tensor, appends a (start, end) pair of CUDA
+    events around it: benchmarks read the collective's time without synchronising the step."""
+    if events is None or not x.is_cuda:
+        return run()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    out = run()
+    end.record()
+    events.append((start, end))
+    return out
+
+
 class AllToAll(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, send: list[int], recv: list[int], group):
+    def forward(ctx, x: torch.Tensor, send: list[int], recv: list[int], group, events=None):
         """x: rows for rank 0, then rank 1, ... (counts `send`); returns rows from each rank in
         rank order (counts `recv`)."""
-        ctx.send, ctx.recv, ctx.group = send, recv, group
+        ctx.send, ctx.recv, ctx.group, ctx.events = send, recv, group, events
         out = x.new_empty((sum(recv), *x.shape[1:]))
-        dist.all_to_all_single(out, x.contiguous(), recv, send, group=group)
+        _timed(events, x, lambda: dist.all_to_all_single(out, x.contiguous(), recv, send, group=group))
         return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         out = grad.new_empty((sum(ctx.send), *grad.shape[1:]))
-        dist.all_to_all_single(out, grad.contiguous(), ctx.send, ctx.recv, group=ctx.group)
-        return out, None, None, None
+        _timed(ctx.events, grad, lambda: dist.all_to_all_single(out, grad.contiguous(), ctx.send, ctx.recv,
+                                                                group=ctx.group))
+        return out, None, None, None, None
 
 
-def all_to_all(x: torch.Tensor, send: list[int], recv: list[int], group) -> torch.Tensor:
+def all_to_all(x: torch.Tensor, send: list[int], recv: list[int], group, events: list | None = None) -> torch.Tensor:
+    """``events``: see `_timed` (the forward's and the backward's exchange both land there)."""
     if len(send) == 1:
         return x
-    return AllToAll.apply(x, send, recv, group)
+    return AllToAll.apply(x, send, recv, group, events)

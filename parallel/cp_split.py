@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
+from shards.batch import IGNORE_INDEX
+
 
 def chunk_borders(length: int, cp: int, align: int = 1) -> list[int]:
     """2*cp+1 non-decreasing borders of one document of `length` tokens (the last is `length`).
@@ -43,7 +45,8 @@ def rank_rows(cu_seqlens: torch.Tensor, cp: int, align: int = 1) -> list[torch.T
 class LocalPack:
     """One rank's part of a pack (see the module docstring)."""
 
-    rows: list[torch.Tensor]  # every rank's global positions (for the gathers)
+    rows: list[torch.Tensor]  # every rank's global positions, on the host (for plans)
+    rows_on_device: list[torch.Tensor]  # the same on the pack's device (for the gathers)
     rank: int
     input_ids: torch.Tensor
     labels: torch.Tensor
@@ -52,6 +55,7 @@ class LocalPack:
     q_pos: torch.Tensor  # int32 global positions of the local rows
     q_doc: torch.Tensor  # int32 document start of each local row
     total: int  # tokens of the whole pack
+    n_labels: int  # labeled tokens of the whole pack
 
     @property
     def share(self) -> float:
@@ -59,17 +63,26 @@ class LocalPack:
 
 
 def local_pack(batch, cp: int, rank: int, align: int = 1) -> LocalPack:
-    rows = rank_rows(batch.cu_seqlens.cpu(), cp, align)
+    """This rank's part of ``batch``. The split is planned on the host copy of the pack's
+    metadata (``batch.host``, kept by PackedBatch.to; else the batch itself) and reaches the
+    device by asynchronous copies, so splitting never waits for the GPU."""
+    host = getattr(batch, "host", None) or batch
     dev = batch.input_ids.device
-    mine = rows[rank].to(dev)
+    rows = rank_rows(host.cu_seqlens.cpu(), cp, align)
+    on_dev = [r.to(dev, non_blocking=True) for r in rows]
+    mine_h = rows[rank]
     total = batch.num_tokens
-    cu = batch.cu_seqlens.to(device=dev, dtype=torch.int64)
-    doc_start = cu[torch.searchsorted(cu, mine, right=True) - 1]
+    cu = host.cu_seqlens.cpu().to(torch.int64)
+    doc_start = cu[torch.searchsorted(cu, mine_h, right=True) - 1]
     # a new local segment wherever the global position jumps or a document starts
-    jump = torch.ones(mine.numel(), dtype=torch.bool, device=dev)
-    jump[1:] = (mine[1:] != mine[:-1] + 1) | (doc_start[1:] != doc_start[:-1])
+    jump = torch.ones(mine_h.numel(), dtype=torch.bool)
+    jump[1:] = (mine_h[1:] != mine_h[:-1] + 1) | (doc_start[1:] != doc_start[:-1])
     starts = jump.nonzero()[:, 0]
-    local_cu = torch.cat([starts, torch.tensor([mine.numel()], device=dev)]).to(torch.int32)
-    return LocalPack(rows=rows, rank=rank, input_ids=batch.input_ids[mine], labels=batch.labels[mine],
-                     position_ids=batch.position_ids[:, mine], cu_seqlens=local_cu,
-                     q_pos=mine.to(torch.int32), q_doc=doc_start.to(torch.int32), total=total)
+    local_cu = torch.cat([starts, torch.tensor([mine_h.numel()])]).to(torch.int32)
+    mine = on_dev[rank]
+    n_labels = int((host.labels != IGNORE_INDEX).sum())
+    to_dev = lambda t: t.to(dev, non_blocking=True)
+    return LocalPack(rows=rows, rows_on_device=on_dev, rank=rank, input_ids=batch.input_ids[mine],
+                     labels=batch.labels[mine], position_ids=batch.position_ids[:, mine],
+                     cu_seqlens=to_dev(local_cu), q_pos=to_dev(mine_h.to(torch.int32)),
+                     q_doc=to_dev(doc_start.to(torch.int32)), total=total, n_labels=n_labels)

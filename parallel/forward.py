@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-
 from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
 from model import moe_aux
@@ -38,40 +37,42 @@ class ParallelForward:
         self.vit_mode = vit_mode
         self.last_vision_plan = None  # for reports: the ViT load imbalance of the last pack
         self.aux_fix = 1.0
+        # Set to a list to time the ViT hand-off's all-to-alls (CUDA event pairs; benchmarks).
+        self.handoff_events: list | None = None
 
-    def sum_over_cp(self, values: list[float]) -> list[float]:
-        """Per-rank parts of a pack's numbers -> the pack's numbers."""
-        t = torch.tensor(values, dtype=torch.float64)
+    def sum_over_cp(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-rank parts of a pack's numbers -> the pack's numbers, on the device they are on
+        (NCCL reduces only GPU tensors), with no host round trip: the caller reads them once."""
+        t = values.detach().to(torch.float64)
         if self.groups.layout.cp > 1:
             dist.all_reduce(t, group=self.groups.cp)
-        return t.tolist()
+        return t
 
     def forward(self, model, batch) -> VLMOutput:
         moe_aux.clear()
         cp, rank, group = self.groups.layout.cp, self.groups.cp_rank, self.groups.cp
         lp = local_pack(batch, cp, rank, align=model.cfg.lm.dsa.block_q)
+        dev = lp.input_ids.device
         aux_fix = self.aux_fix = (lp.share * cp) ** 2
         MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(cp * aux_fix))
         embeds = model.language.embed(lp.input_ids)
         if batch.pixel_patches.shape[0]:
             plan = plan_vision(batch, lp, model.cfg.vision_token_id, model.cfg.vision, self.vit_mode)
             self.last_vision_plan = plan
-            embeds = place_vision(model, batch, lp, embeds, plan, group)
+            embeds = place_vision(model, batch, lp, embeds, plan, group, self.handoff_events)
         if torch.is_grad_enabled() and not embeds.requires_grad:  # see VLM.forward
             embeds = embeds.detach().requires_grad_(True)
         # Stays set after forward: recomputation in backward runs the attention again.
         model.core.rows = QueryRows(
             q_pos=lp.q_pos, q_doc=lp.q_doc, share=lp.share, grad_scale=float(cp),
-            gather=lambda x: gather_rows(x, lp.rows, rank, group))
+            gather=lambda x: gather_rows(x, lp.rows_on_device, rank, group))
         out = model.language(embeds, lp.position_ids, lp.cu_seqlens, lp.labels)
-        aux = float(moe_aux.value(model.cfg.lm.aux_loss_coeff)) * aux_fix
-        ce_sum, n_labels, indexer, aux = self.sum_over_cp(
-            [float(out.ce_sum.detach()), float(out.n_labels), float(out.indexer_loss), aux])
-        n = max(int(n_labels), 1)
+        aux = moe_aux.value(model.cfg.lm.aux_loss_coeff).to(dev) * aux_fix
+        ce_sum, indexer, aux = self.sum_over_cp(torch.stack(
+            [out.ce_sum.detach().float(), out.indexer_loss.detach().float().to(dev), aux.float()]))
+        n = max(lp.n_labels, 1)  # counted on the host from the pack's labels: no sync
         local = out.ce_sum * (cp / n)
-        dev = local.device
         return VLMOutput(
-            ce=torch.tensor(ce_sum / n, device=dev),
-            indexer=torch.tensor(indexer * model.cfg.lm.dsa.indexer_loss_coeff, device=dev),
-            aux=torch.tensor(aux, device=dev),
-            n_labels=int(n_labels), local_objective=local)
+            ce=(ce_sum / n).float(),
+            indexer=(indexer * model.cfg.lm.dsa.indexer_loss_coeff).float(),
+            aux=aux.float(), n_labels=lp.n_labels, local_objective=local)

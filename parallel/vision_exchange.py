@@ -20,8 +20,14 @@ import torch
 
 from parallel.collectives import all_to_all
 from parallel.cp_split import LocalPack
-from parallel.vit_balance import (FrameGroup, assign_by_cost, assign_to_token_owner, frame_groups,
-                                  group_cost, imbalance)
+from parallel.vit_balance import (
+    FrameGroup,
+    assign_by_cost,
+    assign_to_token_owner,
+    frame_groups,
+    group_cost,
+    imbalance,
+)
 
 ViTMode = Literal["balanced", "owner", "replicated"]
 
@@ -48,12 +54,13 @@ class VisionPlan:
 
 def plan_vision(batch, lp: LocalPack, vision_token_id: int, vcfg, mode: ViTMode) -> VisionPlan:
     cp = len(lp.rows)
-    token_pos = (batch.input_ids == vision_token_id).nonzero()[:, 0].cpu()
+    host = getattr(batch, "host", None) or batch  # planned on the host: no wait for the GPU
+    token_pos = (host.input_ids.cpu() == vision_token_id).nonzero()[:, 0]
     owner_of_pos = torch.empty(lp.total, dtype=torch.int64)
     for r, rows in enumerate(lp.rows):
         owner_of_pos[rows] = r
     token_owner = owner_of_pos[token_pos]
-    groups = frame_groups(batch.video_grid_thw.cpu(), vcfg.merge)
+    groups = frame_groups(host.video_grid_thw.cpu(), vcfg.merge)
     if sum(g.tokens for g in groups) != token_pos.numel():
         raise ValueError(f"{token_pos.numel()} vision placeholders but the grids hold "
                          f"{sum(g.tokens for g in groups)} tokens")
@@ -80,13 +87,15 @@ def _run_vit(model, batch, groups: list[FrameGroup]) -> torch.Tensor:
     return model.vision_tokens(patches, grid)
 
 
-def place_vision(model, batch, lp: LocalPack, embeds: torch.Tensor, plan: VisionPlan, group) -> torch.Tensor:
-    """embeds [T_local, 1, H] with this rank's vision positions filled by their merged tokens."""
+def place_vision(model, batch, lp: LocalPack, embeds: torch.Tensor, plan: VisionPlan, group,
+                 events: list | None = None) -> torch.Tensor:
+    """embeds [T_local, 1, H] with this rank's vision positions filled by their merged tokens.
+    ``events``: CUDA event pairs around the hand-off's all-to-alls (parallel.collectives)."""
     me, dev = lp.rank, embeds.device
     if plan.runs_on and plan.runs_on[0] < 0:  # replicated: run all, keep mine
         tokens = _run_vit(model, batch, plan.groups)
         ids = (plan.token_owner == me).nonzero()[:, 0]
-        recv = tokens[ids.to(dev)]
+        recv = tokens[ids.to(dev, non_blocking=True)]
     else:
         mine = [g for g, r in zip(plan.groups, plan.runs_on) if r == me]
         tokens = _run_vit(model, batch, mine)
@@ -99,6 +108,7 @@ def place_vision(model, batch, lp: LocalPack, embeds: torch.Tensor, plan: Vision
             ids_s = plan.tokens_run_by(s)
             from_each.append(ids_s[plan.token_owner[ids_s] == me])
         ids = torch.cat(from_each)
-        recv = all_to_all(tokens[order.to(dev)], send, [int(x.numel()) for x in from_each], group)
-    local = torch.searchsorted(lp.q_pos.to(torch.int64).cpu(), plan.token_pos[ids])
-    return embeds.index_copy(0, local.to(dev), recv[:, None, :].to(embeds.dtype))
+        recv = all_to_all(tokens[order.to(dev, non_blocking=True)], send,
+                          [int(x.numel()) for x in from_each], group, events)
+    local = torch.searchsorted(lp.rows[me], plan.token_pos[ids])
+    return embeds.index_copy(0, local.to(dev, non_blocking=True), recv[:, None, :].to(embeds.dtype))

@@ -64,6 +64,9 @@ class PackedBatch:
     video_doc: torch.Tensor
     doc_keys: list[str]
     pack_index: int
+    # The batch this one was copied from while it was on the host: layouts plan from its
+    # metadata (cu_seqlens, placeholders, grids) without reading the device back.
+    host: "PackedBatch | None" = None
 
     @property
     def num_tokens(self) -> int:
@@ -78,7 +81,9 @@ class PackedBatch:
         return self._map_tensors(lambda t: t.pin_memory())
 
     def to(self, device, non_blocking: bool = False) -> "PackedBatch":
-        return self._map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
+        moved = self._map_tensors(lambda t: t.to(device, non_blocking=non_blocking))
+        moved.host = self.host if self.host is not None or self.input_ids.is_cuda else self
+        return moved
 
 
 @dataclass(frozen=True)

@@ -60,18 +60,24 @@ def _check(q, k, v, q_idx, k_idx, w_idx, cfg: DSAConfig) -> None:
 
 
 def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfig, softmax_scale=None,
-                       backend: str | None = None, sel=None):
+                       backend: str | None = None, sel=None, plans: dict | None = None):
     """DSA for query rows at global positions q_pos (sorted) with document starts q_doc.
 
     k, v, k_idx are the global key table (row = global position). Returns (out, loss, aux) with
     aux = dict(plan=..., sel=..., sel_n=...) for callers that reuse the selection (tests, CP).
-    ``sel`` (with its counts, as (sel, sel_n)) overrides the selection.
+    ``sel`` (with its counts, as (sel, sel_n)) overrides the selection. ``plans``: a cache of
+    plans for these same rows (one per config and stage), shared by the layers of one pack.
     """
     _check(q, k, v, q_idx, k_idx, w_idx, cfg)
     backend = backend or _BACKEND
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     dense = cfg.stage == "warmup"
-    plan = build_plan(q_pos, q_doc, cfg, dense)
+    key = (cfg, dense)
+    plan = plans.get(key) if plans is not None else None
+    if plan is None:
+        plan = build_plan(q_pos, q_doc, cfg, dense)
+        if plans is not None:
+            plans[key] = plan
     sel_n = None
     if not dense:
         if sel is not None:

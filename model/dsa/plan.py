@@ -41,9 +41,18 @@ class Plan:
     max_nq: int  # the most query rows of any owner (1 in token mode)
     owner_of_row: torch.Tensor  # [Tq] owner index of each query row
 
+    _host_bounds: tuple[torch.Tensor, torch.Tensor] | None = None
+
     @property
     def n_owners(self) -> int:
         return int(self.own_q0.numel())
+
+    def host_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cand_lo, cand_hi) on the host, read from the device once per plan: the selection
+        sizes its buffers from them in every layer that shares this plan."""
+        if self._host_bounds is None:
+            self._host_bounds = (self.cand_lo.cpu(), self.cand_hi.cpu())
+        return self._host_bounds
 
 
 def doc_starts_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:

@@ -46,8 +46,7 @@ def select(q_idx, k_idx, w_idx, plan: Plan, cfg: DSAConfig, buf_bytes: int = 1 <
     n_own = plan.n_owners
     sel = torch.empty((n_own, k), dtype=torch.int32, device=dev)
     sel_n = torch.empty(n_own, dtype=torch.int32, device=dev)
-    lo = plan.cand_lo.cpu()
-    hi = plan.cand_hi.cpu()
+    lo, hi = plan.host_bounds()
     if int((hi - lo).max()) <= k:  # every owner takes all of its candidates: no scores needed
         dummy = torch.empty((1, 1), dtype=torch.float32, device=dev)
         topk_rows(dummy, 0, plan.cand_lo, plan.cand_hi, sel, sel_n, 0, n_own, k)

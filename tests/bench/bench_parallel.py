@@ -1,26 +1,25 @@
-"""Heterogeneous ViT/LM layouts and context parallelism for DSA: speed on two GPUs (issue 7).
+"""Parallel layouts over NCCL: speed and scaling against one GPU (issue 13).
 
-    PYTHONUNBUFFERED=1 python tests/bench/bench_parallel.py [--seq-len 262144] [--steps 4] [--out DIR]
-    python tests/bench/bench_parallel.py --dry-run        # 8 gloo processes on the CPU (issue 8 shape)
+    PYTHONUNBUFFERED=1 python tests/bench/bench_parallel.py [--seq-len 262144] [--preset small]
+        [--layouts 1:cp1,2:cp2,2:cp2:replicated,2:ep2,4:cp2ep2] [--steps 2] [--warmup 1]
+        [--profile 2:cp2] [--out DIR]
+    python tests/bench/bench_parallel.py --dry-run     # gloo processes on the CPU: runs, not speed
 
-GPU mode (run it plainly, not under torchrun): first one GPU in this process (layout cp1: the
-reference figure), then the script re-runs itself under torchrun on 2 GPUs (NCCL) and measures,
-on the same synthetic packs of --seq-len tokens (small preset, DSA sparse block, Triton kernels,
-bf16, activation recomputation):
-  cp2-balanced: context parallel 2, ViT frame groups balanced by cost, all-to-all hand-off;
-  cp2-replicated: context parallel 2, the whole ViT on both ranks (no hand-off);
-  ep2: expert parallel 2 (data parallel 2: each GPU its own pack).
-Per layout: tokens/s (all GPUs; and per GPU), step time, peak memory, ViT load max/mean.
-Prints a markdown table and writes it and a JSON under --out (default tests/bench/out/parallel).
+Every row is its own torchrun of WORLD ranks (the one-GPU reference too: nothing stays on a GPU
+between rows), on the same synthetic packs of --seq-len tokens (loader batch contract; DSA sparse
+block, Triton kernels, bf16, activation recomputation). A layout is WORLD:SPEC with SPEC as in
+tests/gpu/layout_worker.py (cpN, epN, cpNepM, optionally :balanced|owner|replicated for the ViT);
+the ranks beyond cp are data parallel, each replica its own pack. --preset keye-cut is the
+keye-30b-a3b shape (hidden, heads, KV heads, experts, top-k, expert width) with --layers layers.
 
---dry-run: the launch shape of issue 8 (context parallel 4, expert parallel 8) cut down to the tiny
-preset with 8 experts and short packs, 8 processes with gloo on the CPU, a few training steps;
-checks that every layout runs and that losses are finite, not speed.
+Per row: tokens/s (all GPUs, and per GPU), model TFLOP/s per GPU (model/flops.py), step time,
+peak memory, ViT load max/mean, the share of the step spent in the ViT hand-off's all-to-alls,
+and speed-up over the first row of the same --seq-len. --profile WORLD:SPEC also writes a
+torch.profiler table of one step of that row (top kernels by CUDA time) under --out.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import subprocess
@@ -33,23 +32,38 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from jobs.steps.train_data import SyntheticPacks, SyntheticSpec  # noqa: E402
-from model.attention import CoreChoice  # noqa: E402
-from model.build import BuildOptions, build_vlm  # noqa: E402
-from model.presets import preset  # noqa: E402
-from model.training import OptimSettings, Trainer, configure_core  # noqa: E402
-from parallel.forward import ParallelForward  # noqa: E402
-from parallel.groups import init_layout  # noqa: E402
-from parallel.layout import Layout  # noqa: E402
-
-GPU_LAYOUTS = [("cp2-balanced", 2, 1, "balanced"), ("cp2-replicated", 2, 1, "replicated"),
-               ("ep2", 1, 2, "balanced")]
-DRY_LAYOUTS = [("cp4-ep8", 4, 8, "balanced"), ("cp4-ep8-replicated", 4, 8, "replicated"),
-               ("cp2-ep4", 2, 4, "owner")]
+DEFAULT_LAYOUTS = "1:cp1,2:cp2,2:cp2:replicated,2:ep2"
+DRY_LAYOUTS = "8:cp4ep8,8:cp4ep8:replicated,8:cp2ep4:owner"
 
 
-def run_layout(name, cp, ep, vit, cfg, args, on_gpu) -> dict:
+def _config(args):
+    from model.presets import preset
+
+    if args.preset == "keye-cut":
+        return preset("keye-30b-a3b", layers=args.layers)
+    if args.preset == "tiny":  # 8 experts: room for expert parallel 8 in the dry run
+        return preset("tiny", experts=8)
+    return preset(args.preset)
+
+
+def worker(args) -> None:
+    """One rank of one row."""
+    import torch.distributed as dist
+
+    from jobs.steps.train_data import SyntheticPacks, SyntheticSpec
+    from model.attention import CoreChoice
+    from model.build import BuildOptions, build_vlm
+    from model.flops import model_flops
+    from model.training import OptimSettings, Trainer, configure_core
+    from parallel.forward import ParallelForward
+    from parallel.groups import init_layout
+    from parallel.layout import Layout
+    from tests.gpu.layout_worker import _layout_specs
+
+    on_gpu = torch.cuda.is_available()
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    (name, cp, ep, vit), = _layout_specs(args.spec)
+    cfg = _config(args)
     groups = init_layout(Layout.for_world(world, cp, ep), seed=1234)
     core = CoreChoice()
     configure_core(core, "sparse", cfg.lm.dsa, on_gpu)
@@ -63,11 +77,14 @@ def run_layout(name, cp, ep, vit, cfg, args, on_gpu) -> dict:
                                          vision_token_id=cfg.vision_token_id, docs_per_pack=args.docs,
                                          grid=tuple(args.grid)))
     device = next(model.parameters()).device
-    times, losses = [], []
+    times, losses, handoff = [], [], []
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     for step in range(args.warmup + args.steps):
         batch = packs[step * groups.layout.dp + groups.dp_rank].to(device)
+        events = [] if model.parallel is not None and step >= args.warmup else None
+        if model.parallel is not None:
+            model.parallel.handoff_events = events
         if on_gpu:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -76,98 +93,119 @@ def run_layout(name, cp, ep, vit, cfg, args, on_gpu) -> dict:
             torch.cuda.synchronize()
         if step >= args.warmup:
             times.append(time.perf_counter() - t0)
+            handoff.append(sum(a.elapsed_time(b) for a, b in events or []) / 1e3)
         losses.append(res.loss)
+    if args.profile and on_gpu:
+        _profile_step(trainer, packs[groups.dp_rank].to(device), Path(args.out) / f"profile_{args.tag}.txt")
     dt = sorted(times)[len(times) // 2]
     tokens = batch.num_tokens * groups.layout.dp  # one pack per data-parallel replica per step
+    flops = model_flops(cfg, batch.host or batch, "dsa", cfg.lm.dsa.granularity) * groups.layout.dp
     plan = model.parallel.last_vision_plan if model.parallel else None
-    out = {"layout": name, "world": world, "cp": cp, "ep": ep, "vit": vit, "tokens_per_step": tokens,
-           "step_time_s": dt, "tokens_per_s": tokens / dt, "tokens_per_s_per_gpu": tokens / dt / world,
-           "vit_max_over_mean": plan.imbalance() if plan else 1.0, "losses": losses,
-           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None}
-    del trainer, model
-    gc.collect()
-    if on_gpu:
-        torch.cuda.empty_cache()
-    return out
+    # every rank's share of the hand-off, the slowest rank's counts (it holds the others up)
+    share = torch.tensor([sum(handoff) / max(sum(times), 1e-9)], device=device)
+    mem = torch.tensor([torch.cuda.max_memory_allocated() / 2**30 if on_gpu else 0.0], device=device)
+    dist.all_reduce(share, op=dist.ReduceOp.MAX)
+    dist.all_reduce(mem, op=dist.ReduceOp.MAX)
+    if dist.get_rank() == 0:
+        row = {"layout": name, "world": world, "cp": cp, "ep": ep, "dp": groups.layout.dp, "vit": vit,
+               "seq_len": args.seq_len, "preset": args.preset, "tokens_per_step": tokens, "step_time_s": dt,
+               "tokens_per_s": tokens / dt, "tokens_per_s_per_gpu": tokens / dt / world,
+               "model_tflops_per_gpu": flops / dt / world / 1e12,
+               "vit_max_over_mean": plan.imbalance() if plan else 1.0, "handoff_share": float(share),
+               "losses": losses, "peak_mem_gib": float(mem) if on_gpu else None}
+        Path(args.row_out).write_text(json.dumps(row))
 
 
-def worker(args) -> None:
-    """One rank: every layout in turn; rank 0 writes the results."""
-    on_gpu = torch.cuda.is_available()
-    if args.dry_run:
-        cfg, layouts = preset("tiny", experts=8), DRY_LAYOUTS
-    else:
-        cfg, layouts = preset("small"), GPU_LAYOUTS
-    results = []
-    for name, cp, ep, vit in layouts:
-        try:
-            results.append(run_layout(name, cp, ep, vit, cfg, args, on_gpu))
-        except Exception as exc:  # report and go on: one layout failing must not hide the others
-            import traceback
+def _profile_step(trainer, batch, path: Path) -> None:
+    from torch.profiler import ProfilerActivity, profile
 
-            traceback.print_exc()
-            results.append({"layout": name, "error": repr(exc)[:300]})
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        trainer.step(batch)
+        torch.cuda.synchronize()
     if int(os.environ.get("RANK", "0")) == 0:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / "multi.json").write_text(json.dumps(results, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| layout | GPUs | tokens/step | step s | tokens/s | tokens/s/GPU | ViT max/mean | peak GiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| preset | seq | layout | GPUs | step s | tokens/s | tokens/s/GPU | model TFLOP/s/GPU | speed-up | "
+             "ViT max/mean | hand-off | peak GiB |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    base = {}
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['layout']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r.get('preset', '')} | {r.get('seq_len', '')} | {r['layout']} | {r.get('world', '')} | "
+                         f"failed: {r['error']} | | | | | | | |")
             continue
+        key = (r["preset"], r["seq_len"])
+        base.setdefault(key, r["tokens_per_s"])
         mem = f"{r['peak_mem_gib']:.1f}" if r.get("peak_mem_gib") is not None else "-"
-        lines.append(f"| {r['layout']} | {r['world']} | {r['tokens_per_step']:,} | {r['step_time_s']:.3f} | "
+        lines.append(f"| {r['preset']} | {r['seq_len']:,} | {r['layout']} | {r['world']} | {r['step_time_s']:.3f} | "
                      f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_gpu']:,.0f} | "
-                     f"{r['vit_max_over_mean']:.3f} | {mem} |")
+                     f"{r['model_tflops_per_gpu']:.0f} | {r['tokens_per_s'] / base[key]:.2f}x | "
+                     f"{r['vit_max_over_mean']:.3f} | {100 * r['handoff_share']:.1f}% | {mem} |")
     return "\n".join(lines)
+
+
+def run_row(args, world: int, spec: str, tag: str) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    row_out = out / f"row_{tag}.json"
+    row_out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
+           str(Path(__file__).resolve()), "--worker", "--spec", spec, "--row-out", str(row_out), "--tag", tag,
+           "--seq-len", str(args.seq_len), "--docs", str(args.docs), "--grid", *map(str, args.grid),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--preset", args.preset,
+           "--layers", str(args.layers), "--out", args.out] + (["--profile"] if tag in args.profile_tags else [])
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if args.dry_run else "4", "NCCL_NVLS_ENABLE": "0",
+           "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    code = subprocess.call(cmd, env=env)
+    if row_out.exists():
+        return json.loads(row_out.read_text())
+    return {"layout": spec, "world": world, "preset": args.preset, "seq_len": args.seq_len, "error": f"exit {code}"}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seq-len", type=int, default=262_144)
+    p.add_argument("--preset", default="small", help="small | keye-cut | tiny")
+    p.add_argument("--layers", type=int, default=4, help="LM layers of --preset keye-cut")
     p.add_argument("--docs", type=int, default=3, help="documents (videos) per synthetic pack")
     p.add_argument("--grid", type=int, nargs=2, default=(16, 16), help="merged rows, cols of each video")
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--layouts", default=DEFAULT_LAYOUTS, help="WORLD:SPEC,... (see the docstring)")
+    p.add_argument("--profile", default="", help="WORLD:SPEC rows to profile one more step of")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--out", default=str(ROOT / "tests" / "bench" / "out" / "parallel"))
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    p.add_argument("--row-out", help=argparse.SUPPRESS)
+    p.add_argument("--tag", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.dry_run and not args.worker:
-        args.seq_len, args.steps, args.warmup, args.grid, args.nproc = 512, 2, 1, (4, 4), 8
     if args.worker:
         worker(args)
         return
+    if args.dry_run:
+        args.seq_len, args.steps, args.warmup, args.grid, args.preset = 512, 2, 1, (4, 4), "tiny"
+        args.layouts = DRY_LAYOUTS if args.layouts == DEFAULT_LAYOUTS else args.layouts
+    entries = [e.split(":", 1) for e in filter(None, args.layouts.split(","))]
+    args.profile_tags = {f"{w}_{s.replace(':', '_')}" for w, s in
+                         (e.split(":", 1) for e in filter(None, args.profile.split(",")))}
     rows = []
-    if not args.dry_run:  # the one-GPU reference, in this process
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        rows.append(run_layout("1 GPU", 1, 1, "balanced", preset("small"), args, torch.cuda.is_available()))
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-        for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            os.environ.pop(k, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-           str(Path(__file__).resolve()), "--worker", "--seq-len", str(args.seq_len), "--docs", str(args.docs),
-           "--grid", *map(str, args.grid), "--steps", str(args.steps), "--warmup", str(args.warmup),
-           "--out", args.out] + (["--dry-run"] if args.dry_run else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
-        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-    code = subprocess.call(cmd, env=env)
-    multi = Path(args.out) / "multi.json"
-    rows += json.loads(multi.read_text()) if multi.exists() else [{"layout": "torchrun", "error": f"exit {code}"}]
+    for world, spec in entries:
+        tag = f"{world}_{spec.replace(':', '_')}"
+        rows.append(run_row(args, int(world), spec, tag))
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
     md = table(rows)
     print(md)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.md").write_text(md + "\n")
-    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=1))
+    out = Path(args.out)
+    (out / "results.md").write_text(md + "\n")
+    (out / "results.json").write_text(json.dumps(rows, indent=1))
     if args.dry_run:
-        bad = [r for r in rows if "error" in r or not all(map(lambda x: x == x and abs(x) < 1e4, r["losses"]))]
+        bad = [r for r in rows if "error" in r or not all(x == x and abs(x) < 1e4 for x in r["losses"])]
         sys.exit(1 if bad else 0)
 
 

@@ -27,7 +27,6 @@ import os
 import sys
 import time
 import traceback
-from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -38,49 +37,12 @@ sys.path.insert(0, str(ROOT))
 from jobs.steps.train_data import SyntheticPacks, SyntheticSpec
 from model.attention import CoreChoice
 from model.build import BuildOptions, build_vlm, init_megatron
+from model.flops import model_flops
 from model.param_count import count_parameters
 from model.presets import preset
 from model.training import OptimSettings, Trainer, configure_core
 
 CORES = [("dense", "dense", None), ("dsa-token", "sparse", "token"), ("dsa-block", "sparse", "block")]
-
-
-def model_flops(cfg, batch, core_kind: str, granularity: str | None) -> float:
-    lm, v = cfg.lm, cfg.vision
-    s = batch.num_tokens
-    n_patches = batch.pixel_patches.shape[0]
-    cu = batch.cu_seqlens.tolist()
-    docs = [b - a for a, b in pairwise(cu)]
-    # LM matmuls per token: qkv + out projections, indexer projections, routed experts (top-k), router
-    attn_proj = lm.hidden * (lm.heads + 2 * lm.kv_heads) * lm.head_dim + lm.heads * lm.head_dim * lm.hidden
-    indexer_proj = lm.hidden * (lm.dsa.index_heads * lm.dsa.index_dim + lm.dsa.index_dim + lm.dsa.index_heads)
-    experts = lm.topk * 3 * lm.hidden * lm.expert_ffn + lm.hidden * lm.experts
-    per_layer = attn_proj + experts + (indexer_proj if core_kind == "dsa" else 0)
-    flops = 6 * per_layer * lm.layers * s
-    flops += 6 * lm.hidden * lm.vocab * int((batch.labels != -100).sum())
-    # ViT and merger
-    vit_layer = 4 * v.hidden * v.hidden + 2 * v.hidden * v.ffn
-    flops += 6 * (v.patch_values * v.hidden + v.layers * vit_layer) * n_patches
-    flops += 6 * (16 * v.hidden * v.hidden + 4 * v.hidden * lm.hidden) * (n_patches // 4)
-    groups = [(int(g), int(h) * int(w)) for g, h, w in batch.video_grid_thw.tolist()]
-    flops += 3 * v.layers * sum(g * 4 * L * L * v.hidden for g, L in groups)
-    # LM attention
-    hd = lm.heads * lm.head_dim
-    if core_kind == "dense":
-        flops += lm.layers * 6 * hd * sum(L * L for L in docs)
-    else:
-        k, bq = lm.dsa.topk, lm.dsa.block_q
-        keys = 0
-        for L in docs:
-            pos = torch.arange(L, dtype=torch.float64)
-            if granularity == "token":
-                keys += float(torch.clamp(pos + 1, max=k).sum())
-            else:  # block: k selected before the block plus the block's own causal keys
-                blk_start = (pos // bq) * bq
-                keys += float((torch.clamp(blk_start, max=k) + (pos - blk_start + 1)).sum())
-        flops += lm.layers * 12 * hd * keys
-        flops += lm.layers * 2 * lm.dsa.index_heads * lm.dsa.index_dim * sum(L * L / 2 for L in docs)
-    return float(flops)
 
 
 def speed(args, pg) -> list[dict]:

