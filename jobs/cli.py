@@ -74,4 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return next(code for kind, code in _EXIT_CODES if isinstance(exc, kind))
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m jobs.cli` runs this file as __main__; the steps raise jobs.cli's BadInput, so
+    # dispatch through the imported module, whose except clause knows that class.
+    from jobs import cli
+
+    sys.exit(cli.main())

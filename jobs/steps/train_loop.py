@@ -179,7 +179,7 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool) -> d
     from jobs.steps.train_data import batches
 
     s = _Session(cfg, run_dir, workers)
-    start = s.ckpts.latest() or 0
+    start = s.ckpts.latest(log) or 0  # the newest intact checkpoint; damaged ones are named
     # The checkpoint at `start` was written by the trainer of step start-1's stage.
     trainer = s.build_trainer(cfg.stage_at(start - 1 if start else 0))
     if start:
@@ -188,7 +188,8 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool) -> d
         trainer.scheduler.load_state_dict(state["scheduler"])
         log(f"resumed from {s.ckpts.path(start)} (step {start}, stage {trainer.stage})")
     elif cfg.init_from:
-        weights = s.ckpts.load_model_only(Path(cfg.init_from), trainer.model.sharded_state_dict())
+        weights = s.ckpts.load_model_only(Path(cfg.init_from), trainer.model.sharded_state_dict(),
+                                          log=log if rank0 else lambda msg: None)
         trainer.model.load_state_dict(weights)
         # With bf16 the optimizer holds fp32 master copies made when it was built: refresh them,
         # or the first update writes the freshly initialised weights back into the model.
