@@ -26,6 +26,15 @@ class VisionConfig:
     channels: int = 3
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
+    # 2-D rotary over (row, col): "sections" = row and column each own half of one frequency
+    # ladder; "axial" = both axes use the same ladder of head_dim // 4 pairs (Qwen3-VL).
+    rope_layout: Literal["sections", "axial"] = "sections"
+    # Side of a learned square grid of absolute position embeddings, resampled bilinearly to
+    # each video's patch grid (Qwen3-VL); 0 = none.
+    position_grid: int = 0
+    # ViT layers whose output also goes, through its own merger, into LM layer i's output at the
+    # vision positions (Qwen3-VL's DeepStack); empty = none.
+    deepstack: tuple[int, ...] = ()
 
     @property
     def head_dim(self) -> int:
@@ -107,7 +116,9 @@ class VLMConfig:
         lm = dict(d["lm"])
         lm["dsa"] = DSASettings(**lm.get("dsa", {}))
         lm["mrope_section"] = tuple(lm["mrope_section"])
-        return cls(vision=VisionConfig(**d["vision"]), lm=LMConfig(**lm),
+        vision = dict(d["vision"])
+        vision["deepstack"] = tuple(vision.get("deepstack", ()))
+        return cls(vision=VisionConfig(**vision), lm=LMConfig(**lm),
                    **{f.name: d[f.name] for f in fields(cls) if f.name not in ("vision", "lm") and f.name in d})
 
     def with_overrides(self, **kw) -> VLMConfig:

@@ -21,8 +21,7 @@ from model.attention import CoreChoice
 from model.config import VLMConfig
 from model.handoff import place_vision_tokens
 from model.lm import MoELanguageModel
-from model.merger import PatchMerger
-from model.vit import VisionTransformer
+from model.vision_parts import build_vision_parts
 
 
 @dataclass
@@ -56,9 +55,8 @@ class VLM(MegatronModule):
         # layout, the all-to-all hand-off, the LM on a chunk of the pack. model/ knows only
         # that it has a `forward(model, batch)`.
         self.parallel = None
-        self.vision = VisionTransformer(cfg.vision, vit_config, vit_pg_collection or pg_collection)
-        self.merger = PatchMerger(vit_config, cfg.vision.hidden, cfg.lm.hidden, cfg.vision.merge,
-                                  cfg.vision.norm_eps)
+        for name, part in build_vision_parts(cfg, vit_config, vit_pg_collection or pg_collection).items():
+            setattr(self, name, part)
         self.language = MoELanguageModel(cfg.lm, lm_config, core, pg_collection, max_sequence_length)
         core.indexer_weight = cfg.lm.dsa.indexer_loss_coeff / cfg.lm.layers
 

@@ -47,7 +47,7 @@ class TrainConfig:
     save_every: int = 10
     keep: int = 2
     data: dict = field(default_factory=dict)  # {"plan", "dataset"} or {"synthetic": SyntheticSpec fields}
-    init_from: str | None = None  # a checkpoint folder of another run: model weights only
+    init_from: str | None = None  # a checkpoint, run or import-hf folder: model weights only
     cp: int = 1  # LM context parallel size (parallel/); the rest of the ranks are data parallel
     ep: int = 1  # LM expert parallel size (divides the number of ranks)
     vit_layout: str = "balanced"  # ViT under context parallel: balanced | owner | replicated
@@ -232,6 +232,12 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool) -> d
     finally:
         metrics.close()
     return summary
+
+
+def init_checkpoint(path: Path) -> Path:
+    """--init-from names a checkpoint (iter_NNNNNNN), or a run or `import-hf` folder: its latest."""
+    step = Checkpoints(path).latest()
+    return Checkpoints(path).path(step) if step is not None else path
 
 
 def flush_print(msg: str) -> None:
