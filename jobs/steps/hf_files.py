@@ -40,7 +40,7 @@ class SafetensorsSource:
             from safetensors import safe_open
 
             with safe_open(str(self.folder / SINGLE), "pt") as f:
-                weight_map = {name: SINGLE for name in f.keys()}
+                weight_map = {name: SINGLE for name in f.keys()}  # noqa: SIM118 (not a dict)
         else:
             raise BadInput(f"{folder}: neither {INDEX} nor {SINGLE}")
         for shard in set(weight_map.values()):

@@ -58,11 +58,10 @@ def test_unsupported_architecture_is_refused_with_the_field(tmp_path):
 
 
 def _checkpoint_tensors(init_dir) -> dict:
-    from model.build import build_vlm, init_megatron
-    from model.presets import preset
-
     from jobs.checkpoint import Checkpoints
     from jobs.steps.train_loop import init_checkpoint
+    from model.build import build_vlm, init_megatron
+    from model.presets import preset
 
     model = build_vlm(preset(f"from-hf:{init_dir}"), init_megatron())
     return Checkpoints(init_dir).load_model_only(init_checkpoint(init_dir), model.sharded_state_dict())
