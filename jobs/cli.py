@@ -32,6 +32,16 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def resolve_chat_format(spec: str | None, tokenizer_path: str | None):
+    """--chat-format (a name or a JSON file), else the tokenizer folder's, else longshot's."""
+    from pipeline.chat_formats import ChatFormatError, chat_format
+
+    try:
+        return chat_format(spec, tokenizer_path)
+    except ChatFormatError as exc:
+        raise BadInput(str(exc)) from None
+
+
 def _cmd_status(args) -> int:
     from jobs.status import status_text
 

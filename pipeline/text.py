@@ -1,15 +1,13 @@
 """Text of a sample as token ids, with the loss mask and the place where the video goes.
 
-The chat template is fixed and built from special tokens, so that the token layout (and so the
-loss mask) does not depend on how a tokenizer happens to merge text around role markers::
-
-    <|system|> content <|end|>  <|user|> content <|end|>  <|assistant|> content <|end|> ...
-
-Each piece of content is encoded on its own and the ids concatenated. The loss is taken on
-assistant content and on the ``<|end|>`` that closes it (the model must learn to stop); never on
-role tokens, system or user text. The ``<video>`` marker is cut out of the text; ``vision_at``
-records where the video's tokens are to be inserted. ``<|vision|>`` is in the vocabulary as the
-placeholder id for those positions and ``<|pad|>`` for padding; neither appears in ``ids``.
+The chat format (pipeline/chat_formats.py: ``longshot`` by default, ``qwen`` for ChatML
+tokenizers) is applied piece by piece: every role opening, content and turn end is encoded on
+its own and the ids concatenated, so that the token layout (and so the loss mask) does not
+depend on how a tokenizer happens to merge text across template boundaries. The loss is taken
+on assistant content and on the turn end that closes it (the model must learn to stop); never
+on role openings, system or user text. The ``<video>`` marker is cut out of the text: the
+format's ``vision_open`` / ``vision_close`` take its place, and ``vision_at`` records where the
+video's placeholder tokens (inserted by the loader) go between them.
 """
 
 from __future__ import annotations
@@ -20,14 +18,16 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from pipeline.chat_formats import LONGSHOT, ChatFormat
 from pipeline.errors import TextError
 from pipeline.turns import VIDEO_MARKER, TurnsError, first_user_turn
 
-ROLE_TOKENS = {"system": "<|system|>", "user": "<|user|>", "assistant": "<|assistant|>"}
-END_TOKEN = "<|end|>"
-VISION_TOKEN = "<|vision|>"
-PAD_TOKEN = "<|pad|>"
-SPECIAL_TOKENS = [*ROLE_TOKENS.values(), END_TOKEN, VISION_TOKEN, PAD_TOKEN]
+# The ``longshot`` format's tokens, kept by name for its callers.
+ROLE_TOKENS = dict(LONGSHOT.role_open)
+END_TOKEN = LONGSHOT.turn_close
+VISION_TOKEN = LONGSHOT.placeholder
+PAD_TOKEN = LONGSHOT.pad
+SPECIAL_TOKENS = LONGSHOT.special_tokens
 
 
 @dataclass(frozen=True)
@@ -40,8 +40,8 @@ class TokenizedText:
         return len(self.ids)
 
 
-def load_tokenizer(path) -> Tokenizer:
-    """Load a HuggingFace ``tokenizer.json`` that has the template's special tokens."""
+def load_tokenizer(path, fmt: ChatFormat = LONGSHOT) -> Tokenizer:
+    """Load a HuggingFace ``tokenizer.json`` that has the chat format's special tokens."""
     path = str(path)
     if not Path(path).is_file():
         raise TextError(path, "file not found" if not Path(path).exists() else "not a regular file")
@@ -51,52 +51,58 @@ def load_tokenizer(path) -> Tokenizer:
         raise TextError(path, "permission denied") from None
     except Exception as exc:  # noqa: BLE001 -- the Rust side raises plain Exception for bad JSON or schema
         raise TextError(path, "not a tokenizer file", detail=str(exc)) from None
-    missing = [t for t in SPECIAL_TOKENS if tokenizer.token_to_id(t) is None]
+    missing = [t for t in fmt.special_tokens if tokenizer.token_to_id(t) is None]
     if missing:
-        raise TextError(path, "missing special tokens", detail=", ".join(missing))
+        raise TextError(path, f"missing special tokens of chat format {fmt.name!r}", detail=", ".join(missing))
     return tokenizer
 
 
 def tokenize_turns(tokenizer: Tokenizer, turns: list[dict], *, input: str = "<turns>",
-                   id: str | None = None) -> TokenizedText:
-    """Apply the chat template to normalized turns (see :mod:`pipeline.turns`)."""
+                   id: str | None = None, fmt: ChatFormat = LONGSHOT) -> TokenizedText:
+    """Apply the chat format to normalized turns (see :mod:`pipeline.turns`)."""
     try:
         video_turn = first_user_turn(turns)
     except TurnsError as err:
         raise TextError(input, err.reason, id=id) from None
-    special = {t: tokenizer.token_to_id(t) for t in SPECIAL_TOKENS}
+    special = fmt.special_tokens
     ids: list[int] = []
     mask: list[bool] = []
+
+    def put(text: str, target: bool) -> None:
+        ids.extend(_encode(tokenizer, text))
+        mask.extend([target] * (len(ids) - len(mask)))
+
     vision_at = -1
     for i, turn in enumerate(turns):
         role, content = turn["role"], turn["content"]
-        if any(token in content for token in SPECIAL_TOKENS):
+        if any(token in content for token in special):
             # the tokenizer would turn these into real template tokens: a caption could fake a turn
             raise TextError(input, "special token in text", id=id)
         trained = role == "assistant"
-        ids.append(special[ROLE_TOKENS[role]])
-        mask.append(False)
-        content_start = len(ids)
+        put(fmt.role_open[role], False)
         before, marker, after = content.partition(VIDEO_MARKER)
-        ids.extend(_encode(tokenizer, before))
+        if i == video_turn and not marker:
+            before, after = "", content  # no marker: the video opens the turn
+        put(before, trained)
         if i == video_turn:
-            vision_at = len(ids) if marker else content_start
-        ids.extend(_encode(tokenizer, after))
-        mask.extend([trained] * (len(ids) - len(mask)))
-        ids.append(special[END_TOKEN])
-        mask.append(trained)
+            put(fmt.vision_open, False)
+            vision_at = len(ids)
+            put(fmt.vision_close, False)
+        put(after, trained)
+        put(fmt.turn_close, trained)
+        put(fmt.after_close, False)
     return TokenizedText(np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=bool), vision_at)
 
 
-def train_tokenizer(texts, path, vocab_size: int = 512) -> Tokenizer:
-    """Train a small byte-level BPE tokenizer with the template's special tokens; saves it to ``path``.
+def train_tokenizer(texts, path, vocab_size: int = 512, fmt: ChatFormat = LONGSHOT) -> Tokenizer:
+    """Train a small byte-level BPE tokenizer with the format's special tokens; saves it to ``path``.
 
     Byte-level means every string round-trips through encode/decode exactly. For tests and demos.
     """
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=fmt.special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(list(texts), trainer=trainer)
     tokenizer.save(str(path))

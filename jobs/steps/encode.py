@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 
 from jobs.job import Job, Unit
 from pipeline.budget import BudgetConfig, plan_video
+from pipeline.chat_formats import LONGSHOT, ChatFormat
 from pipeline.decode import iter_frame_windows
 from pipeline.errors import InputError
 from pipeline.manifest import SampleSpec
@@ -52,9 +53,13 @@ class EncodeJob(Job):
 
     def __init__(self, samples: list[SampleSpec], probed: dict[str, VideoInfo | dict],
                  tokenizer_path: str, cfg: EncodeConfig, earlier_errors: list[dict],
-                 samples_digest: str):
-        super().__init__({"encode": dataclasses.asdict(cfg), "samples": samples_digest,
-                          "tokenizer": file_digest(tokenizer_path)})
+                 samples_digest: str, chat_format: ChatFormat = LONGSHOT):
+        config = {"encode": dataclasses.asdict(cfg), "samples": samples_digest,
+                  "tokenizer": file_digest(tokenizer_path)}
+        if chat_format != LONGSHOT:  # the default stays out: datasets made before formats keep their hash
+            config["chat_format"] = chat_format.to_dict()
+        super().__init__(config)
+        self.chat_format = chat_format
         self.samples = samples
         self.probed = probed
         self.tokenizer_path = str(tokenizer_path)
@@ -70,7 +75,7 @@ class EncodeJob(Job):
     @property
     def tokenizer(self):
         if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.tokenizer_path)
+            self._tokenizer = load_tokenizer(self.tokenizer_path, self.chat_format)
         return self._tokenizer
 
     def planned_segments(self) -> tuple[list[dict], list[dict]]:
@@ -81,7 +86,7 @@ class EncodeJob(Job):
             if not isinstance(info, VideoInfo):
                 continue  # unusable video: its probe error is already in earlier_errors
             try:
-                text = tokenize_turns(self.tokenizer, spec.turns)
+                text = tokenize_turns(self.tokenizer, spec.turns, fmt=self.chat_format)
                 plan = plan_video(info, len(text.ids), self.cfg.budget, id=spec.id)
             except InputError as err:
                 err.id = spec.id
@@ -128,7 +133,7 @@ class EncodeJob(Job):
                 "index_sha256": summary.index_sha256, "errors": errors}
 
     def _write_sample(self, writer: ShardWriter, seg: dict) -> None:
-        text = tokenize_turns(self.tokenizer, seg["turns"])
+        text = tokenize_turns(self.tokenizer, seg["turns"], fmt=self.chat_format)
         mask = np.asarray(text.loss_mask, dtype=bool)
         edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
         meta = {k: seg[k] for k in ("id", "video", "segment", "frame_indices", "timestamps",

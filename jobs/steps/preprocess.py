@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from jobs.cli import BadInput, add_run_options
+from jobs.cli import BadInput, add_run_options, resolve_chat_format
 from jobs.executors import make_executor
 from jobs.runtime import RetryPolicy, print_report, run_job
 from jobs.steps.encode import EncodeConfig, EncodeJob
@@ -27,6 +27,8 @@ def register(sub) -> None:
     src.add_argument("--video-dir", help="a folder of videos with NAME.txt / NAME.json sidecars")
     p.add_argument("--tokenizer", required=True, help="a HuggingFace tokenizer.json")
     p.add_argument("--out", required=True, help="the dataset folder to write")
+    p.add_argument("--chat-format", help="longshot | qwen | a JSON file (default: the tokenizer "
+                   "folder's chat_format.json, else longshot)")
     d = BudgetConfig()
     p.add_argument("--max-seq-tokens", type=int, default=d.max_seq_tokens)
     p.add_argument("--fps", type=float, default=d.fps, help="sampling rate to start from")
@@ -86,7 +88,8 @@ def run(args) -> int:
                             overflow=args.overflow),
         zstd_level=args.zstd_level, frame_delta=args.frame_delta, shard_bytes=args.shard_mb << 20)
     encode = EncodeJob(samples, probed, args.tokenizer, cfg,
-                       [e.as_row() for e in manifest_errors] + probe_errors, samples_digest(samples))
+                       [e.as_row() for e in manifest_errors] + probe_errors, samples_digest(samples),
+                       chat_format=resolve_chat_format(args.chat_format, args.tokenizer))
     report = execute(encode)
     if not report.ok:
         return report.exit_code

@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs.cli import BadInput
+from jobs.cli import BadInput, resolve_chat_format
 
 if TYPE_CHECKING:
     from jobs.steps.train_loop import TrainConfig
@@ -19,19 +19,26 @@ if TYPE_CHECKING:
 DEFAULT_WORKERS = 2
 
 
-def _tokenizer_ids(path: str) -> dict:
-    """vocab size and the vision placeholder id of the tokenizer the dataset was made with."""
+def _tokenizer_ids(path: str, chat_format: str | None, preset_name: str) -> dict:
+    """The vision placeholder id of the tokenizer the dataset was made with (its chat format's
+    placeholder), and its vocab size unless the model's is fixed by imported weights."""
     from tokenizers import Tokenizer
 
-    from pipeline.text import VISION_TOKEN
+    from model.presets import FROM_HF, preset
 
     if not Path(path).is_file():
         raise BadInput(f"{path}: tokenizer file not found")
+    fmt = resolve_chat_format(chat_format, path)
     tok = Tokenizer.from_file(path)
-    vision = tok.token_to_id(VISION_TOKEN)
+    vision = tok.token_to_id(fmt.placeholder)
     if vision is None:
-        raise BadInput(f"{path}: the tokenizer has no {VISION_TOKEN} token")
-    return {"vocab": tok.get_vocab_size(), "vision_token_id": vision}
+        raise BadInput(f"{path}: the tokenizer has no {fmt.placeholder} token (chat format {fmt.name!r})")
+    if not preset_name.startswith(FROM_HF):
+        return {"vocab": tok.get_vocab_size(), "vision_token_id": vision}
+    vocab = preset(preset_name).lm.vocab
+    if tok.get_vocab_size() > vocab:
+        raise BadInput(f"{path}: {tok.get_vocab_size()} tokens, more than the imported model's {vocab}")
+    return {"vision_token_id": vision}
 
 
 def config_from_args(args) -> TrainConfig:
@@ -39,7 +46,7 @@ def config_from_args(args) -> TrainConfig:
 
     overrides = {}
     if args.tokenizer:
-        overrides.update(_tokenizer_ids(args.tokenizer))
+        overrides.update(_tokenizer_ids(args.tokenizer, args.chat_format, args.preset))
     if args.synthetic:
         data = {"synthetic": {"packs": args.synthetic, "seq_len": args.seq_len}}
     else:
@@ -124,9 +131,12 @@ def register(sub) -> None:
     p.add_argument("--data", help="dataset folder written by preprocess")
     p.add_argument("--packs", help="pack plan (packs.parquet or its folder)")
     p.add_argument("--tokenizer", help="the tokenizer.json the dataset was made with")
+    p.add_argument("--chat-format", help="the dataset's chat format, for its vision placeholder: "
+                   "longshot | qwen | a JSON file (default: the tokenizer folder's, else longshot)")
     p.add_argument("--synthetic", type=int, metavar="N", help="train on N synthetic packs instead")
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per synthetic pack")
-    p.add_argument("--preset", default="tiny", help="tiny | small | keye-30b-a3b")
+    p.add_argument("--preset", default="tiny",
+                   help="tiny | small | keye-30b-a3b | from-hf:DIR (an import-hf folder or a HF folder)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--attention", choices=["dense", "dsa"], default="dense")
