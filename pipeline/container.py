@@ -34,7 +34,8 @@ _MKV_CODEC_ID = re.compile(rb"\x86([\x81-\xfe])(V_[\x21-\x7e]+)")
 class ContainerInfo:
     """``kind`` is None when no known signature matched; ``complete`` is False when a box runs past
     the end of the file (a truncated download); ``video_tracks`` lists codec names, one per video
-    track, and is None where the container's track list was not parsed."""
+    track (the container's own tag where the name is not known: what an "unsupported codec"
+    error names), and is None where the container's track list was not parsed."""
 
     kind: str | None
     complete: bool = True
@@ -154,7 +155,7 @@ def _mp4_video_codecs(moov: bytes) -> list[str]:
         stsd = stbl and child_box(moov, *stbl, b"stsd")
         # stsd payload: version+flags (4), entry_count (4), then entries: size (4), format (4)
         fourcc = moov[stsd[0] + 12 : stsd[0] + 16] if stsd else b""
-        codecs.append(_MP4_CODECS.get(fourcc, "unknown"))
+        codecs.append(_MP4_CODECS.get(fourcc) or fourcc.decode("latin-1").strip() or "unknown")
     return codecs
 
 
@@ -163,5 +164,5 @@ def _matroska_codecs(head: bytes) -> list[str]:
     for match in _MKV_CODEC_ID.finditer(head):
         length = match.group(1)[0] & 0x7F
         codec_id = match.group(2)[:length].decode("ascii")
-        codecs.append(_MKV_CODECS.get(codec_id, "unknown"))
+        codecs.append(_MKV_CODECS.get(codec_id, codec_id))
     return codecs

@@ -1,20 +1,19 @@
 """Probing a video: the numbers the planner needs, or a clear reason why the file is unusable.
 
-Which numbers are trusted:
+The numbers are FFmpeg's, read through PyAV (:mod:`pipeline.av_index`), the same libraries the
+decode step uses, so the probe and the decoder agree on what frame ``i`` is:
 
-* ``n_frames`` is decord's frame count (for MP4 it comes from the sample table, so it is exact).
-  Frame indices are what the decoder is asked for, so everything else is derived from it.
-* ``fps`` is decord's average frame rate, which FFmpeg computes as frames over stream duration.
-  Only when that is missing or absurd is it recovered from frame timestamps, using frames 1 and
-  n-1: decord can report a nonsense timestamp for frame 0 of some MPEG files, so frame 0 is
-  never used.
-* ``duration_s`` is ``n_frames / fps``. The last frame's end timestamp is cross-checked in the
-  tests (it agrees within a frame on the sample clips) but not trusted on its own: it includes
-  any container start offset, and the first frame's timestamp may be wrong.
+* ``n_frames`` is the number of frames FFmpeg shows: the packets of the video stream that are not
+  discarded (an edit list), less any that its first and last GOPs do not show when decoded (a
+  stream cut inside a GOP, a truncated tail). Frames past the real end are never planned.
+* ``fps`` is the average rate of the presentation times, ``(n_frames - 1)`` over the time from
+  the first frame shown to the last; ``duration_s`` is ``n_frames / fps``. Variable-rate video
+  gets its true timestamps from the decode step; this rate only spaces the planned samples.
+* width and height are the frame size as shown: rotation metadata (phone video) is applied, as
+  FFmpeg's autorotate and the decode step apply it.
 
-The probe decodes exactly one frame (frame 0), which proves that the stream decodes and gives the
-stored frame size. Width and height are the stored size; sample aspect ratio and rotation
-metadata are ignored, as decord ignores them when decoding.
+Decoding the first and last GOPs proves the stream decodes. A video stream FFmpeg has no decoder
+for is refused as "unsupported codec NAME".
 """
 
 from __future__ import annotations
@@ -23,10 +22,9 @@ import math
 import os
 from dataclasses import dataclass
 
-import decord
-
+from pipeline.av_index import frame_index
+from pipeline.av_stream import VideoUnusable
 from pipeline.container import read_container
-from pipeline.decord_errors import DECORD_ERRORS
 from pipeline.errors import ProbeError
 
 
@@ -60,25 +58,22 @@ def probe_video(path, limits: ProbeLimits = ProbeLimits(), *, id: str | None = N
 
     size, container = _inspect_file(path, fail)
     try:
-        reader = decord.VideoReader(path, num_threads=1)
-    except DECORD_ERRORS as exc:
-        message = str(exc)
-        if "video stream" in message:
-            raise fail("no video stream", message) from None
-        raise fail("truncated or corrupt" if container.kind else "not a video", message) from None
-    n_frames = len(reader)
-    try:
-        height, width = reader[0].shape[:2]
-    except DECORD_ERRORS as exc:
-        raise fail("undecodable video stream", str(exc)) from None
+        index = frame_index(path)
+    except VideoUnusable as exc:
+        reason = exc.reason
+        if reason == "not a video" and container.kind:
+            reason = "truncated or corrupt"
+        raise fail(reason, exc.detail) from None
+    n_frames = len(index)
     _check_frames(n_frames, limits, fail)
-    fps = _frame_rate(reader, n_frames, limits)
-    if fps is None:
-        raise fail("invalid fps", f"decord reports {reader.get_avg_fps()}")
+    fps = index.fps
+    if not (math.isfinite(fps) and 0 < fps <= limits.max_fps):
+        raise fail("invalid fps", f"{fps:g} frames per second of presentation time")
+    width, height = index.width, index.height
     aspect = max(width, height) / min(width, height)
     if aspect > limits.max_aspect:
         raise fail(f"aspect ratio {aspect:.1f} exceeds {limits.max_aspect:g}")
-    return VideoInfo(path, n_frames / fps, fps, n_frames, int(width), int(height), container.codec, size)
+    return VideoInfo(path, n_frames / fps, fps, n_frames, int(width), int(height), index.codec, size)
 
 
 def _inspect_file(path: str, fail):
@@ -110,21 +105,3 @@ def _check_frames(n_frames: int, limits: ProbeLimits, fail) -> None:
         raise fail("single frame")
     if n_frames < limits.min_frames:
         raise fail(f"{n_frames} frames, fewer than {limits.min_frames}")
-
-
-def _frame_rate(reader, n_frames: int, limits: ProbeLimits) -> float | None:
-    """decord's average rate if plausible, else one recovered from timestamps (frame 0 skipped)."""
-
-    def plausible(fps) -> bool:
-        return math.isfinite(fps) and 0 < fps <= limits.max_fps
-
-    fps = float(reader.get_avg_fps())
-    if plausible(fps):
-        return fps
-    if n_frames >= 3:
-        first, last = reader.get_frame_timestamp([1, n_frames - 1])[:, 0]
-        if last > first:
-            fps = (n_frames - 2) / float(last - first)
-            if plausible(fps):
-                return fps
-    return None
