@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from jobs.job import Job, Unit
 from pipeline.budget import BudgetConfig, plan_video
 from pipeline.chat_formats import LONGSHOT, ChatFormat
-from pipeline.decode import iter_frame_windows
+from pipeline.decode import frame_timestamps, iter_frame_windows
 from pipeline.errors import InputError
 from pipeline.manifest import SampleSpec
 from pipeline.probe import VideoInfo
@@ -141,7 +141,9 @@ class EncodeJob(Job):
                                     "turns")}
         meta.update(text_tokens=int(len(text.ids)), tokens=int(len(text.ids) + seg["vision_tokens"]),
                     vision_at=int(text.vision_at), loss_spans=edges.reshape(-1, 2).tolist(),
-                    duration_s=float(seg["segment"]["t_end"] - seg["segment"]["t_start"]))
+                    duration_s=float(seg["segment"]["t_end"] - seg["segment"]["t_start"]),
+                    # presentation times, not index / fps: variable-rate video exists
+                    timestamps=frame_timestamps(seg["video"], seg["frame_indices"], id=seg["id"]))
         frames = iter_frame_windows(seg["video"], seg["frame_indices"], seg["height"], seg["width"],
                                     window=self.cfg.decode_window)
         writer.add(seg["key"], meta, frames, np.asarray(text.ids, dtype=np.int32))
