@@ -23,6 +23,7 @@ PACKS ?= $(DATA)/packs#                 pack plan written by `make pack`
 SEQ_LEN ?= 262144#                       tokens per packed sequence (and per-sample budget)
 PREPROCESS_ARGS ?=#                      extra preprocess flags, e.g. --fps 1 --max-pixels 200704
 SEED ?= 0#                               packing and data order seed
+KEY ?=#                                  sample key for `make show`
 RUN ?= $(DEMO_DIR)/train#               training run folder (checkpoints, metrics)
 PRESET ?= tiny#                          model preset: tiny | small | keye-30b-a3b
 STEPS ?= 20#                             training steps
@@ -35,12 +36,12 @@ TESTS ?= tests#                          what `make test` runs
 PYTEST_ARGS ?=#                          extra pytest arguments
 TRAIN_ARGS ?=#                           extra train flags, e.g. --attention dsa --dsa-warmup-steps 10
 
-HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN PREPROCESS_ARGS SEED RUN PRESET STEPS TRAIN_ARGS EXECUTOR RAY_ADDRESS \
+HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN PREPROCESS_ARGS SEED KEY RUN PRESET STEPS TRAIN_ARGS EXECUTOR RAY_ADDRESS \
 	WORKERS FORCE TESTS PYTEST_ARGS PYTHON_SYS
 RUN_OPTS = --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) \
 	$(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
 
-.PHONY: help install demo test bench preprocess stats verify pack train resume status clean clean-all
+.PHONY: help install demo test bench preprocess stats verify show pack train resume status clean clean-all
 
 help: ## list targets and variables
 	@echo "longshot: long-video VLM training. Targets:"
@@ -69,6 +70,10 @@ stats: $(STAMP) ## statistics of DATA: table, stats.parquet, PNG histograms
 
 verify: $(STAMP) ## check every shard of DATA against its index and checksums
 	$(LONGSHOT) verify $(DATA)
+
+show: $(STAMP) ## contact sheet PNG of sample KEY of DATA: its stored frames, timestamps, trained text spans
+	@test -n "$(KEY)" || { echo "set KEY=, e.g. make show DATA=$(DATA) KEY=some_id"; exit 2; }
+	$(LONGSHOT) show $(DATA) $(KEY) $(if $(wildcard $(TOKENIZER)),--tokenizer $(TOKENIZER))
 
 # The demo runs on the CPU in a few minutes: short sequences, small frames, a tiny model.
 DEMO_SEQ_LEN ?= 2048
