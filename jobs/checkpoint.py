@@ -113,9 +113,12 @@ def check_folder(folder: Path) -> Verdict:
     `unverified` only in the layout written before manifests (train_state.pt); in today's
     layout a missing manifest is damage."""
     verdict = verify(folder)
-    if verdict.state == UNVERIFIED and not (Path(folder) / LEGACY_TRAIN_STATE).exists():
-        return Verdict(verdict.folder, DAMAGED, verdict.file, "missing")
-    return verdict
+    if verdict.state != UNVERIFIED:
+        return verdict
+    if (Path(folder) / LEGACY_TRAIN_STATE).exists():
+        return Verdict(verdict.folder, UNVERIFIED, None,
+                       f"written before checkpoints had checksums (no {verdict.file})")
+    return Verdict(verdict.folder, DAMAGED, verdict.file, "missing")
 
 
 def _read_train_state(folder: Path) -> dict:

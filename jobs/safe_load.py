@@ -87,11 +87,34 @@ def _restricted_pickle() -> types.SimpleNamespace:
                                  UnpicklingError=pickle.UnpicklingError)
 
 
+_refused: list[UnsafeCheckpoint] = []  # refusals of the load in progress (DCP rewraps errors)
+
+
 def _load_metadata(stream):
     try:
         return _MetadataUnpickler(stream).load()
     except pickle.UnpicklingError as exc:
-        raise refusal(getattr(stream, "name", ".metadata"), exc) from None
+        _refused.append(refusal(getattr(stream, "name", ".metadata"), exc))
+        raise _refused[-1] from None
+
+
+def _unpickling_error_in(exc: BaseException) -> BaseException | None:
+    """The UnpicklingError behind `exc`: torch.distributed.checkpoint collects each rank's
+    errors into a CheckpointException (a BaseException) that keeps the originals."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, pickle.UnpicklingError):
+            return e
+        if isinstance(e, CheckpointException):
+            todo += [wrapped for wrapped, _ in e.failures.values()]
+        todo += [e.__cause__, e.__context__]
+    return None
 
 
 @contextlib.contextmanager
@@ -106,11 +129,22 @@ def megatron_loading(folder: Path):
                  for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     filesystem.pickle = _restricted_pickle()
+    _refused.clear()
     try:
+        # read once up front: DCP itself would log each failed read with a traceback (on the
+        # root logger) and try other files before it raises
+        with open(Path(folder) / ".metadata", "rb") as stream:
+            filesystem.pickle.load(stream)
         yield
-    except pickle.UnpicklingError as exc:
-        raise refusal(f"{folder} (an object in its .distcp files)", exc) from None
+    except BaseException as exc:
+        if _refused:
+            raise _refused[0] from None
+        cause = _unpickling_error_in(exc)
+        if cause is None:
+            raise
+        raise refusal(f"{folder} (an object in its .distcp files)", cause) from None
     finally:
+        _refused.clear()
         filesystem.pickle = pickle
         for k, v in saved_env.items():
             os.environ.pop(k, None)

@@ -28,6 +28,7 @@ def describe_folder(folder: Path) -> list[str]:
         meta = json.loads(meta_path.read_text())
         if not (state_dir / "units.jsonl").exists() and meta["config"].get("steps") is not None:
             lines.append(_describe_training(folder, meta, busy))
+            lines.extend(_describe_checkpoints(folder))
             continue
         units_path = state_dir / "units.jsonl"
         total = len(units_path.read_text().splitlines()) if units_path.exists() else 0
@@ -52,8 +53,9 @@ def describe_folder(folder: Path) -> list[str]:
 def _describe_training(folder: Path, meta: dict, busy: bool) -> str:
     """A training run is a loop, not units: say how far it got and what it last logged."""
     steps = meta["config"]["steps"]
-    latest_path = folder / "checkpoints" / "latest"
-    latest = int(latest_path.read_text().strip()) if latest_path.exists() else 0
+    from jobs.checkpoint import Checkpoints
+
+    latest = Checkpoints(folder).pointer() or 0
     last = None
     metrics = folder / "metrics.jsonl"
     if metrics.exists():
@@ -69,6 +71,17 @@ def _describe_training(folder: Path, meta: dict, busy: bool) -> str:
     if last:
         text += f"; last logged step {last['step']}: loss {last['loss']:.4f}"
     return text
+
+
+def _describe_checkpoints(folder: Path) -> list[str]:
+    """Each checkpoint verified against its checksums: intact, or damaged and which file."""
+    from jobs.checkpoint import Checkpoints
+
+    lines = []
+    for v in Checkpoints(folder).verdicts():
+        detail = f": {v.file}: {v.reason}" if v.file else ""
+        lines.append(f"    checkpoint {v.folder.name}  {v.state}{detail}")
+    return lines
 
 
 def status_text(root: Path) -> str:
