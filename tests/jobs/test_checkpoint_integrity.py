@@ -198,3 +198,42 @@ def test_init_from_a_hostile_checkpoint_is_refused(straight, tmp_path, where):
               check=False)
     refused(res, marker, str(source), "io.open")
     assert f"note: {source} has no manifest.json" in res.stdout
+
+
+def test_rng_file_restores_every_stream_without_pickled_objects(tmp_path):
+    """The RNG file holds tensors and plain containers only, and still restores each stream,
+    the cached Gaussians of Python and numpy included."""
+    import random
+
+    import numpy as np
+
+    from jobs.checkpoint import rng_state, set_rng_state
+    from jobs.safe_load import load_plain
+
+    def draws():
+        return (random.random(), random.gauss(0, 1), np.random.random(3).tolist(),
+                np.random.standard_normal(), torch.rand(3).tolist())
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    random.gauss(0, 1), np.random.standard_normal()  # leave a cached second Gaussian in each
+    torch.save(rng_state(), tmp_path / "rank_0.pt")
+    want = draws()
+    draws()
+    set_rng_state(load_plain(tmp_path / "rank_0.pt"))
+    assert draws() == want
+
+
+def test_two_ranks_agree_on_the_fallback_when_only_rank_1_file_is_damaged(tmp_path):
+    """Ranks hash shares of the files; a damaged file of rank 1 makes both ranks resume from the
+    previous checkpoint (a disagreement would hang or fail the collective load)."""
+    two = ["--synthetic", "4", "--seq-len", "160", "--steps", "4", "--save-every", "2",
+           "--workers", "0", "--nproc", "2"]
+    straight2 = tmp_path / "straight"
+    run("train", "--run", str(straight2), *two)
+    folder = tmp_path / "damaged"
+    shutil.copytree(straight2, folder)
+    flip_byte(folder / "checkpoints" / "iter_0000004" / "rng" / "rank_1.pt")
+    out = run("resume", str(folder), "--workers", "0", "--nproc", "2")
+    assert out.stdout.count("iter_0000004: damaged: rng/rank_1.pt") == 1, out.stdout[-2000:]
+    assert out.stdout.count(f"resumed from {folder / 'checkpoints' / 'iter_0000002'}") == 2
+    assert numbers(read_metrics(folder)) == numbers(read_metrics(straight2))
