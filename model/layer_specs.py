@@ -1,11 +1,12 @@
 """Megatron ModuleSpecs of the two transformer layers, from Megatron's local (non-TE) modules.
 
 LM layer: RMSNorm -> PackedSelfAttention (GQA, qk RMSNorm, DSA indexer) -> RMSNorm -> MoE
-(Megatron's MoELayer with SequentialMLP experts, SwiGLU). ViT layer: LayerNorm -> bidirectional
+(Megatron's MoELayer, its experts as grouped GEMMs: model/grouped_experts.py; SwiGLU). ViT layer: LayerNorm -> bidirectional
 PackedSelfAttention within frame groups -> LayerNorm -> GELU MLP, with biases.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
@@ -19,6 +20,16 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, Transf
 
 from model.attention import CoreChoice, Indexer, PackedAttentionSubmodules, PackedSelfAttention
 from model.config import LMConfig
+from model.grouped_experts import GroupedExperts
+
+
+def moe_spec(experts: int):
+    """Megatron's local MoE layer (router, token dispatcher) with GroupedExperts in place of its
+    SequentialMLP: same parameters and checkpoint layout, one grouped GEMM per projection."""
+    moe = get_moe_module_spec(use_te=False, num_experts=experts)
+    subs = moe.keywords["submodules"]
+    grouped = partial(GroupedExperts, *subs.experts.args, **subs.experts.keywords)
+    return partial(moe.func, *moe.args, **{**moe.keywords, "submodules": replace(subs, experts=grouped)})
 
 
 def lm_block_spec(lm: LMConfig, core: CoreChoice) -> TransformerBlockSubmodules:
@@ -33,7 +44,7 @@ def lm_block_spec(lm: LMConfig, core: CoreChoice) -> TransformerBlockSubmodules:
     layer = ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(
         input_layernorm=WrappedTorchNorm, self_attention=attention,
         self_attn_bda=get_bias_dropout_add, pre_mlp_layernorm=WrappedTorchNorm,
-        mlp=get_moe_module_spec(use_te=False, num_experts=lm.experts),
+        mlp=moe_spec(lm.experts),
         mlp_bda=get_bias_dropout_add))
     return TransformerBlockSubmodules(layer_specs=[layer] * lm.layers, layer_norm=WrappedTorchNorm)
 

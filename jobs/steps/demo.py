@@ -12,6 +12,8 @@ import os
 import random
 from pathlib import Path
 
+from pipeline.mp4_loop import loop_to_length
+from pipeline.mp4_track import NoSampleTable
 from pipeline.sample_videos import remux_loop, sample_clip
 from pipeline.text import train_tokenizer
 
@@ -39,6 +41,16 @@ _DETAILS = ["the light is soft", "the colors are bright", "the camera stays stil
             "the shot is wide", "the shot is close", "the frame is a little dark",
             "the scene changes once", "nothing else moves", "the picture is sharp"]
 _SHORT_CLIPS = ["carphone_4s.mp4", "bunny_5s.mp4", "bikes_10s.mp4"]
+
+
+def loop_clip(src: Path, dst: Path, seconds: float) -> Path:
+    """The clip looped to `seconds` by copying its samples (pipeline/mp4_loop.py: no ffmpeg, so
+    machines without it, like the lent GPU machines, make the same inputs); through ffmpeg's
+    stream copy where the clip's sample table is beyond mp4_loop."""
+    try:
+        return loop_to_length(src, dst, seconds)
+    except NoSampleTable:
+        return remux_loop(src, dst, seconds)
 
 
 def _scene(name: str) -> tuple[str, str]:
@@ -87,7 +99,7 @@ def make_demo_inputs(out: Path, long_seconds: float = 3600, per_clip: int = 6,
         dst = videos_dir / name
         if not dst.exists():
             tmp = videos_dir / f".{name}.tmp.mp4"
-            remux_loop(sample_clip(clip), tmp, max(seconds, 0.1))
+            loop_clip(sample_clip(clip), tmp, max(seconds, 0.1))
             os.replace(tmp, dst)
         videos[name] = dst
     rows = _samples({k: v for k, v in videos.items() if k != "bikes_long.mp4"}, per_clip, short)

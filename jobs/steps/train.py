@@ -47,6 +47,8 @@ def config_from_args(args) -> TrainConfig:
     overrides = {}
     if args.tokenizer:
         overrides.update(_tokenizer_ids(args.tokenizer, args.chat_format, args.preset))
+    if args.lm_layers:  # a preset's shape with fewer LM layers: to fit a large shape on few GPUs
+        overrides["layers"] = args.lm_layers
     if args.synthetic:
         data = {"synthetic": {"packs": args.synthetic, "seq_len": args.seq_len}}
     else:
@@ -137,6 +139,7 @@ def register(sub) -> None:
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per synthetic pack")
     p.add_argument("--preset", default="tiny",
                    help="tiny | small | keye-30b-a3b | from-hf:DIR (an import-hf folder or a HF folder)")
+    p.add_argument("--lm-layers", type=int, help="override the preset's number of LM layers")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--attention", choices=["dense", "dsa"], default="dense")

