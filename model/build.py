@@ -73,7 +73,10 @@ def build_vlm(cfg: VLMConfig, pg_collection, core: CoreChoice | None = None,
     dispatcher = "allgather" if megatron_compat.needed() and opts.expert_parallel == 1 else "alltoall"
     lm_config = lm_transformer_config(cfg.lm, expert_parallel=opts.expert_parallel,
                                       dispatcher=dispatcher, recompute=opts.recompute, **common)
-    vit_config = vit_transformer_config(cfg.vision, recompute=opts.recompute, **common)
+    # DeepStack taps ViT layer outputs during forward: a recomputed ViT would hand them over
+    # without their graph, so a ViT with DeepStack keeps its activations.
+    vit_config = vit_transformer_config(cfg.vision, recompute=opts.recompute and not cfg.vision.deepstack,
+                                        **common)
     core = core or CoreChoice(kind="dense")
     if opts.meta:
         with torch.device("meta"):

@@ -35,6 +35,8 @@ class VisionConfig:
     # ViT layers whose output also goes, through its own merger, into LM layer i's output at the
     # vision positions (Qwen3-VL's DeepStack); empty = none.
     deepstack: tuple[int, ...] = ()
+    # A LayerNorm after the last ViT layer (longshot's ViT); Qwen3-VL's merger norm takes its place.
+    final_norm: bool = True
 
     @property
     def head_dim(self) -> int:

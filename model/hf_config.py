@@ -87,7 +87,7 @@ def vision_config(hf: dict) -> VisionConfig:
         patch=v["patch_size"], temporal_patch=v["temporal_patch_size"], merge=v["spatial_merge_size"],
         channels=v.get("in_channels", 3), rope_theta=float(rope.get("rope_theta", 10000.0)),
         rope_layout="axial", position_grid=int(v.get("num_position_embeddings", 0) ** 0.5),
-        deepstack=tuple(v.get("deepstack_visual_indexes", ())))
+        deepstack=tuple(v.get("deepstack_visual_indexes", ())), final_norm=False)
 
 
 def vlm_config(hf: dict, *, vision_token_id: int | None = None,

@@ -80,17 +80,27 @@ def _glu(gate: str, up: str, ours: str) -> TensorRule:
                       lambda ts: [t.contiguous() for t in ts[0].chunk(2, dim=0)])
 
 
-def _fused_experts(gate_up: str, down: str, fc1: list[str], fc2: list[str]) -> TensorRule:
-    """Qwen3-VL-MoE's experts stored fused: gate_up [E, H, 2I] and down [E, I, H] <-> one
-    fc1 [2I, H] and fc2 [H, I] per expert."""
+def _fused_experts(gate_up: str, down: str, fc1: list[str], fc2: list[str], hidden: int, ffn: int) -> TensorRule:
+    """Qwen3-VL-MoE's experts fused in two tensors <-> one fc1 [2I, H] and fc2 [H, I] per expert.
+    Two layouts exist: transformers 5 saves its modules' own, gate_up [E, 2I, H] and down
+    [E, H, I]; Qwen's published checkpoints hold their transposes, [E, H, 2I] and [E, I, H].
+    A tensor in the module layout is read as such (transformers does the same when the two
+    coincide); the export writes the module layout."""
     experts = len(fc1)
 
+    def per_expert(t: torch.Tensor, module_shape: tuple[int, int], name: str) -> Tensors:
+        if tuple(t.shape[1:]) == module_shape:
+            return [t[e].contiguous() for e in range(experts)]
+        if tuple(t.shape[1:]) == module_shape[::-1]:
+            return [t[e].t().contiguous() for e in range(experts)]
+        raise ValueError(f"{name}: shape {tuple(t.shape)} is neither [E, {module_shape[0]}, "
+                         f"{module_shape[1]}] nor its transpose")
+
     def to_ours(ts: Tensors) -> Tensors:
-        gu, dn = ts
-        return [gu[e].t().contiguous() for e in range(experts)] + [dn[e].t().contiguous() for e in range(experts)]
+        return per_expert(ts[0], (2 * ffn, hidden), gate_up) + per_expert(ts[1], (hidden, ffn), down)
 
     def to_hf(ts: Tensors) -> Tensors:
-        return [torch.stack([t.t() for t in ts[:experts]]), torch.stack([t.t() for t in ts[experts:]])]
+        return [torch.stack(ts[:experts]), torch.stack(ts[experts:])]
 
     return TensorRule((gate_up, down), tuple(fc1) + tuple(fc2), to_ours, to_hf)
 
@@ -140,7 +150,8 @@ def lm_rules(cfg: VLMConfig, family: str, tied: bool = False) -> list[TensorRule
         fc1 = [f"{o}mlp.experts.local_experts.{e}.linear_fc1.weight" for e in range(lm.experts)]
         fc2 = [f"{o}mlp.experts.local_experts.{e}.linear_fc2.weight" for e in range(lm.experts)]
         if family in VL_FAMILIES:
-            rules.append(_fused_experts(p + "mlp.experts.gate_up_proj", p + "mlp.experts.down_proj", fc1, fc2))
+            rules.append(_fused_experts(p + "mlp.experts.gate_up_proj", p + "mlp.experts.down_proj",
+                                        fc1, fc2, lm.hidden, lm.expert_ffn))
         else:
             for e in range(lm.experts):
                 x = f"{p}mlp.experts.{e}."

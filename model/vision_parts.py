@@ -3,6 +3,7 @@
 whose vision side starts fresh, so both initialise it the same way."""
 from __future__ import annotations
 
+import torch
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from model.config import VLMConfig
@@ -11,7 +12,12 @@ from model.vit import VisionTransformer
 
 
 def build_vision_parts(cfg: VLMConfig, vit_config: TransformerConfig, pg_collection) -> dict:
-    """{"vision": ViT, "merger": merger} (module attribute names of the VLM)."""
+    """{"vision": ViT, "merger": merger[, "deepstack": mergers]} (attribute names of the VLM)."""
     v = cfg.vision
-    return {"vision": VisionTransformer(v, vit_config, pg_collection),
-            "merger": PatchMerger(vit_config, v.hidden, cfg.lm.hidden, v.merge, v.norm_eps)}
+    parts = {"vision": VisionTransformer(v, vit_config, pg_collection),
+             "merger": PatchMerger(vit_config, v.hidden, cfg.lm.hidden, v.merge, v.norm_eps)}
+    if v.deepstack:
+        parts["deepstack"] = torch.nn.ModuleList(
+            PatchMerger(vit_config, v.hidden, cfg.lm.hidden, v.merge, v.norm_eps, norm_after_merge=True)
+            for _ in v.deepstack)
+    return parts

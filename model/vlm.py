@@ -19,6 +19,7 @@ from megatron.core.transformer.module import MegatronModule
 from model import moe_aux
 from model.attention import CoreChoice
 from model.config import VLMConfig
+from model.deepstack import DeepStackInjection
 from model.handoff import place_vision_tokens
 from model.lm import MoELanguageModel
 from model.vision_parts import build_vision_parts
@@ -59,12 +60,45 @@ class VLM(MegatronModule):
             setattr(self, name, part)
         self.language = MoELanguageModel(cfg.lm, lm_config, core, pg_collection, max_sequence_length)
         core.indexer_weight = cfg.lm.dsa.indexer_loss_coeff / cfg.lm.layers
+        self.deepstack_injection = (DeepStackInjection(self.language.decoder.layers)
+                                    if cfg.vision.deepstack else None)
 
     def set_input_tensor(self, input_tensor) -> None:  # Megatron schedules call this; no PP here
         pass
 
     def vision_tokens(self, pixel_patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        return self.merger(self.vision(pixel_patches, grid_thw))
+        """Merged vision tokens [N / merge^2, lm_hidden] (the parallel hand-off's entry point)."""
+        if self.deepstack_injection is not None:
+            raise NotImplementedError("DeepStack (Qwen3-VL) models run on one context rank for now")
+        return self.merger(self.vision(pixel_patches, grid_thw)[0])
+
+    def vision_features(self, pixel_patches: torch.Tensor, grid_thw: torch.Tensor):
+        """Merged vision tokens and the merged DeepStack features (one per tapped ViT layer)."""
+        features, taps = self.vision(pixel_patches, grid_thw)
+        deep = [merge(t) for merge, t in zip(getattr(self, "deepstack", ()), taps, strict=False)]
+        return self.merger(features), deep
+
+    def _lm_input(self, batch) -> torch.Tensor:
+        """[S, 1, H] LM input of a pack: text embeddings with the merged vision tokens in place
+        (and the DeepStack features set for the LM layers that add them)."""
+        embeds = self.language.embed(batch.input_ids)
+        deep: list[torch.Tensor] = []
+        if batch.pixel_patches.shape[0]:
+            vision, deep = self.vision_features(batch.pixel_patches, batch.video_grid_thw)
+            embeds = place_vision_tokens(embeds, vision, batch.input_ids, self.cfg.vision_token_id)
+        if self.deepstack_injection is not None:
+            rows = (batch.input_ids == self.cfg.vision_token_id).nonzero()[:, 0]
+            self.deepstack_injection.set(rows if deep else None, deep)
+        if torch.is_grad_enabled() and not embeds.requires_grad:
+            # Everything below the LM is frozen (DSA warm-up): Megatron's reentrant activation
+            # recomputation only builds a backward when its input requires grad, and the
+            # indexers' gradients are injected inside that backward.
+            embeds = embeds.detach().requires_grad_(True)
+        return embeds
+
+    def logits(self, batch) -> torch.Tensor:
+        """[S, vocab] logits of a short pack (evaluation and interop checks)."""
+        return self.language.logits(self._lm_input(batch), batch.position_ids, batch.cu_seqlens)
 
     def forward(self, batch) -> VLMOutput:
         """`batch`: a packed sequence as in shards/batch.py (input_ids, labels, position_ids,
@@ -72,15 +106,7 @@ class VLM(MegatronModule):
         if self.parallel is not None:
             return self.parallel.forward(self, batch)
         moe_aux.clear()
-        embeds = self.language.embed(batch.input_ids)
-        if batch.pixel_patches.shape[0]:
-            vision = self.vision_tokens(batch.pixel_patches, batch.video_grid_thw)
-            embeds = place_vision_tokens(embeds, vision, batch.input_ids, self.cfg.vision_token_id)
-        if torch.is_grad_enabled() and not embeds.requires_grad:
-            # Everything below the LM is frozen (DSA warm-up): Megatron's reentrant activation
-            # recomputation only builds a backward when its input requires grad, and the
-            # indexers' gradients are injected inside that backward.
-            embeds = embeds.detach().requires_grad_(True)
+        embeds = self._lm_input(batch)
         out = self.language(embeds, batch.position_ids, batch.cu_seqlens, batch.labels)
         ce = out.ce_sum / max(out.n_labels, 1)
         indexer = out.indexer_loss * self.cfg.lm.dsa.indexer_loss_coeff

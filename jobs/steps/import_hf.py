@@ -131,9 +131,8 @@ def _is_fresh_ok(text_only: bool):
 def import_hf(source: Path, out: Path, *, vision_preset: str = "keye-30b-a3b",
               vision_token_id: int | None = None, dtype: str = "source", seed: int = 1234,
               force: bool = False) -> dict:
-    from jobs.checkpoint import Checkpoints
     from model.build import BuildOptions, build_vlm, init_megatron
-    from model.hf_config import VL_FAMILIES, family
+    from model.hf_config import VL_FAMILIES, family, text_config
     from model.hf_names import NameMapError, check_coverage, rules_for
     from model.presets import MODEL_CONFIG
 
@@ -146,7 +145,7 @@ def import_hf(source: Path, out: Path, *, vision_preset: str = "keye-30b-a3b",
         shutil.rmtree(out)
     src = SafetensorsSource(source)
     kind = family(hf)
-    tied = bool((hf.get("text_config") or hf).get("tie_word_embeddings", hf.get("tie_word_embeddings")))
+    tied = bool(hf.get("tie_word_embeddings", text_config(hf).get("tie_word_embeddings", False)))
     pg = init_megatron(seed=seed)
     model = build_vlm(cfg, pg, opts=BuildOptions(meta=True))
     ours = dict(model.named_parameters())
@@ -158,10 +157,29 @@ def import_hf(source: Path, out: Path, *, vision_preset: str = "keye-30b-a3b",
     target = {"source": None, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     work = out.with_name(out.name + ".tmp")
     shutil.rmtree(work, ignore_errors=True)
+    try:
+        written = _write(model, cfg, rules, src, source, work, target, pg, seed)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    atomic_write_bytes(work / SOURCE_CONFIG, json.dumps(hf, indent=2).encode())
+    atomic_write_bytes(work / MODEL_CONFIG, json.dumps(cfg.to_dict(), indent=2).encode())
+    work.rename(out)
+    return {"tensors": written, "fresh": len(ours) - written, "seconds": time.perf_counter() - t0}
+
+
+def _write(model, cfg, rules, src: SafetensorsSource, source: Path, work: Path, target, pg, seed: int) -> int:
+    """Convert rule by rule into the stage, add the fresh parameters, save the checkpoint."""
+    from jobs.checkpoint import Checkpoints
+
+    ours = dict(model.named_parameters())
     stage = _Stage(work / "stage")
     written, source_dtype = set(), None
     for rule in rules:
-        tensors = rule.to_ours([src.get(n) for n in rule.hf])
+        try:
+            tensors = rule.to_ours([src.get(n) for n in rule.hf])
+        except ValueError as exc:
+            raise BadInput(f"{source}: {exc}") from None
         for name, t in zip(rule.ours, tensors, strict=True):
             _check_shape(name, t, ours[name], source)
             source_dtype = source_dtype or t.dtype
@@ -178,10 +196,7 @@ def import_hf(source: Path, out: Path, *, vision_preset: str = "keye-30b-a3b",
         raise RuntimeError(f"import left parameters unset {missing[:5]} or unused {unexpected[:5]}")
     Checkpoints(work).save(0, {"model": model.sharded_state_dict()}, {"step": 0, "imported_from": str(source)})
     shutil.rmtree(work / "stage")
-    atomic_write_bytes(work / SOURCE_CONFIG, json.dumps(hf, indent=2).encode())
-    atomic_write_bytes(work / MODEL_CONFIG, json.dumps(cfg.to_dict(), indent=2).encode())
-    work.rename(out)
-    return {"tensors": len(written), "fresh": len(fresh_names), "seconds": time.perf_counter() - t0}
+    return len(written)
 
 
 def _check_shape(name: str, tensor: torch.Tensor, param: torch.Tensor, source: Path) -> None:

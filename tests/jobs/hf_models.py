@@ -42,9 +42,9 @@ def hf_logits(folder: Path, input_ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=input_ids[None]).logits[0]
 
 
-def longshot_logits(init_dir: Path, input_ids: torch.Tensor) -> torch.Tensor:
+def _imported(init_dir: Path):
     """The imported model built from `--preset from-hf:DIR` and loaded the way `train
-    --init-from DIR` loads it; logits of one text document."""
+    --init-from DIR` loads it."""
     from jobs.checkpoint import Checkpoints
     from jobs.steps.train_loop import init_checkpoint
     from model.build import build_vlm, init_megatron
@@ -53,9 +53,111 @@ def longshot_logits(init_dir: Path, input_ids: torch.Tensor) -> torch.Tensor:
     model = build_vlm(preset(f"from-hf:{init_dir}"), init_megatron())
     model.load_state_dict(Checkpoints(init_dir).load_model_only(init_checkpoint(init_dir),
                                                                 model.sharded_state_dict()))
-    model.eval()
+    return model.eval()
+
+
+def longshot_logits(init_dir: Path, input_ids: torch.Tensor) -> torch.Tensor:
+    """Logits of one text document from the imported model."""
+    model = _imported(init_dir)
     n = input_ids.shape[0]
     positions = torch.arange(n).expand(3, n)
     with torch.no_grad():
         return model.language.logits(model.language.embed(input_ids), positions,
                                      torch.tensor([0, n], dtype=torch.int32))
+
+VL_IDS = {"image_token_id": 297, "video_token_id": 298, "vision_start_token_id": 295,
+          "vision_end_token_id": 296}
+VL_VISION = {"depth": 3, "hidden_size": 32, "num_heads": 2, "intermediate_size": 64, "patch_size": 16,
+             "temporal_patch_size": 2, "spatial_merge_size": 2, "out_hidden_size": 64,
+             "num_position_embeddings": 16, "deepstack_visual_indexes": [0, 1]}
+
+
+def save_qwen3_vl_moe(folder: Path, seed: int = 0) -> Path:
+    """A random Qwen3VLMoeForConditionalGeneration (patch 16, DeepStack from two ViT layers,
+    interleaved mrope) saved as sharded safetensors."""
+    from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
+
+    text = {**TEXT_SHAPE, "rms_norm_eps": 1e-5, "moe_intermediate_size": 24,  # 2I != H: orientation shows
+            "rope_parameters": {"rope_type": "default", "rope_theta": 5000.0, "mrope_section": [4, 2, 2]}}
+    cfg = Qwen3VLMoeConfig(text_config=text, vision_config=VL_VISION, tie_word_embeddings=False, **VL_IDS)
+    torch.manual_seed(seed)
+    model = Qwen3VLMoeForConditionalGeneration(cfg).eval()
+    _perturb_norms(model)
+    with torch.no_grad():  # random biases too (a fresh model has zeros in some)
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.02)
+            if "attn.qkv.weight" in name:  # sharper ViT attention: its rotary then shows
+                p.mul_(8)
+    model.save_pretrained(folder, max_shard_size="150KB")
+    return Path(folder)
+
+
+def video_sample(grid=(2, 4, 4), text_before=7, text_after=5, seed=0):
+    """A short video as uint8 patches in longshot's order and its token ids in Qwen3-VL's layout:
+    text, then per temporal group <|vision_start|> placeholders <|vision_end|>, then text."""
+    g = torch.Generator().manual_seed(seed)
+    t, h, w = grid
+    patch = VL_VISION["patch_size"]
+    values = VL_VISION["temporal_patch_size"] * patch * patch * 3
+    patches = torch.randint(0, 256, (t * h * w, values), generator=g, dtype=torch.uint8)
+    per_group = h * w // VL_VISION["spatial_merge_size"] ** 2
+    ids = [torch.randint(0, 290, (text_before,), generator=g)]
+    for _ in range(t):
+        ids += [torch.tensor([VL_IDS["vision_start_token_id"]]),
+                torch.full((per_group,), VL_IDS["video_token_id"]), torch.tensor([VL_IDS["vision_end_token_id"]])]
+    ids.append(torch.randint(0, 290, (text_after,), generator=g))
+    return torch.cat(ids), patches, torch.tensor([grid])
+
+
+def hf_vl_logits(folder: Path, ids: torch.Tensor, patches: torch.Tensor | None, grid: torch.Tensor | None):
+    """transformers' logits, and the (t, h, w) positions it computed for the sequence."""
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    model = Qwen3VLMoeForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    kw = {}
+    types = (ids == VL_IDS["video_token_id"]).int()[None] * 2
+    if patches is not None:
+        kw = {"pixel_values_videos": _hf_pixels(patches), "video_grid_thw": grid, "mm_token_type_ids": types}
+    with torch.no_grad():
+        positions, _ = model.model.get_rope_index(ids[None], types, video_grid_thw=grid)
+        logits = model(input_ids=ids[None], position_ids=positions, **kw).logits[0]
+    return logits, positions[:, 0]
+
+
+def longshot_vl_logits(init_dir: Path, ids, patches, grid, positions) -> torch.Tensor:
+    from types import SimpleNamespace
+
+    model = _imported(init_dir)
+    values = VL_VISION["temporal_patch_size"] * VL_VISION["patch_size"] ** 2 * 3
+    batch = SimpleNamespace(
+        input_ids=ids, position_ids=positions, cu_seqlens=torch.tensor([0, len(ids)], dtype=torch.int32),
+        pixel_patches=patches if patches is not None else torch.zeros(0, values, dtype=torch.uint8),
+        video_grid_thw=grid if grid is not None else torch.zeros(0, 3, dtype=torch.int64))
+    with torch.no_grad():
+        return model.logits(batch)
+
+
+def hf_video_features(folder: Path, patches: torch.Tensor, grid: torch.Tensor):
+    """transformers' merged video tokens and DeepStack features of the vision tower."""
+    from transformers import Qwen3VLMoeForConditionalGeneration
+
+    model = Qwen3VLMoeForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        out = model.model.get_video_features(_hf_pixels(patches), grid, return_dict=True)
+    def joined(t):  # one tensor per video, or already one
+        return torch.cat(list(t)) if isinstance(t, (list, tuple)) else t
+
+    return joined(out.pooler_output), [joined(f) for f in out.deepstack_features]
+
+
+def longshot_video_features(init_dir: Path, patches: torch.Tensor, grid: torch.Tensor):
+    with torch.no_grad():
+        return _imported(init_dir).vision_features(patches, grid)
+
+
+def _hf_pixels(patches: torch.Tensor) -> torch.Tensor:
+    """longshot's uint8 patches, each (T, P, P, C) -> transformers' normalised (C, T, P, P)."""
+    v = VL_VISION
+    pixels = patches.view(-1, v["temporal_patch_size"], v["patch_size"], v["patch_size"], 3)
+    return pixels.permute(0, 4, 1, 2, 3).reshape(len(patches), -1) / 127.5 - 1.0

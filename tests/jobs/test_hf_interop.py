@@ -94,3 +94,30 @@ def test_export_reimports_bit_identical_and_loads_in_transformers(tmp_path):
             assert torch.equal(a.get_tensor(name), b.get_tensor(name)), name
     ids = torch.randint(0, 299, (29,), generator=torch.Generator().manual_seed(2))
     _assert_logits_match(hf_logits(tmp_path / "export", ids), hf_logits(src, ids))
+
+
+def test_imported_qwen3_vl_moe_gives_transformers_logits_on_text_and_video(tmp_path):
+    from tests.jobs.hf_models import (
+        hf_video_features,
+        hf_vl_logits,
+        longshot_video_features,
+        longshot_vl_logits,
+        save_qwen3_vl_moe,
+        video_sample,
+    )
+
+    src = save_qwen3_vl_moe(tmp_path / "hf")
+    import_hf(src, tmp_path / "init")
+    ids, patches, grid = video_sample()
+    # the vision side on its own (its share of the logits is small in a random model)
+    tokens, deep = longshot_video_features(tmp_path / "init", patches, grid)
+    hf_tokens, hf_deep = hf_video_features(src, patches, grid)
+    assert len(deep) == len(hf_deep) == 2
+    for ours, theirs in [(tokens, hf_tokens), *zip(deep, hf_deep, strict=True)]:
+        _assert_logits_match(ours, theirs)
+    theirs, positions = hf_vl_logits(src, ids, patches, grid)
+    assert int(positions[1].max()) != int(positions[2].min())  # the video has 2-D positions
+    _assert_logits_match(longshot_vl_logits(tmp_path / "init", ids, patches, grid, positions), theirs)
+    text = ids[ids < 290]
+    theirs, positions = hf_vl_logits(src, text, None, None)
+    _assert_logits_match(longshot_vl_logits(tmp_path / "init", text, None, None, positions), theirs)
