@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="the dataset folder to write")
     p.add_argument("--chat-format", help="longshot | qwen | a JSON file (default: the tokenizer "
                    "folder's chat_format.json, else longshot)")
+    p.add_argument("--preset", help="the model the data is for: its patch size, temporal patch and "
+                   "merge size set the token budget (e.g. from-hf:DIR; default: patch 14, 2 frames, 2x2)")
     d = BudgetConfig()
     p.add_argument("--max-seq-tokens", type=int, default=d.max_seq_tokens)
     p.add_argument("--fps", type=float, default=d.fps, help="sampling rate to start from")
@@ -65,6 +67,19 @@ def _probed(out: Path) -> tuple[dict, list[dict]]:
     return probed, errors
 
 
+def _patch_geometry(preset_name: str | None) -> dict:
+    """BudgetConfig's patch fields from the model the data is for (none: the defaults)."""
+    if preset_name is None:
+        return {}
+    from model.presets import preset
+
+    try:
+        v = preset(preset_name).vision
+    except (KeyError, ValueError) as exc:
+        raise BadInput(f"--preset {preset_name}: {exc}") from None
+    return {"patch": v.patch, "temporal_patch": v.temporal_patch, "merge": v.merge}
+
+
 def run(args) -> int:
     samples, manifest_errors = _read_samples(args)
     out = Path(args.out)
@@ -85,7 +100,7 @@ def run(args) -> int:
     cfg = EncodeConfig(
         budget=BudgetConfig(max_seq_tokens=args.max_seq_tokens, fps=args.fps, min_fps=args.min_fps,
                             max_pixels=args.max_pixels, min_pixels=args.min_pixels,
-                            overflow=args.overflow),
+                            overflow=args.overflow, **_patch_geometry(args.preset)),
         zstd_level=args.zstd_level, frame_delta=args.frame_delta, shard_bytes=args.shard_mb << 20)
     encode = EncodeJob(samples, probed, args.tokenizer, cfg,
                        [e.as_row() for e in manifest_errors] + probe_errors, samples_digest(samples),

@@ -154,9 +154,12 @@ class _Session:
             spec.setdefault("vocab", self.model_cfg.lm.vocab)
             spec.setdefault("vision_token_id", self.model_cfg.vision_token_id)
             return SyntheticPacks(SyntheticSpec(**spec))
+        from shards.load_patches import PatchGeometry
         from shards.loader import PackDataset
 
-        return PackDataset(data["plan"], data["dataset"], vision_token_id=self.model_cfg.vision_token_id)
+        v = self.model_cfg.vision  # the model's patch geometry (an imported model's own)
+        return PackDataset(data["plan"], data["dataset"], vision_token_id=self.model_cfg.vision_token_id,
+                           geometry=PatchGeometry(v.patch, v.temporal_patch, v.merge))
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, force: bool = False, workers: int = 0,
@@ -188,7 +191,8 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool) -> d
         trainer.scheduler.load_state_dict(state["scheduler"])
         log(f"resumed from {s.ckpts.path(start)} (step {start}, stage {trainer.stage})")
     elif cfg.init_from:
-        weights = s.ckpts.load_model_only(Path(cfg.init_from), trainer.model.sharded_state_dict(),
+        weights = s.ckpts.load_model_only(init_checkpoint(Path(cfg.init_from)),
+                                          trainer.model.sharded_state_dict(),
                                           log=log if rank0 else lambda msg: None)
         trainer.model.load_state_dict(weights)
         # With bf16 the optimizer holds fp32 master copies made when it was built: refresh them,
