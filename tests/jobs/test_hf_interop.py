@@ -121,3 +121,19 @@ def test_imported_qwen3_vl_moe_gives_transformers_logits_on_text_and_video(tmp_p
     text = ids[ids < 290]
     theirs, positions = hf_vl_logits(src, text, None, None)
     _assert_logits_match(longshot_vl_logits(tmp_path / "init", text, None, None, positions), theirs)
+
+
+def test_qwen3_vl_moe_export_reimports_bit_identical_and_loads_in_transformers(tmp_path):
+    from jobs.steps.export_hf import export_hf
+    from tests.jobs.hf_models import hf_vl_logits, save_qwen3_vl_moe, video_sample
+
+    src = save_qwen3_vl_moe(tmp_path / "hf")
+    import_hf(src, tmp_path / "init")
+    export_hf(tmp_path / "init", tmp_path / "export")
+    import_hf(tmp_path / "export", tmp_path / "again", seed=99)
+    first, second = _checkpoint_tensors(tmp_path / "init"), _checkpoint_tensors(tmp_path / "again")
+    for k in (k for k in first if not k.endswith("_extra_state")):
+        assert torch.equal(first[k], second[k]), k
+    ids, patches, grid = video_sample()
+    _assert_logits_match(hf_vl_logits(tmp_path / "export", ids, patches, grid)[0],
+                         hf_vl_logits(src, ids, patches, grid)[0])
