@@ -30,8 +30,7 @@ import torch
 import torch.distributed as dist
 
 from jobs.atomic import atomic_write_bytes, fsync_dir
-from jobs.checkpoint_manifest import (DAMAGED, INTACT, UNVERIFIED, Verdict, from_rank0, verify,
-                                      write_manifest)
+from jobs.checkpoint_manifest import DAMAGED, INTACT, UNVERIFIED, Verdict, from_rank0, verify, write_manifest
 from jobs.cli import BadInput
 from jobs.safe_load import load_plain, megatron_loading
 
@@ -160,8 +159,9 @@ class Checkpoints:
             return None, [s for s in self.steps() if s <= pointer]
         if not (self.root / LATEST).exists():
             return None, []  # nothing committed yet (a folder without `latest` is not trusted)
-        return (f"note: {self.root / LATEST} is unreadable; choosing among the checkpoints by "
-                "their checksums", self.steps())
+        note = (f"note: {self.root / LATEST} is unreadable; choosing among the checkpoints by "
+                "their checksums")
+        return note, self.steps()
 
     def latest(self, log=print) -> int | None:
         """Collective: the newest committed checkpoint that is intact, or unverified because it

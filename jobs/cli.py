@@ -86,6 +86,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # `python -m jobs.cli` runs this file as __main__; the steps raise jobs.cli's BadInput, so
     # dispatch through the imported module, whose except clause knows that class.
-    from jobs import cli
+    import importlib
 
-    sys.exit(cli.main())
+    sys.exit(importlib.import_module("jobs.cli").main())

@@ -71,7 +71,9 @@ def _metadata_globals() -> dict[tuple[str, str], object]:
 
 
 class _MetadataUnpickler(pickle.Unpickler):
-    allowed: dict = {}
+    def __init__(self, stream, allowed: dict):
+        super().__init__(stream)
+        self.allowed = allowed
 
     def find_class(self, module: str, name: str):
         try:
@@ -82,17 +84,17 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 def _restricted_pickle() -> types.SimpleNamespace:
     """Stands in for the `pickle` module inside torch.distributed.checkpoint.filesystem."""
-    _MetadataUnpickler.allowed = _metadata_globals()
-    return types.SimpleNamespace(load=_load_metadata, dump=pickle.dump, dumps=pickle.dumps,
+    allowed = _metadata_globals()
+    return types.SimpleNamespace(load=lambda stream: _load_metadata(stream, allowed), dump=pickle.dump, dumps=pickle.dumps,
                                  UnpicklingError=pickle.UnpicklingError)
 
 
 _refused: list[UnsafeCheckpoint] = []  # refusals of the load in progress (DCP rewraps errors)
 
 
-def _load_metadata(stream):
+def _load_metadata(stream, allowed: dict):
     try:
-        return _MetadataUnpickler(stream).load()
+        return _MetadataUnpickler(stream, allowed).load()
     except pickle.UnpicklingError as exc:
         _refused.append(refusal(getattr(stream, "name", ".metadata"), exc))
         raise _refused[-1] from None

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from jobs.checkpoint_manifest import MANIFEST, verify, write_manifest  # noqa: E402
+from jobs.checkpoint_manifest import MANIFEST, verify, write_manifest
 
 PIECE = 4 << 20
 
