@@ -26,7 +26,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from pipeline.av_index import FrameIndex, frame_index
+from pipeline.av_index import FrameIndex, Occurrences, frame_index
 from pipeline.av_runs import Desync, PacketCursor, decode_run
 from pipeline.av_stream import VideoUnusable, captured_logs, summarize_logs
 from pipeline.errors import DecodeError
@@ -100,6 +100,7 @@ def _wanted_frames(cursor: PacketCursor, index: FrameIndex, wanted: np.ndarray) 
     while done < len(wanted):
         start, stop, members = _run(index, wanted, done)
         skip, start = _attempt(index, start, attempt)
+        skip = skip and wanted[done + members - 1] < index.continuous_from
         try:
             for frame in _run_frames(cursor, index, wanted[done:done + members], start, stop, skip):
                 yield frame
@@ -143,14 +144,15 @@ def _run_frames(cursor, index: FrameIndex, members: np.ndarray, start: int, stop
     :class:`~pipeline.av_runs.Desync` if frames come out in another order than the index's."""
     first, last = np.searchsorted(index.shown_packets_sorted, [start, stop + 1])
     in_run = index.shown_by_packet[first:last]  # display indices of the frames of packets start..stop
-    shown_at = dict(zip(index.packet_pts[index.shown[in_run]].tolist(), in_run.tolist()))
+    in_run = np.sort(in_run)  # display order: repeated times are taken in turn
+    shown_at = Occurrences(index.packet_pts[index.shown[in_run]].tolist(), in_run.tolist())
     mask = None
     if skip:
         mask = np.ones(stop - start + 1, bool)
         mask[index.shown[members] - start] = False
     position, previous = 0, -1
     for frame in decode_run(cursor, start, stop, mask):
-        at = shown_at.get(frame.pts)
+        at = shown_at.take(frame.pts)
         if at is None:
             continue  # a discarded picture (edit list) that a decoder showed anyway
         if at <= previous:
@@ -191,15 +193,14 @@ class _Converter:
     def __init__(self, index: FrameIndex, stream, height: int, width: int):
         self.filters = [*_TURNS.get(index.rotation, ()),
                         f"scale={width}:{height}:flags=bicubic", "format=rgb24"]
-        self.stream = stream
+        self.time_base = stream.time_base or Fraction(1, 90000)  # the stream closes if the cursor reopens
         self.graph = None
         self.size = None
 
     def _build(self, frame) -> None:
         graph = av.filter.Graph()
-        time_base = self.stream.time_base or Fraction(1, 90000)
         node = graph.add("buffer", f"video_size={frame.width}x{frame.height}:pix_fmt={frame.format.name}"
-                                   f":time_base={time_base}:pixel_aspect=1/1"
+                                   f":time_base={self.time_base}:pixel_aspect=1/1"
                                    f":colorspace={int(frame.colorspace)}:range={int(frame.color_range)}")
         source = node
         for spec in self.filters:

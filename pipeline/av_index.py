@@ -12,14 +12,17 @@ part's times overlap the next): it shows the next GOP after this one, whatever t
 Then any frame can be reached from a keyframe and recognized by its pts when it comes out of the
 decoder.
 
-Two things the packets cannot say are checked by decoding, the first and the last frames:
-
-* whether the decoder shows them all: a stream cut inside a GOP starts with frames that reference
-  pictures before the cut, and a truncated file ends with frames that do not decode; FFmpeg shows
-  neither, so they leave the index (frames past the real end are never planned, let alone invented);
-* whether frames leave the decoder in pts order. AVI stores no presentation times (FFmpeg fills in
-  decode times), so with B-frames the pts of decoded frames go backwards: such a stream is not
-  ``exact`` and is decoded from its start, frames numbered as they come out.
+What the packets cannot say is checked by decoding a few GOPs: the first, the last, and every
+GOP whose packet timing is irregular (decode times missing, going back or skipping packets;
+frames shown before frames of the GOP before): a stream cut inside a GOP starts with frames that
+reference pictures before the cut, a truncated file ends with frames that do not decode, and at
+the joins of streams stream-copied end to end, packets are lost and the decoder drops or
+reorders frames there. FFmpeg shows what the decoder gives, so in those GOPs the index takes the
+frames that came out, in the order they came out; frames past the real end are never planned,
+let alone invented. One more thing is checked there: whether frames leave the decoder in pts
+order where the timing is regular. AVI stores no presentation times (FFmpeg fills in decode
+times), so with B-frames the pts of decoded frames go backwards: such a stream is not ``exact``
+and is decoded from its start, frames numbered as they come out.
 
 The entry keyframe of frame ``i`` is the last keyframe at or before its packet in decode order
 whose own pts is not later than the frame's: a leading picture of an open GOP (shown before its
@@ -27,6 +30,7 @@ keyframe, decoded after it) needs the GOP before, so it enters one keyframe earl
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -36,6 +40,7 @@ import numpy as np
 
 from pipeline.av_runs import NO_PTS, Desync, PacketCursor, decode_run
 from pipeline.av_stream import VideoUnusable, open_video
+from pipeline.entry_points import gop_entries
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,7 @@ class FrameIndex:
     exact: bool  # frames are recognized by pts (else numbered as they come out of a full decode)
     entries: np.ndarray = field(repr=False)  # int64 packet number of each shown frame's entry keyframe
     nominal_fps: float  # the stream's declared rate: the rate of a one-frame video
+    continuous_from: int  # frames from here on follow damage: decoded continuously, nothing skipped
 
     def __len__(self) -> int:
         return len(self.shown)
@@ -110,74 +116,154 @@ def build_index(path: str) -> FrameIndex:
         raise VideoUnusable("no video frames")
     packet_pts, packet_dts = np.asarray(pts, np.int64), np.asarray(dts, np.int64)
     kept = np.flatnonzero(~np.asarray(discard, bool))
-    exact = bool(NO_PTS not in packet_pts and len(np.unique(packet_pts)) == len(packet_pts))
     keys = np.union1d([0], np.flatnonzero(key))
-    shown = _display_order(kept, packet_pts, keys) if exact else kept
-    entries = _entries(shown, packet_pts, keys) if exact else np.zeros(len(shown), np.int64)
-    seen, rotation, size, exact = _decode_ends(path, packet_pts, packet_dts, shown, entries, exact)
-    if not seen:
+    exact = NO_PTS not in packet_pts
+    irregular, damaged = _irregular_gops(packet_pts, packet_dts, keys) if exact else (set(), set())
+    gop_entry = gop_entries(len(keys), damaged)
+    runs = _check_runs(len(keys), irregular, damaged)
+    seen, rotation, size = _decode_runs(path, packet_pts, packet_dts, keys, runs, gop_entry, exact)
+    if not any(seen.values()):
         raise VideoUnusable("undecodable video stream")
+    if exact and _reordered_without_reason(seen, irregular):
+        exact = False  # pts do not say the display order (AVI: FFmpeg fills in decode times)
     if exact:
-        keep = np.array([(pts_ in seen) or not _checked(i, entries, shown) for i, pts_ in
-                         enumerate(packet_pts[shown].tolist())], bool)
-        shown, entries = shown[keep], entries[keep]
+        shown = _display_order(kept, packet_pts, keys, seen)
+        entries = _entries(shown, packet_pts, keys, gop_entry)
     else:
         shown, entries = kept, np.zeros(len(kept), np.int64)
+    tainted = np.flatnonzero(gop_entry[_gop_of(shown, keys)] != np.arange(len(keys))[_gop_of(shown, keys)])
+    continuous_from = int(tainted[0]) if exact and tainted.size else (len(shown) if exact else 0)
     width, height = size if rotation % 180 == 0 else size[::-1]
     return FrameIndex(path, codec, pix_fmt, width, height, rotation, time_base, packet_pts, packet_dts,
                       shown, _times(packet_pts, packet_dts, shown, exact, time_base), exact, entries,
-                      nominal_fps)
+                      nominal_fps, continuous_from)
 
 
-def _display_order(kept: np.ndarray, packet_pts: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Kept packets in display order: by GOP (decode order), then by pts within the GOP."""
-    gop = np.searchsorted(keys, kept, side="right") - 1
-    return kept[np.lexsort((packet_pts[kept], gop))]
+class Occurrences:
+    """A pts -> value map where a pts may occur more than once (joined streams): each lookup takes
+    the first value not taken yet that ``fits``, so repeated times map to their frames in turn."""
+
+    def __init__(self, keys: list[int], values: list[int]):
+        self._values: dict[int, list[int]] = {}
+        for k, v in zip(keys, values):
+            self._values.setdefault(k, []).append(v)
+
+    def take(self, key: int, fits=lambda v: True):
+        values = self._values.get(key, [])
+        for i, v in enumerate(values):
+            if fits(v):
+                return values.pop(i)
+        return None
 
 
-def _entries(shown: np.ndarray, packet_pts: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Entry keyframe (packet number) of each shown frame; see the module docstring."""
-    j = np.searchsorted(keys, shown, side="right") - 1
+def _gop_of(packets: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    return np.searchsorted(keys, packets, side="right") - 1
+
+
+def _irregular_gops(packet_pts: np.ndarray, packet_dts: np.ndarray,
+                    keys: np.ndarray) -> tuple[set[int], set[int]]:
+    """GOPs whose packet timing is irregular: decode times missing, going back, or jumping by more
+    than 1.5 usual steps (packets lost at a join), a frame shown before a frame of the GOP before
+    it or at the same time as another (times that overlap at a join). Only these, the first and the last GOP are decoded
+    to learn which frames FFmpeg shows and in which order; elsewhere the times say it.
+    Returns (irregular GOPs, damaged GOPs: those where decode times say packets are missing)."""
+    n = len(packet_pts)
+    steps = np.diff(packet_dts)
+    usual = float(np.median(steps[steps > 0])) if np.any(steps > 0) else 0.0
+    bad = np.zeros(n, bool)
+    bad[1:] |= steps > 1.5 * usual  # packets lost
+    bad |= packet_dts == NO_PTS
+    gop = _gop_of(np.arange(n), keys)
+    damaged = {int(g) for g in np.unique(gop[bad])}
+    bad[1:] |= steps <= 0  # times that overlap: nothing lost, but only decoding says the order
+    gop_max = np.maximum.reduceat(packet_pts, keys)
+    if len(keys) > 1:
+        later = slice(int(keys[1]), n)
+        bad[later] |= packet_pts[later] < gop_max[gop[later] - 1]
+    values, counts = np.unique(packet_pts, return_counts=True)
+    bad |= np.isin(packet_pts, values[counts > 1])  # the same time twice: only decoding says the order
+    return {int(g) for g in np.unique(gop[bad])}, damaged
+
+
+def _check_runs(n_gops: int, irregular: set[int], damaged: set[int]) -> list[tuple[int, int]]:
+    """GOP ranges to decode at indexing: the first, the last, each irregular one with the next,
+    and everything from the first damage on (:mod:`pipeline.entry_points`)."""
+    after_damage = set(range(min(damaged), n_gops)) if damaged else set()
+    wanted = sorted({0, n_gops - 1} | irregular | {min(g + 1, n_gops - 1) for g in irregular} | after_damage)
+    runs: list[tuple[int, int]] = []
+    for g in wanted:
+        if runs and g <= runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], g)
+        else:
+            runs.append((g, g))
+    return runs
+
+
+def _decode_runs(path, packet_pts, packet_dts, keys, runs, gop_entry, exact):
+    """Decode each run of GOPs (from one GOP earlier, so their leading pictures have their
+    references, or from before damage): ({GOP: pts of its frames in the order they came out},
+    rotation, coded size)."""
+    cursor = PacketCursor(path, packet_pts, packet_dts, seekable=exact)
+    gop_of_pts = Occurrences(packet_pts.tolist(), _gop_of(np.arange(len(packet_pts)), keys).tolist())
+    seen: dict[int, list[int]] = {}
+    rotation, size = 0, (0, 0)
+    try:
+        for first, last in runs:
+            for g in range(first, last + 1):
+                seen[g] = []
+            stop = int(keys[last + 1]) - 1 if last + 1 < len(keys) else len(packet_pts) - 1
+            start = int(keys[min(max(first - 1, 0), gop_entry[first])])
+            for frame in decode_run(cursor, start, stop, None):
+                g = gop_of_pts.take(frame.pts, lambda g, a=first, b=last: a <= g <= b)
+                if g is not None and first <= g <= last:
+                    seen[g].append(frame.pts)
+                rotation, size = int(frame.rotation) % 360, (frame.width, frame.height)
+    except Desync:
+        pass  # a file that changes under us or a demuxer that is not repeatable: what was seen stands
+    except Exception as exc:  # noqa: BLE001 (FFmpeg errors of any kind: the stream does not decode)
+        if not any(seen.values()):
+            raise VideoUnusable("undecodable video stream", str(exc)) from None
+    finally:
+        cursor.close()
+    return seen, rotation, size
+
+
+def _reordered_without_reason(seen: dict[int, list[int]], irregular: set[int]) -> bool:
+    """Did a GOP with regular timing show its frames out of pts order?"""
+    return any(g not in irregular and any(b <= a for a, b in itertools.pairwise(order))
+               for g, order in seen.items())
+
+
+def _display_order(kept: np.ndarray, packet_pts: np.ndarray, keys: np.ndarray, seen) -> np.ndarray:
+    """Kept packets in display order: GOP by GOP in decode order; within a GOP that was decoded,
+    the frames that came out in the order they came out, else all by pts."""
+    gop = _gop_of(kept, keys)
+    order = kept[np.lexsort((packet_pts[kept], gop))]
+    packet_of = Occurrences(packet_pts[kept].tolist(), kept.tolist())
+    bounds = np.searchsorted(gop, np.arange(len(keys) + 1))  # kept is in decode order: gop is sorted
+
+    def bound(g: int) -> int:
+        return int(keys[g + 1]) if g + 1 < len(keys) else len(packet_pts)
+    parts = []
+    for g in range(len(keys)):
+        if g in seen:
+            in_gop = (packet_of.take(p, lambda k, g=g: keys[g] <= k < bound(g)) for p in seen[g])
+            parts.append(np.asarray([k for k in in_gop if k is not None], np.int64))
+        else:
+            parts.append(order[bounds[g]:bounds[g + 1]])
+    return np.concatenate(parts) if parts else order
+
+
+def _entries(shown: np.ndarray, packet_pts: np.ndarray, keys: np.ndarray, gop_entry: np.ndarray) -> np.ndarray:
+    """Entry keyframe (packet number) of each shown frame: its GOP's, one earlier for a leading
+    picture (see the module docstring), or from before damage (:mod:`pipeline.entry_points`)."""
+    j = gop_entry[_gop_of(shown, keys)]
     frame_pts = packet_pts[shown]
     while True:
         leading = (j > 0) & (packet_pts[keys[j]] > frame_pts)
         if not leading.any():
             return keys[j]
         j[leading] -= 1
-
-
-def _checked(i: int, entries: np.ndarray, shown: np.ndarray) -> bool:
-    """Was shown frame ``i`` among those the end checks decoded (first and last entry's frames)?"""
-    return entries[i] == entries[0] or entries[i] == entries[-1]
-
-
-def _decode_ends(path, packet_pts, packet_dts, shown, entries, exact):
-    """Decode the frames of the first and the last entry keyframe: (pts seen, rotation, coded
-    (width, height), exact). ``exact`` turns False if frames come out in another order."""
-    cursor = PacketCursor(path, packet_pts, packet_dts, seekable=exact)
-    position = {int(p): i for i, p in enumerate(packet_pts[shown].tolist())} if exact else {}
-    seen: set[int] = set()
-    rotation, size = 0, (0, 0)
-    try:
-        runs = {(int(entries[0]), int(shown[entries == entries[0]].max()))}
-        runs.add((int(entries[-1]), len(packet_pts) - 1))
-        for start, stop in sorted(runs):
-            last = None
-            for frame in decode_run(cursor, start, stop, None):
-                shown_at = position.get(frame.pts, -1)
-                if last is not None and shown_at <= last:
-                    exact = False  # frames leave the decoder in another order than the index's
-                last = shown_at
-                seen.add(frame.pts)
-                rotation, size = int(frame.rotation) % 360, (frame.width, frame.height)
-    except Desync:
-        pass  # a file that changes under us or a demuxer that is not repeatable: what was seen stands
-    except Exception as exc:  # noqa: BLE001 (FFmpeg errors of any kind: the stream does not decode)
-        if not seen:
-            raise VideoUnusable("undecodable video stream", str(exc)) from None
-    finally:
-        cursor.close()
-    return seen, rotation, size, exact
 
 
 def _times(packet_pts, packet_dts, shown, exact, time_base) -> np.ndarray:

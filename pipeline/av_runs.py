@@ -16,6 +16,7 @@ the start instead, which is always exact.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -82,27 +83,28 @@ class PacketCursor:
         return packet
 
     def _seek(self, number: int) -> bool:
-        """Seek to keyframe packet ``number``; False (and the cursor at the file start) if that fails."""
-        target_pts, target_dts = int(self.packet_pts[number]), int(self.packet_dts[number])
-        self.container.seek(target_pts, stream=self.stream, backward=True)
-        self._packets = self._demux()
-        for _ in range(_SEEK_SEARCH_PACKETS):
-            packet = next(self._packets, None)
-            if packet is None:
-                break
-            if packet.pts == target_pts and packet.is_keyframe:
-                self._packets = _prepend(packet, self._packets)
-                self.next_no = number
-                return True
-            if target_dts != NO_PTS and packet.dts is not None and packet.dts > target_dts:
-                break  # landed past the keyframe
+        """Seek to keyframe packet ``number``; False (and the cursor at the file start) if that fails.
+
+        A seek that lands after the keyframe (MPEG-PS/TS bisect on timestamps, which overlap at
+        joins) is retried from further back: 5, 20 and 80 seconds before it."""
+        target = int(self.packet_pts[number])
+        follow = [int(p) for p in self.packet_pts[number + 1 : number + 4]]
+        for back_s in (0, 5, 20, 80):
+            back = int(back_s / float(self.stream.time_base)) if self.stream.time_base else 0
+            self.container.seek(target - back, stream=self.stream, backward=True)
+            self._packets = self._demux()
+            for _ in range(_SEEK_SEARCH_PACKETS):
+                packet = next(self._packets, None)
+                if packet is None:
+                    break
+                if packet.pts == target and packet.is_keyframe:
+                    ahead = [next(self._packets, None) for _ in follow]
+                    if [a.pts if a is not None else None for a in ahead] == follow:
+                        self._packets = itertools.chain([packet, *ahead], self._packets)
+                        self.next_no = number
+                        return True
         self._reopen()
         return False
-
-
-def _prepend(first, rest):
-    yield first
-    yield from rest
 
 
 def decode_run(cursor: PacketCursor, start: int, stop: int, skip: np.ndarray | None) -> Iterator:

@@ -18,6 +18,7 @@ from pipeline.decode import frame_timestamps, iter_frame_windows
 from pipeline.errors import DecodeError, ProbeError
 from pipeline.probe import probe_video
 from pipeline.sample_containers import VARIANTS, make_long_gop_loop, make_variants
+from pipeline.sample_videos import remux_loop
 
 from .ffmpeg_reference import ffmpeg_decode, psnr
 
@@ -29,14 +30,14 @@ def variants(shared_dir):
     return make_variants(shared_dir / "containers")
 
 
-def check_against_ffmpeg(path, n_picks: int, seed=None, reference_count: bool = True):
+def check_against_ffmpeg(path, n_picks: int, seed=None, reference_count: bool = True, also=()):
     """Probe, plan, decode fresh random frames of ``path`` and compare them with FFmpeg's."""
     seed = np.random.SeedSequence(seed).entropy
     rng = np.random.default_rng(seed)
     info = probe_video(path)
     plan = plan_video(info, 16, SMALL)
-    picks = np.sort(rng.choice(info.n_frames, size=min(n_picks, info.n_frames), replace=False))
-    indices = [*picks.tolist(), info.n_frames - 1, info.n_frames - 1]  # the last frame, padded as a plan pads
+    picks = rng.choice(info.n_frames, size=min(n_picks, info.n_frames), replace=False)
+    indices = [*sorted({*picks.tolist(), *also}), info.n_frames - 1, info.n_frames - 1]  # the last frame, padded as a plan pads
     got = np.concatenate(list(iter_frame_windows(path, indices, plan.height, plan.width,
                                                  window=int(rng.integers(1, 9)))))
     ref = ffmpeg_decode(path, indices, plan.height, plan.width)
@@ -65,7 +66,8 @@ def test_hour_long_long_gop_mpeg_ps(shared_dir):
     """MPEG-1 in MPEG-PS, one keyframe per 10 s, stream-copied to an hour: 90,000 frames whose
     times overlap at every join. Frames deep into the hour must be FFmpeg's frames there."""
     path = make_long_gop_loop(shared_dir / "long", 60)
-    info = check_against_ffmpeg(path, n_picks=4)
+    joins = [*range(2248, 2254), *range(67_498, 67_503)]  # around two joins, one at minute 45
+    info = check_against_ffmpeg(path, n_picks=4, also=joins)
     assert info.n_frames == 90_000
 
 
@@ -102,3 +104,19 @@ def test_decode_errors_give_one_summary_line(variants, tmp_path, caplog, capfd):
     assert len(lines) == 1 and lines[0].startswith("corrupt_middle.mkv: ") and "concealed" in lines[0], lines
     out, err = capfd.readouterr()
     assert "error while decoding" not in out + err
+
+
+def test_stream_copied_transport_stream_joins(variants, tmp_path):
+    """bikes looped into MPEG-TS by stream copy: packets are lost at each join and the decoder
+    drops and reorders frames there. The count and the frames are FFmpeg's; times too, except
+    where FFmpeg's best-effort guess gives a reordered frame its neighbour's time."""
+    looped = remux_loop(variants["h264_bframes.ts"], tmp_path / "joins.ts", 40)
+    info = probe_video(looped)
+    rng = np.random.default_rng()
+    indices = sorted({*range(244, 256), *rng.integers(0, info.n_frames, 8).tolist(), info.n_frames - 1})
+    got = np.concatenate(list(iter_frame_windows(looped, indices, 56, 112)))
+    ref = ffmpeg_decode(looped, indices, 56, 112)
+    assert info.n_frames == ref.n_frames < 1000  # 4 joins of 250-frame loops: frames lost
+    assert np.array_equal(got, ref.frames), indices
+    times = np.asarray(frame_timestamps(looped, indices))
+    assert np.mean(np.isclose(times, ref.times, atol=1e-3)) > 0.9, (times, ref.times)
