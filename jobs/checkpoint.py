@@ -77,6 +77,20 @@ def _numpy_state(saved) -> dict | tuple:
             "state": {"key": saved["key"].numpy().astype(np.uint32), "pos": saved["pos"]}}
 
 
+def fresh_rng_streams(seed: int, step: int) -> None:
+    """Every stream of this rank seeded from (seed, step, rank): what a resumed run uses when the
+    checkpoint's streams belonged to another layout's ranks."""
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    from model import megatron_compat
+
+    value = (seed * 1_000_003 + step) * 1_009 + _rank()
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+    model_parallel_cuda_manual_seed(value % 2**31, force_reset_rng=not megatron_compat.needed())
+
+
 def set_rng_state(state: dict) -> None:
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
@@ -235,10 +249,21 @@ class Checkpoints:
         with megatron_loading(path):
             loaded = dist_checkpointing.load(sharded_state, str(path))
         train_state = _read_train_state(path)
+        saved = len(list((path / "rng").glob("rank_*.pt")))
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if saved != world:
+            # Another layout: Megatron reshards the model and the optimizer, but a rank's random
+            # streams belonged to the old layout's rank; every rank starts fresh, known ones.
+            seed = int(train_state.get("config", {}).get("seed", 0))
+            fresh_rng_streams(seed, step)
+            if _rank() == 0:
+                print(f"note: {path} was saved by {saved} ranks and is loaded by {world}: the model "
+                      f"and optimizer are resharded; random streams restart from (seed {seed}, step {step}, rank)",
+                      flush=True)
+            return loaded, train_state
         rng_file = path / "rng" / f"rank_{_rank()}.pt"
         if not rng_file.exists():
-            raise RuntimeError(f"{path} has no RNG state for rank {_rank()}: was it saved with "
-                               "another number of ranks?")
+            raise DamagedCheckpoint(f"checkpoint {path}: no RNG state for rank {_rank()} (rng/{rng_file.name})")
         legacy = not (path / TRAIN_STATE).exists()
         set_rng_state(load_plain(rng_file, allow=_legacy_numpy_globals() if legacy else ()))
         return loaded, train_state

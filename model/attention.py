@@ -55,6 +55,10 @@ class CoreChoice:
     backend: str = "reference"  # dsa_attention backend: "triton" on a GPU
     indexer_weight: float = 1.0  # d(objective)/d(one layer's indexer loss)
     rows: "QueryRows | None" = None  # set per pack under context parallelism
+    # DSA plans of the current pack by (config, stage): emptied when a pack's forward starts;
+    # every layer (and the recomputation in backward) shares them, so a plan's host reads
+    # happen once per pack, not once per layer.
+    plans: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -73,9 +77,7 @@ class QueryRows:
     gather: Callable[[torch.Tensor], torch.Tensor]
     share: float
     grad_scale: float
-    # DSA plans of these rows by (config, dense): every layer (and the recomputation in
-    # backward) shares one, so the plan's host reads happen once per pack, not per layer.
-    plans: dict = field(default_factory=dict)
+    host_pos: tuple[torch.Tensor, torch.Tensor] | None = None  # (q_pos, q_doc) on the host
 
 
 class _InjectLossGrad(torch.autograd.Function):
@@ -185,7 +187,7 @@ class PackedSelfAttention(MegatronModule):
             k, v = rows.gather(torch.cat([k, v], dim=-1)).split(self.head_dim, dim=-1)
         if self.core.kind == "dense" or self.indexer is None:
             if rows is not None:
-                return packed_attention_rows(q, k, v, rows.q_pos, rows.q_doc)
+                return packed_attention_rows(q, k, v, rows.q_pos, rows.q_doc, host_pos=rows.host_pos)
             return packed_attention(q, k, v, cu, causal=self.causal)
         from model.dsa.attention import dsa_attention, dsa_attention_rows
 
@@ -193,12 +195,12 @@ class PackedSelfAttention(MegatronModule):
         weight = self.core.indexer_weight
         if rows is None:
             out, loss = dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu, self.core.dsa,
-                                      backend=self.core.backend)
+                                      backend=self.core.backend, plans=self.core.plans)
             self.indexer_loss = loss.detach()
         else:
             out, loss, _ = dsa_attention_rows(q, k, v, q_idx, rows.gather(k_idx), w_idx, rows.q_pos,
                                               rows.q_doc, self.core.dsa, backend=self.core.backend,
-                                              plans=rows.plans)
+                                              plans=self.core.plans)
             self.indexer_loss = loss.detach() * rows.share  # summed over the context ranks
             weight = weight * rows.share * rows.grad_scale
         if loss.requires_grad:

@@ -83,7 +83,7 @@ def _long_segment(q, k, v, scale, causal, chunk):
 
 def packed_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor,
                           q_doc: torch.Tensor, softmax_scale: float | None = None,
-                          chunk: int = DEFAULT_CHUNK) -> torch.Tensor:
+                          chunk: int = DEFAULT_CHUNK, host_pos=None) -> torch.Tensor:
     """Causal attention of query rows at global positions against the whole pack's keys.
 
     The context-parallel form of the LM's dense core: a rank holds some query rows q [Tq, Hq, D]
@@ -93,7 +93,8 @@ def packed_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_p
     run in query chunks against its causal key prefix.
     """
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
-    pos, doc = q_pos.tolist(), q_doc.tolist()
+    # host_pos: the same positions already on the host (no wait for the GPU in every layer)
+    pos, doc = (t.tolist() for t in (host_pos if host_pos is not None else (q_pos, q_doc)))
     outs, start = [], 0
     for i in range(1, len(pos) + 1):
         if i < len(pos) and pos[i] == pos[i - 1] + 1 and doc[i] == doc[i - 1]:

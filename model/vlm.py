@@ -81,6 +81,7 @@ class VLM(MegatronModule):
     def _lm_input(self, batch) -> torch.Tensor:
         """[S, 1, H] LM input of a pack: text embeddings with the merged vision tokens in place
         (and the DeepStack features set for the LM layers that add them)."""
+        self.core.plans = {}  # a new pack: new DSA plans (model/attention.py, CoreChoice)
         embeds = self.language.embed(batch.input_ids)
         deep: list[torch.Tensor] = []
         if batch.pixel_patches.shape[0]:

@@ -56,6 +56,12 @@ class LocalPack:
     q_doc: torch.Tensor  # int32 document start of each local row
     total: int  # tokens of the whole pack
     n_labels: int  # labeled tokens of the whole pack
+    _host_doc: torch.Tensor | None = None
+
+    @property
+    def host_pos(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(q_pos, q_doc) on the host, for code that walks them in Python."""
+        return self.rows[self.rank], self._host_doc
 
     @property
     def share(self) -> float:
@@ -85,4 +91,5 @@ def local_pack(batch, cp: int, rank: int, align: int = 1) -> LocalPack:
     return LocalPack(rows=rows, rows_on_device=on_dev, rank=rank, input_ids=batch.input_ids[mine],
                      labels=batch.labels[mine], position_ids=batch.position_ids[:, mine],
                      cu_seqlens=to_dev(local_cu), q_pos=to_dev(mine_h.to(torch.int32)),
-                     q_doc=to_dev(doc_start.to(torch.int32)), total=total, n_labels=n_labels)
+                     q_doc=to_dev(doc_start.to(torch.int32)), total=total, n_labels=n_labels,
+                     _host_doc=doc_start)

@@ -63,8 +63,9 @@ class ParallelForward:
         if torch.is_grad_enabled() and not embeds.requires_grad:  # see VLM.forward
             embeds = embeds.detach().requires_grad_(True)
         # Stays set after forward: recomputation in backward runs the attention again.
+        model.core.plans = {}  # a new pack: new DSA plans
         model.core.rows = QueryRows(
-            q_pos=lp.q_pos, q_doc=lp.q_doc, share=lp.share, grad_scale=float(cp),
+            q_pos=lp.q_pos, q_doc=lp.q_doc, share=lp.share, grad_scale=float(cp), host_pos=lp.host_pos,
             gather=lambda x: gather_rows(x, lp.rows_on_device, rank, group))
         out = model.language(embeds, lp.position_ids, lp.cu_seqlens, lp.labels)
         aux = moe_aux.value(model.cfg.lm.aux_loss_coeff).to(dev) * aux_fix

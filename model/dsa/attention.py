@@ -72,12 +72,7 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
     backend = backend or _BACKEND
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     dense = cfg.stage == "warmup"
-    key = (cfg, dense)
-    plan = plans.get(key) if plans is not None else None
-    if plan is None:
-        plan = build_plan(q_pos, q_doc, cfg, dense)
-        if plans is not None:
-            plans[key] = plan
+    plan = _plan(plans, cfg, lambda: build_plan(q_pos, q_doc, cfg, dense))
     sel_n = None
     if not dense:
         if sel is not None:
@@ -97,13 +92,32 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
     return out, loss, aux
 
 
+def _plan(plans: dict | None, cfg: DSAConfig, make) -> Plan:
+    """The plan for ``cfg``'s stage from ``plans`` (a per-pack cache; see CoreChoice.plans), made
+    and kept there on first use."""
+    key = (cfg, cfg.stage == "warmup")
+    plan = plans.get(key) if plans is not None else None
+    if plan is None:
+        plan = make()
+        if plans is not None:
+            plans[key] = plan
+    return plan
+
+
 def dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, softmax_scale=None,
-                  backend: str | None = None):
-    """(out [T, Hq, D], indexer_loss scalar float32) for a packed sequence; see the module docstring."""
+                  backend: str | None = None, plans: dict | None = None):
+    """(out [T, Hq, D], indexer_loss scalar float32) for a packed sequence; see the module docstring.
+    ``plans``: a per-pack cache shared by the layers (see dsa_attention_rows)."""
     t = q.shape[0]
-    q_doc = doc_starts_from_cu_seqlens(cu_seqlens.to(q.device), t)
-    q_pos = torch.arange(t, device=q.device, dtype=torch.int32)
-    out, loss, _ = dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg, softmax_scale, backend)
+
+    def whole_pack() -> Plan:
+        q_doc = doc_starts_from_cu_seqlens(cu_seqlens.to(q.device), t)
+        q_pos = torch.arange(t, device=q.device, dtype=torch.int32)
+        return build_plan(q_pos, q_doc, cfg, cfg.stage == "warmup")
+
+    plan = _plan(plans, cfg, whole_pack)
+    out, loss, _ = dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, plan.q_pos, plan.q_doc, cfg,
+                                      softmax_scale, backend, plans={(cfg, cfg.stage == "warmup"): plan})
     return out, loss
 
 

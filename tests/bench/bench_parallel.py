@@ -95,6 +95,8 @@ def worker(args) -> None:
             times.append(time.perf_counter() - t0)
             handoff.append(sum(a.elapsed_time(b) for a, b in events or []) / 1e3)
         losses.append(res.loss)
+    syncs = _count_syncs(trainer, packs[groups.dp_rank].to(device),
+                         Path(args.out) / f"syncs_{args.tag}.txt" if args.profile_step else None) if on_gpu else None
     if args.profile_step and on_gpu:
         _profile_step(trainer, packs[groups.dp_rank].to(device), Path(args.out) / f"profile_{args.tag}.txt")
     dt = sorted(times)[len(times) // 2]
@@ -112,8 +114,43 @@ def worker(args) -> None:
                "tokens_per_s": tokens / dt, "tokens_per_s_per_gpu": tokens / dt / world,
                "model_tflops_per_gpu": flops / dt / world / 1e12,
                "vit_max_over_mean": plan.imbalance() if plan else 1.0, "handoff_share": float(share),
-               "losses": losses, "peak_mem_gib": float(mem) if on_gpu else None}
+               "losses": losses, "peak_mem_gib": float(mem) if on_gpu else None, "host_syncs": syncs}
         Path(args.row_out).write_text(json.dumps(row))
+
+
+def _count_syncs(trainer, batch, path: Path | None = None) -> int:
+    """Host synchronisations in one step, as torch's sync debug mode reports them (each op that
+    waits for the GPU: item(), tolist(), nonzero(), blocking copies...); with ``path``, where
+    they come from (the innermost longshot or Megatron frame, counted) is written there."""
+    import collections
+    import traceback
+    import warnings
+
+    sites = collections.Counter()
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if "/torch/" not in f.filename and "warnings" not in f.filename]
+        f = frames[-1] if frames else None
+        sites[f"{f.filename.split('site-packages/')[-1]}:{f.lineno} {f.name}" if f else "?"] += 1
+
+    torch.cuda.synchronize()
+    saved = warnings.showwarning
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            trainer.step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+            warnings.showwarning = saved
+    if path is not None and int(os.environ.get("RANK", "0")) == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("\n".join(f"{n:6d}  {site}" for site, n in sites.most_common()))
+    return sum(sites.values())
 
 
 def _profile_step(trainer, batch, path: Path) -> None:
@@ -130,13 +167,13 @@ def _profile_step(trainer, batch, path: Path) -> None:
 
 def table(rows: list[dict]) -> str:
     lines = ["| preset | seq | layout | GPUs | step s | tokens/s | tokens/s/GPU | model TFLOP/s/GPU | speed-up | "
-             "ViT max/mean | hand-off | peak GiB |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "ViT max/mean | hand-off | peak GiB | host syncs/step |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     base = {}
     for r in rows:
         if "error" in r:
             lines.append(f"| {r.get('preset', '')} | {r.get('seq_len', '')} | {r['layout']} | {r.get('world', '')} | "
-                         f"failed: {r['error']} | | | | | | | |")
+                         f"failed: {r['error']} | | | | | | | | |")
             continue
         key = (r["preset"], r["seq_len"])
         base.setdefault(key, r["tokens_per_s"])
@@ -144,7 +181,8 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['preset']} | {r['seq_len']:,} | {r['layout']} | {r['world']} | {r['step_time_s']:.3f} | "
                      f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_gpu']:,.0f} | "
                      f"{r['model_tflops_per_gpu']:.0f} | {r['tokens_per_s'] / base[key]:.2f}x | "
-                     f"{r['vit_max_over_mean']:.3f} | {100 * r['handoff_share']:.1f}% | {mem} |")
+                     f"{r['vit_max_over_mean']:.3f} | {100 * r['handoff_share']:.1f}% | {mem} | "
+                     f"{r.get('host_syncs', '-')} |")
     return "\n".join(lines)
 
 

@@ -27,9 +27,15 @@ LAYOUTS_4 = ["cp1", "cp2:balanced", "cp2:owner", "cp2:replicated", "cp4:balanced
 RTOL = {"ce": 2e-2, "loss": 2e-2, "grad_norm": 6e-2, "indexer": 6e-2}
 
 
+# torch.distributed's rendezvous of this process (another GPU test may have started one): the
+# workers must not inherit it
+_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
 def _env(devices: str) -> dict:
     path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    return {**os.environ, "CUDA_VISIBLE_DEVICES": devices, "PYTHONPATH": path, "OMP_NUM_THREADS": "4",
+    env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS}
+    return {**env, "CUDA_VISIBLE_DEVICES": devices, "PYTHONPATH": path, "OMP_NUM_THREADS": "4",
             "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 
 

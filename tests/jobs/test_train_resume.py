@@ -4,6 +4,7 @@ is refused without --force."""
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,3 +92,24 @@ def test_init_from_keeps_the_loaded_weights_after_the_first_update(tmp_path):
     assert continued[0] < trained[0] - 0.2, "the loaded weights must be in use at step 1"
     # a learning rate of 1e-6 barely moves the weights: later steps stay where step 1 was
     assert max(abs(c - continued[0]) for c in continued[1:]) < 0.15, continued
+
+
+def test_resume_on_another_number_of_ranks_reshards_and_trains_on(tmp_path):
+    """Saved by two data-parallel ranks, resumed by one: Megatron's checkpoint is resharded
+    (the distributed optimizer's shards included), the note says so, and training continues
+    from the saved weights, not from a fresh model."""
+    args = ["--synthetic", "4", "--seq-len", "160", "--steps", "6", "--save-every", "3", "--lr", "3e-3",
+            "--lr-warmup-steps", "1", "--workers", "0"]
+    two = tmp_path / "two"
+    run("train", "--run", str(two), *args, "--nproc", "2")
+    (two / "checkpoints" / "latest").write_text("3")
+    shutil.rmtree(two / "checkpoints" / "iter_0000006")
+    fresh = tmp_path / "fresh"
+    run("train", "--run", str(fresh), *args, "--steps", "1")
+    out = run("resume", str(two))
+    assert "saved by 2 ranks and is loaded by 1" in out.stdout, out.stdout[-2000:]
+    got = read_metrics(two)
+    assert [r["step"] for r in got] == [1, 2, 3, 4, 5, 6]
+    untrained = read_metrics(fresh)[0]["ce"]
+    # the resumed steps start from the trained weights: well below a fresh model's loss
+    assert got[3]["ce"] < untrained - 0.3, (got[3]["ce"], untrained)
