@@ -6,8 +6,8 @@ dist_checkpointing checkpoint (OUT/checkpoints/iter_0000000, written by jobs/che
 
 Streaming: the model is built on the meta device, source tensors are read one rule at a time
 (model/hf_names.py), converted, and staged in files of about 1 GiB that are then memory-mapped as
-the model's parameters for the save: host memory holds one stage and one rule's tensors at a
-time, never the model.
+the data of the model's sharded state dict for the save: host memory holds one stage and one
+rule's tensors at a time, never the model.
 
 Parameters with no source start fresh, with the initialisation a new longshot model gets
 (seeded by --seed): the DSA indexer of every layer (a dense checkpoint has none; the DSA
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -80,8 +81,12 @@ class _Stage:
         self.files: list[Path] = []
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        self.part[name] = tensor.contiguous()
-        self.part_bytes += tensor.numel() * tensor.element_size()
+        tensor = tensor.contiguous()
+        size = tensor.numel() * tensor.element_size()
+        if tensor.untyped_storage().nbytes() != size:  # a view (one expert of a fused tensor):
+            tensor = tensor.clone()  # torch.save would write the whole storage with it
+        self.part[name] = tensor
+        self.part_bytes += size
         if self.part_bytes >= STAGE_BYTES:
             self._flush()
 
@@ -169,12 +174,19 @@ def import_hf(source: Path, out: Path, *, vision_preset: str = "keye-30b-a3b",
 
 
 def _write(model, cfg, rules, src: SafetensorsSource, source: Path, work: Path, target, pg, seed: int) -> int:
-    """Convert rule by rule into the stage, add the fresh parameters, save the checkpoint."""
+    """Convert rule by rule into the stage, add the fresh parameters, save the checkpoint from
+    the memory-mapped stage."""
     from jobs.checkpoint import Checkpoints
 
     ours = dict(model.named_parameters())
+    sharded = model.sharded_state_dict()  # metadata only: the model lives on the meta device
     stage = _Stage(work / "stage")
     written, source_dtype = set(), None
+
+    def put(name: str, tensor: torch.Tensor) -> None:
+        for key, piece in _save_pieces(sharded, name, tensor):
+            stage.add(key, piece)
+
     for rule in rules:
         try:
             tensors = rule.to_ours([src.get(n) for n in rule.hf])
@@ -183,20 +195,46 @@ def _write(model, cfg, rules, src: SafetensorsSource, source: Path, work: Path, 
         for name, t in zip(rule.ours, tensors, strict=True):
             _check_shape(name, t, ours[name], source)
             source_dtype = source_dtype or t.dtype
-            stage.add(name, t if target is None else t.to(target))
+            put(name, t if target is None else t.to(target))
             written.add(name)
     fresh_names = set(ours) - written
     fresh_dtype = target or source_dtype or torch.float32
     for name, t in _fresh_parameters(cfg, fresh_names, pg, fresh_dtype, seed).items():
-        stage.add(name, t)
-    weights = stage.mapped()
-    missing, unexpected = model.load_state_dict(weights, strict=False, assign=True)
-    missing = [m for m in missing if not m.endswith("_extra_state")]
-    if missing or unexpected:  # the coverage check makes this unreachable; kept as a guard
-        raise RuntimeError(f"import left parameters unset {missing[:5]} or unused {unexpected[:5]}")
-    Checkpoints(work).save(0, {"model": model.sharded_state_dict()}, {"step": 0, "imported_from": str(source)})
+        put(name, t)
+    _fill(sharded, stage.mapped())
+    Checkpoints(work).save(0, {"model": sharded}, {"step": 0, "imported_from": str(source)})
     shutil.rmtree(work / "stage")
     return len(written)
+
+
+def _save_pieces(sharded: dict, name: str, tensor: torch.Tensor):
+    """(stage key, tensor) pairs in which parameter `name` is saved. A parameter that Megatron
+    saves through a factory (an expert's fused gate|up linear, saved as two halves) is staged
+    as those pieces, each with its own storage: the checkpoint writer would otherwise copy
+    every such view into memory before writing (the whole model's worth of them)."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
+
+    entry = sharded[name]
+    if not isinstance(entry, ShardedTensorFactory):
+        return [(name, tensor)]
+    pieces = replace(entry, data=tensor).build()
+    return [(f"{name}#{i}", p.data) for i, p in enumerate(pieces if isinstance(pieces, list) else [pieces])]
+
+
+def _fill(sharded: dict, weights: dict[str, torch.Tensor]) -> None:
+    """Give every sharded tensor of the (meta) model its staged data; factories are replaced by
+    the pieces they build."""
+    from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+    for name, entry in list(sharded.items()):
+        if isinstance(entry, ShardedTensorFactory):
+            pieces = entry.build()
+            pieces = pieces if isinstance(pieces, list) else [pieces]
+            for i, piece in enumerate(pieces):
+                piece.data = weights[f"{name}#{i}"]
+            sharded[name] = pieces
+        elif isinstance(entry, ShardedTensor):
+            entry.data = weights[name]
 
 
 def _check_shape(name: str, tensor: torch.Tensor, param: torch.Tensor, source: Path) -> None:

@@ -1,0 +1,113 @@
+"""DSA continuation of an imported model on one GPU: dense warm-up of the indexer, then sparse,
+against the same model continued dense.
+
+    PYTHONUNBUFFERED=1 python tests/bench/bench_dsa_continuation.py [--out DIR] [--seq-len 32768]
+        [--pretrain 40] [--warmup 20] [--sparse 40] [--topk 2048] [--granularity block]
+
+No download is possible on the GPU node, so the "pretrained" model is made here, the way a real
+one arrives: a Qwen3-MoE checkpoint in Hugging Face format (the `small` preset's LM shape,
+random bf16 weights, written by bench_import_hf.write_source), imported with `longshot
+import-hf` (fresh DSA indexer, fresh ViT of the `small` preset), then trained densely for
+--pretrain steps so that its attention is no longer the uniform attention of random weights.
+From that checkpoint two runs of the same length, on the same synthetic packs in the same order:
+
+- dense: `--attention dense`;
+- dsa: `--attention dsa --dsa-warmup-steps W` (W steps train only the indexer on the dense
+  attention it imitates, then the model trains on sparse attention).
+
+Reported: per step the LM cross entropy of both runs; at the first sparse step and over the
+sparse stage the difference dsa - dense (the issue's bar: within 0.1 nats), and the indexer KL.
+Every run is the `longshot` CLI (import-hf, train --preset from-hf:DIR --init-from ...), so this
+is the path a user takes. Writes results.json and a markdown table under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from tests.bench.bench_import_hf import SHAPE, write_source
+
+# The `small` preset's LM (model/presets.py) as a Qwen3-MoE config.
+SMALL = {**SHAPE, "hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 2,
+         "head_dim": 128, "num_experts": 32, "num_experts_per_tok": 4, "moe_intermediate_size": 512}
+SMALL_LAYERS = 12
+VISION_TOKEN = 151656  # Qwen's <|video_pad|>
+
+
+def longshot(*args: str) -> None:
+    cmd = [sys.executable, "-m", "jobs.cli", *args]
+    print("$ longshot " + " ".join(args), flush=True)
+    t0 = time.perf_counter()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    res = subprocess.run(cmd, cwd=ROOT, env=env, check=False)
+    if res.returncode:
+        raise SystemExit(f"longshot {args[0]} failed with exit {res.returncode}")
+    print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=Path("runs/bench_dsa_continuation"))
+    ap.add_argument("--seq-len", type=int, default=32768)
+    ap.add_argument("--packs", type=int, default=64, help="synthetic packs (cycled)")
+    ap.add_argument("--pretrain", type=int, default=40, help="dense steps after the import")
+    ap.add_argument("--warmup", type=int, default=20, help="indexer-only steps")
+    ap.add_argument("--sparse", type=int, default=40, help="sparse steps")
+    ap.add_argument("--topk", type=int, default=2048)
+    ap.add_argument("--granularity", choices=["block", "token"], default="block")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    args = ap.parse_args()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    src, init = out / "hf_source", out / "init"
+    if not (src / "config.json").exists():
+        write_source(src, SMALL_LAYERS, SMALL)
+    if not init.exists():
+        longshot("import-hf", "--from", str(src), "--out", str(init), "--vision-preset", "small",
+                 "--vision-token-id", str(VISION_TOKEN))
+    common = ["--preset", f"from-hf:{init}", "--synthetic", str(args.packs), "--seq-len", str(args.seq_len),
+              "--lr", str(args.lr), "--lr-warmup-steps", "5", "--workers", "0", "--force"]
+    pre = out / "pretrain"
+    longshot("train", "--run", str(pre), "--init-from", str(init), "--attention", "dense",
+             "--steps", str(args.pretrain), "--save-every", str(args.pretrain), *common)
+    steps = args.warmup + args.sparse
+    dsa = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(args.topk),
+           "--dsa-granularity", args.granularity]
+    runs = {"dense": ["--attention", "dense"], "dsa": dsa}
+    for name, extra in runs.items():
+        longshot("train", "--run", str(out / name), "--init-from", str(pre), "--steps", str(steps),
+                 "--save-every", str(steps), *extra, *common)
+    dense, sparse = metrics(out / "dense"), metrics(out / "dsa")
+    rows = [{"step": d["step"], "stage": s["stage"], "dense_ce": d["ce"], "dsa_ce": s["ce"],
+             "diff": s["ce"] - d["ce"], "indexer_kl": s["indexer"], "dsa_tok_s": s["tokens_per_s"],
+             "dense_tok_s": d["tokens_per_s"]} for d, s in zip(dense, sparse, strict=True)]
+    after = [r for r in rows if r["stage"] == "sparse"]
+    summary = {"first_sparse_step": after[0]["step"], "diff_at_switch": after[0]["diff"],
+               "mean_diff_sparse": sum(r["diff"] for r in after) / len(after),
+               "max_abs_diff_sparse": max(abs(r["diff"]) for r in after),
+               "mean_diff_last10": sum(r["diff"] for r in after[-10:]) / len(after[-10:]),
+               "pretrain_final_ce": metrics(pre)[-1]["ce"], "args": vars(args) | {"out": str(out)}}
+    lines = ["| step | stage | dense ce | dsa ce | dsa - dense | indexer KL |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['step']} | {r['stage']} | {r['dense_ce']:.4f} | {r['dsa_ce']:.4f} | {r['diff']:+.4f} | "
+              f"{r['indexer_kl']:.4f} |" for r in rows]
+    table = "\n".join(lines)
+    print(table)
+    print(json.dumps({k: v for k, v in summary.items() if k != "args"}, indent=1))
+    (out / "results.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
+    (out / "results.md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
