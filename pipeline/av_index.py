@@ -162,20 +162,21 @@ def _gop_of(packets: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 def _irregular_gops(packet_pts: np.ndarray, packet_dts: np.ndarray,
                     keys: np.ndarray) -> tuple[set[int], set[int]]:
-    """GOPs whose packet timing is irregular: decode times missing, going back, or jumping by more
+    """GOPs whose packet timing is irregular: decode times going back, or jumping by more
     than 1.5 usual steps (packets lost at a join), a frame shown before a frame of the GOP before
     it or at the same time as another (times that overlap at a join). Only these, the first and the last GOP are decoded
     to learn which frames FFmpeg shows and in which order; elsewhere the times say it.
     Returns (irregular GOPs, damaged GOPs: those where decode times say packets are missing)."""
     n = len(packet_pts)
+    known = packet_dts != NO_PTS  # Matroska stores no decode times: FFmpeg leaves some unset
+    pairs = known[1:] & known[:-1]
     steps = np.diff(packet_dts)
-    usual = float(np.median(steps[steps > 0])) if np.any(steps > 0) else 0.0
+    usual = float(np.median(steps[pairs & (steps > 0)])) if np.any(pairs & (steps > 0)) else 0.0
     bad = np.zeros(n, bool)
-    bad[1:] |= steps > 1.5 * usual  # packets lost
-    bad |= packet_dts == NO_PTS
+    bad[1:] |= pairs & (steps > 1.5 * usual)  # packets lost
     gop = _gop_of(np.arange(n), keys)
     damaged = {int(g) for g in np.unique(gop[bad])}
-    bad[1:] |= steps <= 0  # times that overlap: nothing lost, but only decoding says the order
+    bad[1:] |= pairs & (steps <= 0)  # times that overlap: nothing lost, but only decoding says the order
     gop_max = np.maximum.reduceat(packet_pts, keys)
     if len(keys) > 1:
         later = slice(int(keys[1]), n)

@@ -9,9 +9,10 @@ against the ``ffmpeg`` command line's decode of the same file.
 
 Why not decord, which did this before: its seeks trust timestamps that MPEG-TS/PS do not give
 (frames shifted by a GOP or more, stale frames repeated past the end), it has no AV1, its scaler
-differs from FFmpeg's (about 39 dB PSNR from ``ffmpeg -vf scale`` at the planned sizes, against
-52-57 dB for swscale's bicubic through PyAV), and it keeps the packets it reads, which is what
-the MP4 excerpt path (:mod:`pipeline.mp4_excerpt`, now used only to loop clips) worked around.
+differs from FFmpeg's (about 39 dB PSNR from ``ffmpeg -vf scale`` at the planned sizes; through
+PyAV the frames go through FFmpeg's own filters and equal the command line's bit for bit), and
+it keeps the packets it reads, which is what the MP4 excerpt path (:mod:`pipeline.mp4_excerpt`,
+now used only to loop clips) worked around.
 PyAV streams packets, so memory stays flat whatever the length (``tests/bench/RESULTS.md``).
 """
 

@@ -43,7 +43,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.gop_bridges import DEFAULT_MAX_TAIL
 from pipeline.mp4_loop import loop_to_length
 from pipeline.sample_videos import ffmpeg_exe, remux_loop, sample_clip
 
@@ -78,8 +77,7 @@ def child_decode(video: str, fps: float, min_fps: float, window: int, max_tail: 
     plan = plan_video(info, TEXT_TOKENS, BudgetConfig(fps=fps, min_fps=min_fps))
     frames = 0
     for seg in plan.segments:
-        for batch in iter_frame_windows(video, seg.frame_indices, plan.height, plan.width, window,
-                                        max_tail=max_tail):
+        for batch in iter_frame_windows(video, seg.frame_indices, plan.height, plan.width, window):
             frames += len(batch)
     print(json.dumps({"frames": frames, "sample_fps": plan.sample_fps, "size": [plan.height, plan.width],
                       "segments": len(plan.segments), "vision_tokens": plan.vision_tokens}))
@@ -129,11 +127,9 @@ def decode_rows(video: Path, facts: dict, window: int, with_ffmpeg: bool = True)
     """The first two rows are ffmpeg's (the baselines), unless ``with_ffmpeg`` is false."""
     rows = ffmpeg_rows(video) if with_ffmpeg else []
     for label, fps, min_fps, max_tail in [
-        ("longshot default plan (2 fps)", 2.0, 0.5, DEFAULT_MAX_TAIL),
-        ("longshot 2 fps, decord seeks at every GOP (max_tail=0)", 2.0, 0.5, 0),
-        ("longshot 0.5 fps", 0.5, 0.5, DEFAULT_MAX_TAIL),
-        ("longshot 0.5 fps, max_tail=0", 0.5, 0.5, 0),
-        ("longshot 0.1 fps (interval > GOP)", 0.1, 0.1, DEFAULT_MAX_TAIL),
+        ("longshot default plan (2 fps)", 2.0, 0.5, 0),  # max_tail: unused since decoding moved to PyAV
+        ("longshot 0.5 fps", 0.5, 0.5, 0),
+        ("longshot 0.1 fps (interval > GOP)", 0.1, 0.1, 0),
     ]:
         cmd = [sys.executable, __file__, "--child-decode", str(video), str(fps), str(min_fps), str(window),
                str(max_tail)]

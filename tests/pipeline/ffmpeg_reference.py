@@ -4,8 +4,8 @@ One ``ffmpeg`` command line (the imageio-ffmpeg binary) per check: the input's d
 stream, autorotated as the command line does by default, every decoded frame passed through
 (``-fps_mode passthrough``: no frame dropped or duplicated), the frames with the wanted numbers
 picked by the ``select`` filter (``n`` counts decoded frames in display order; for many picks,
-every frame is output and the picks taken here), scaled with
-bicubic swscale to the planned size, as RGB. ``showinfo`` gives each picked frame's presentation
+every frame is output and the picks taken here), scaled by swscale with the flags the pipeline
+uses to the planned size, as RGB. ``showinfo`` gives each picked frame's presentation
 time; frame 0 is always picked so times are measured from it. With ``-v verbose`` FFmpeg also
 reports how many frames it decoded, the true frame count.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.av_decode import SCALE_FLAGS  # the resize is part of the plan: the same one here
 from pipeline.sample_videos import ffmpeg_exe
 
 
@@ -34,7 +35,7 @@ _DECODED = re.compile(r"(\d+) frames decoded")
 
 def ffmpeg_decode(path, indices, height: int, width: int) -> Reference:
     picked = sorted({0, *map(int, indices)})
-    graph = f"scale={width}:{height}:flags=bicubic,format=rgb24,showinfo"
+    graph = f"scale={width}:{height}:flags={SCALE_FLAGS},format=rgb24,showinfo"
     if len(picked) <= _MAX_SELECT:
         graph = "select='" + "+".join(f"eq(n\\,{i})" for i in picked) + "'," + graph
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "verbose", "-threads", "1", "-i", str(path),
