@@ -39,7 +39,7 @@ from functools import cached_property, lru_cache
 import numpy as np
 
 from pipeline.av_runs import NO_PTS, Desync, PacketCursor, decode_run
-from pipeline.av_stream import VideoUnusable, open_video
+from pipeline.av_stream import VideoUnusable, captured_logs, open_video, summarize_logs
 from pipeline.entry_points import gop_entries
 
 
@@ -121,7 +121,9 @@ def build_index(path: str) -> FrameIndex:
     irregular, damaged = _irregular_gops(packet_pts, packet_dts, keys) if exact else (set(), set())
     gop_entry = gop_entries(len(keys), damaged)
     runs = _check_runs(len(keys), irregular, damaged)
-    seen, rotation, size = _decode_runs(path, packet_pts, packet_dts, keys, runs, gop_entry, exact)
+    with captured_logs() as logs:  # FFmpeg's lines go to debug, never to the console
+        seen, rotation, size = _decode_runs(path, packet_pts, packet_dts, keys, runs, gop_entry, exact)
+    summarize_logs(os.path.basename(path), list(logs))
     if not any(seen.values()):
         raise VideoUnusable("undecodable video stream")
     if exact and _reordered_without_reason(seen, irregular):

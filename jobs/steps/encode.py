@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.decode_log import captured_decode_log
 from jobs.job import Job, Unit
 from pipeline.budget import BudgetConfig, plan_video
 from pipeline.chat_formats import LONGSHOT, ChatFormat
@@ -29,6 +30,7 @@ from shards.manifest import ShardSummary, write_manifest
 from shards.writer import ShardWriter
 
 ERRORS_FILE = "errors.parquet"
+DECODE_LOGS = "logs"  # DATA/logs/UNIT.decode.log: FFmpeg's lines for inputs with decode problems
 ERRORS_SCHEMA = pa.schema([("id", pa.string()), ("input", pa.string()), ("stage", pa.string()),
                            ("reason", pa.string())])
 _STAGE_ORDER = {"manifest": 0, "probe": 1, "text": 2, "plan": 3, "decode": 4}
@@ -119,8 +121,9 @@ class EncodeJob(Job):
         shard_dir = staging / "shards"
         shard_dir.mkdir(parents=True, exist_ok=True)
         errors = []
-        with ShardWriter(shard_dir / f"{unit.id}.tar", shard_dir / f"{unit.id}.parquet",
-                         zstd_level=self.cfg.zstd_level, frame_delta=self.cfg.frame_delta) as w:
+        with captured_decode_log(staging / DECODE_LOGS / f"{unit.id}.decode.log") as decode_warnings, \
+                ShardWriter(shard_dir / f"{unit.id}.tar", shard_dir / f"{unit.id}.parquet",
+                            zstd_level=self.cfg.zstd_level, frame_delta=self.cfg.frame_delta) as w:
             for seg in unit.payload["samples"]:
                 try:
                     self._write_sample(w, seg)
@@ -130,7 +133,8 @@ class EncodeJob(Job):
             summary = w.close()
         return {"shard": summary.name, "samples": summary.samples, "tokens": summary.tokens,
                 "bytes": summary.bytes, "tar_sha256": summary.tar_sha256,
-                "index_sha256": summary.index_sha256, "errors": errors}
+                "index_sha256": summary.index_sha256, "errors": errors,
+                "decode_warnings": list(decode_warnings)}
 
     def _write_sample(self, writer: ShardWriter, seg: dict) -> None:
         text = tokenize_turns(self.tokenizer, seg["turns"], fmt=self.chat_format)
@@ -161,9 +165,16 @@ class EncodeJob(Job):
         pq.write_table(pa.Table.from_pylist(errors, schema=ERRORS_SCHEMA), staging / ERRORS_FILE)
         return {"shards": len(summaries), "samples": sum(s.samples for s in summaries),
                 "tokens": sum(s.tokens for s in summaries),
-                "bytes": sum(s.bytes for s in summaries), "errors": len(errors)}
+                "bytes": sum(s.bytes for s in summaries), "errors": len(errors),
+                "decode_warnings": [w for _, r in results for w in r.get("decode_warnings", [])],
+                "log_dir": str(out_dir / DECODE_LOGS)}
 
     def summary(self, r) -> str:
-        return (f"  wrote {r['samples']} samples, {r['tokens']:,} tokens, "
-                f"{r['bytes'] / 2**20:.1f} MiB in {r['shards']} shards; "
-                f"{r['errors']} inputs in errors.parquet")
+        lines = [(f"  wrote {r['samples']} samples, {r['tokens']:,} tokens, "
+                  f"{r['bytes'] / 2**20:.1f} MiB in {r['shards']} shards; "
+                  f"{r['errors']} inputs in errors.parquet")]
+        warnings = r.get("decode_warnings", [])
+        lines += [f"  {w}" for w in warnings]
+        if warnings:
+            lines.append(f"  decoder details: {r['log_dir']}")
+        return "\n".join(lines)
