@@ -1,5 +1,9 @@
 """Small MP4 files holding only the samples that some planned frames need, for decord to decode.
 
+No longer on the decode path: decoding moved to PyAV (:mod:`pipeline.decode`), which streams
+packets and keeps no copy of them, so the memory problem below is gone there. ``mp4_header``
+serves :mod:`pipeline.mp4_loop`; ``ExcerptPlan`` stays, tested, for decord-based tools.
+
 Why: decord reads and keeps packets in proportion to the whole file (it reads the file when it
 opens it and again at each seek), so decoding an hour-long video through one reader costs memory
 that grows with the video. An excerpt is a stand-alone MP4 of a few GOPs, built in memory from
