@@ -3,6 +3,8 @@ against the same model continued dense.
 
     PYTHONUNBUFFERED=1 python tests/bench/bench_dsa_continuation.py [--out DIR] [--seq-len 32768]
         [--pretrain 40] [--warmup 20] [--sparse 40] [--topk 2048] [--granularity block]
+    python tests/bench/bench_dsa_continuation.py --shape tiny --seq-len 512 --topk 16 \
+        --pretrain 4 --warmup 2 --sparse 4          # a smoke run of the same path on the CPU
 
 No download is possible on the GPU node, so the "pretrained" model is made here, the way a real
 one arrives: a Qwen3-MoE checkpoint in Hugging Face format (the `small` preset's LM shape,
@@ -38,8 +40,10 @@ from tests.bench.bench_import_hf import SHAPE, write_source
 # The `small` preset's LM (model/presets.py) as a Qwen3-MoE config.
 SMALL = {**SHAPE, "hidden_size": 1024, "num_attention_heads": 16, "num_key_value_heads": 2,
          "head_dim": 128, "num_experts": 32, "num_experts_per_tok": 4, "moe_intermediate_size": 512}
-SMALL_LAYERS = 12
-VISION_TOKEN = 151656  # Qwen's <|video_pad|>
+# For a smoke run on the CPU (--shape tiny): the `tiny` preset's LM.
+TINY = {**SHAPE, "vocab_size": 512, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+SHAPES = {"small": (SMALL, 12, 151656), "tiny": (TINY, 2, 7)}  # config, layers, vision token id
 
 
 def longshot(*args: str) -> None:
@@ -68,15 +72,17 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=2048)
     ap.add_argument("--granularity", choices=["block", "token"], default="block")
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--shape", choices=list(SHAPES), default="small", help="tiny: a CPU smoke run")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     src, init = out / "hf_source", out / "init"
+    shape, layers, vision_token = SHAPES[args.shape]
     if not (src / "config.json").exists():
-        write_source(src, SMALL_LAYERS, SMALL)
+        write_source(src, layers, shape)
     if not init.exists():
-        longshot("import-hf", "--from", str(src), "--out", str(init), "--vision-preset", "small",
-                 "--vision-token-id", str(VISION_TOKEN))
+        longshot("import-hf", "--from", str(src), "--out", str(init), "--vision-preset", args.shape,
+                 "--vision-token-id", str(vision_token))
     common = ["--preset", f"from-hf:{init}", "--synthetic", str(args.packs), "--seq-len", str(args.seq_len),
               "--lr", str(args.lr), "--lr-warmup-steps", "5", "--workers", "0", "--force"]
     pre = out / "pretrain"
