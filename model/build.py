@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from model import megatron_compat
+from model import megatron_compat, megatron_fallbacks
 from model.attention import CoreChoice
 from model.config import VLMConfig
 from model.megatron_configs import lm_transformer_config, vit_transformer_config
@@ -24,6 +24,7 @@ def init_megatron(seed: int = 1234, expert_parallel: int = 1, context_parallel: 
     """Idempotent; returns the ProcessGroupCollection of the global groups (the LM's layout:
     tensor parallel 1, context parallel and expert parallel as asked, the rest data parallel)."""
     megatron_compat.apply()
+    megatron_fallbacks.apply()
     from megatron.core import parallel_state
     from megatron.core.process_groups_config import ProcessGroupCollection
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed

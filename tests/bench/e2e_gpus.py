@@ -126,14 +126,27 @@ def stage_kill(w: Path, out: Path, steps: int) -> None:
     shutil.copytree(run, w / "run_killed_4gpu")
     sh(longshot("resume", str(run), "--nproc", "2", "--workers", "4"), out / "resume_2gpu.log", env_for(2))
     shutil.copy(run / "metrics.jsonl", out / "metrics_resumed_2gpu.jsonl")
-    sh(longshot("resume", str(w / "run_killed_4gpu"), "--nproc", "4", "--workers", "4"), out / "resume_4gpu.log",
-       env_for(4))
-    shutil.copy(w / "run_killed_4gpu" / "metrics.jsonl", out / "metrics_resumed_4gpu.jsonl")
+    if gpu_count() >= 4:  # context parallel 2 x data parallel 2: the checkpoint resharded
+        sh(longshot("resume", str(w / "run_killed_4gpu"), "--nproc", "4", "--workers", "4"),
+           out / "resume_4gpu.log", env_for(4))
+        shutil.copy(w / "run_killed_4gpu" / "metrics.jsonl", out / "metrics_resumed_4gpu.jsonl")
+    else:
+        print("  resume on four GPUs skipped: this machine has fewer", flush=True)
+
+
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def stage_keye(w: Path, out: Path, steps: int, layers: int) -> None:
+    """Context parallel 2 x expert parallel 2: on four GPUs two packs a step; on two GPUs both
+    parallelisms over the same two ranks (one pack a step)."""
+    n = 4 if gpu_count() >= 4 else 2
     sh(longshot(*train_args(w, w / "run_keye", steps, "--preset", "keye-30b-a3b", "--lm-layers", str(layers),
-                            "--cp", "2", "--ep", "2"), "--nproc", "4"), out / "train_keye_cp2ep2.log", env_for(4))
+                            "--cp", "2", "--ep", "2"), "--nproc", str(n)), out / f"train_keye_cp2ep2_{n}gpu.log",
+       env_for(n))
 
 
 def stage_ray(w: Path, out: Path, steps: int) -> None:
@@ -156,21 +169,29 @@ def main() -> None:
     for name in stages:
         t0 = time.time()
         print(f"== {name}", flush=True)
-        if name == "data":
-            stage_data(w, out)
-        elif name == "train":
-            stage_train(w, out, args.steps)
-            shutil.copy(w / "run_straight" / "metrics.jsonl", out / "metrics_straight.jsonl")
-        elif name == "kill":
-            stage_kill(w, out, args.steps)
-        elif name == "keye":
-            stage_keye(w, out, 4, args.keye_layers)
-            shutil.copy(w / "run_keye" / "metrics.jsonl", out / "metrics_keye.jsonl")
-        elif name == "ray":
-            stage_ray(w, out, 3)
-            shutil.copy(w / "run_ray" / "metrics.jsonl", out / "metrics_ray.jsonl")
+        try:
+            run_stage(name, w, out, args)
+        except (SystemExit, Exception) as exc:  # report, then the next stage: one failure must not hide the rest
+            print(f"== {name} FAILED: {exc}", flush=True)
         print(f"== {name} done in {time.time() - t0:.0f} s", flush=True)
 
+
+def run_stage(name: str, w: Path, out: Path, args) -> None:
+    if name == "data":
+        stage_data(w, out)
+    elif name == "train":
+        stage_train(w, out, args.steps)
+        shutil.copy(w / "run_straight" / "metrics.jsonl", out / "metrics_straight.jsonl")
+    elif name == "kill":
+        stage_kill(w, out, args.steps)
+    elif name == "keye":
+        stage_keye(w, out, 4, args.keye_layers)
+        shutil.copy(w / "run_keye" / "metrics.jsonl", out / "metrics_keye.jsonl")
+    elif name == "ray":
+        stage_ray(w, out, 3)
+        shutil.copy(w / "run_ray" / "metrics.jsonl", out / "metrics_ray.jsonl")
+    else:
+        raise ValueError(f"unknown stage {name!r}")
 
 if __name__ == "__main__":
     main()
