@@ -106,8 +106,13 @@ def test_imported_qwen3_vl_moe_gives_transformers_logits_on_text_and_video(tmp_p
         video_sample,
     )
 
+    from model.presets import preset
+
     src = save_qwen3_vl_moe(tmp_path / "hf")
     import_hf(src, tmp_path / "init")
+    # `--preset from-hf:` reads the same shape from the Hugging Face folder and from the import
+    assert preset(f"from-hf:{src}") == preset(f"from-hf:{tmp_path / 'init'}")
+    assert preset(f"from-hf:{src}").vision.patch == 16
     ids, patches, grid = video_sample()
     # the vision side on its own (its share of the logits is small in a random model)
     tokens, deep = longshot_video_features(tmp_path / "init", patches, grid)
