@@ -97,6 +97,7 @@ def test_export_reimports_bit_identical_and_loads_in_transformers(tmp_path):
 
 
 def test_imported_qwen3_vl_moe_gives_transformers_logits_on_text_and_video(tmp_path):
+    from model.presets import preset
     from tests.jobs.hf_models import (
         hf_video_features,
         hf_vl_logits,
@@ -105,8 +106,6 @@ def test_imported_qwen3_vl_moe_gives_transformers_logits_on_text_and_video(tmp_p
         save_qwen3_vl_moe,
         video_sample,
     )
-
-    from model.presets import preset
 
     src = save_qwen3_vl_moe(tmp_path / "hf")
     import_hf(src, tmp_path / "init")
