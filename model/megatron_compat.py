@@ -57,12 +57,16 @@ def _patch_device_lookup() -> None:
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
     # The all-to-all MoE dispatcher (variable token counts per rank, as context parallelism
     # and packs of different lengths give) copies its split sizes on a side stream.
-    torch.cuda.Stream = lambda *a, **k: _NullStream()  # type: ignore[assignment,misc]
+    # A class, not a function: libraries imported later (transformers) write `torch.cuda.Stream | None`.
+    torch.cuda.Stream = _NullStream  # type: ignore[assignment,misc]
     torch.cuda.stream = lambda *a, **k: contextlib.nullcontext()  # type: ignore[assignment]
 
 
 class _NullStream:
     """The CPU's single implicit stream: every ordering request is already satisfied."""
+
+    def __init__(self, *args, **kwargs):  # torch.cuda.Stream's arguments (device, priority)
+        pass
 
     def wait_event(self, event) -> None:
         pass

@@ -6,7 +6,7 @@ DIR's config.json with longshot's shapes and reverses the name map of model/hf_n
 DSA indexer weights go under `...self_attn.indexer.*`, which transformers' Qwen3 models do not
 read (it lists them as unexpected keys and ignores them), and which import-hf reads back.
 
-The model is loaded whole on the host (the size of one training replica's weights).
+The model is loaded whole on the host, in the export's dtype (bf16: 2 bytes per parameter).
 """
 from __future__ import annotations
 
@@ -76,7 +76,9 @@ def export_hf(run_dir: Path, out: Path, *, dtype: str = "source", force: bool = 
             raise BadInput(f"{out} exists: choose another --out or pass --force to replace it")
         shutil.rmtree(out)
     out_dtype = _dtype(dtype, source)
-    model = build_vlm(cfg, init_megatron(), opts=BuildOptions(dtype=torch.float32))
+    # bf16 exports load into a bf16 model: half the host memory of fp32
+    build_dtype = torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
+    model = build_vlm(cfg, init_megatron(), opts=BuildOptions(dtype=build_dtype))
     model.load_state_dict(Checkpoints(run_dir).load_model_only(ckpt, model.sharded_state_dict()))
     params = {n: p.detach().cpu() for n, p in model.named_parameters()}
     rules = rules_for(cfg, family(source), parameter_names=tuple(params))
