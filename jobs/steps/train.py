@@ -51,6 +51,8 @@ def config_from_args(args) -> TrainConfig:
         overrides["layers"] = args.lm_layers
     if args.synthetic:
         data = {"synthetic": {"packs": args.synthetic, "seq_len": args.seq_len}}
+        if args.synthetic_text != "progression":  # the default stays out of the config (its hash)
+            data["synthetic"]["text"] = args.synthetic_text
     else:
         if not (args.packs and args.data):
             raise BadInput("give --data and --packs (a dataset and its pack plan), or --synthetic N")
@@ -137,6 +139,8 @@ def register(sub) -> None:
                    "longshot | qwen | a JSON file (default: the tokenizer folder's, else longshot)")
     p.add_argument("--synthetic", type=int, metavar="N", help="train on N synthetic packs instead")
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per synthetic pack")
+    p.add_argument("--synthetic-text", choices=["progression", "recall"], default="progression",
+                   help="synthetic answers: an arithmetic progression, or random ids repeated (long-range recall)")
     p.add_argument("--preset", default="tiny",
                    help="tiny | small | keye-30b-a3b | from-hf:DIR (an import-hf folder or a HF folder)")
     p.add_argument("--lm-layers", type=int, help="override the preset's number of LM layers")

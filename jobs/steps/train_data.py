@@ -38,6 +38,22 @@ class SyntheticSpec:
     video_fraction: float = 0.75  # share of each document given to vision tokens
     docs_per_pack: int = 2
     grid: tuple[int, int] = (8, 8)  # merged rows x cols of every synthetic video
+    # "progression": the answer is an arithmetic progression of ids (learnt from the previous
+    # token alone); "recall": random ids, then the same ids again, the loss on the repeat (it
+    # needs attention to keys half a document back: what sparse attention must keep).
+    text: str = "progression"
+
+
+def _synthetic_text(kind: str, rng, n: int, low: int, vocab: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """n token ids in [low, vocab) and the [start, end) span the loss is taken on."""
+    if kind == "progression":
+        start = int(rng.integers(low, max(low + 1, vocab - n)))
+        return (np.arange(n) % (vocab - low) + start - low) % (vocab - low) + low, (2, n)
+    if kind == "recall":
+        half = n // 2
+        first = rng.integers(low, vocab, size=half)
+        return np.concatenate([first, first, rng.integers(low, vocab, size=n - 2 * half)]), (half, 2 * half)
+    raise ValueError(f"synthetic text {kind!r}: progression or recall")
 
 
 class SyntheticPacks(Dataset):
@@ -62,10 +78,9 @@ class SyntheticPacks(Dataset):
         docs, n_vision = [], 0
         low = s.vision_token_id + 1
         for d in range(s.docs_per_pack):
-            start = int(rng.integers(low, max(low + 1, s.vocab - n_text)))
-            text = (np.arange(n_text) % (s.vocab - low) + start - low) % (s.vocab - low) + low
+            text, span = _synthetic_text(s.text, rng, n_text, low, s.vocab)
             docs.append(Document(key=f"syn{i}_{d}", text=text.astype(np.int64), vision_at=2,
-                                 loss_spans=((2, n_text),), grid=(groups, rows, cols),
+                                 loss_spans=(span,), grid=(groups, rows, cols),
                                  times=np.arange(groups, dtype=np.float64)))
             n_vision += groups * rows * cols
         patches = torch.from_numpy(rng.integers(0, 256, size=(4 * n_vision, 2 * 14 * 14 * 3),
