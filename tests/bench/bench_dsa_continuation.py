@@ -55,7 +55,7 @@ def longshot(*args: str) -> None:
     cmd = [sys.executable, "-m", "jobs.cli", *args]
     print("$ longshot " + " ".join(args), flush=True)
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     res = subprocess.run(cmd, cwd=ROOT, env=env, check=False)
     if res.returncode:
         raise SystemExit(f"longshot {args[0]} failed with exit {res.returncode}")

@@ -107,7 +107,7 @@ def _tree_memory(pid: int) -> tuple[int, int]:
 def run_import(source: Path, out: Path) -> dict:
     cmd = [sys.executable, "-m", "jobs.cli", "import-hf", "--from", str(source), "--out", str(out),
            "--vision-token-id", "151656"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     peak = {"anon": 0, "rss": 0}
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
