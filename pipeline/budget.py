@@ -13,8 +13,10 @@ planner keeps as much of the video as it can and gives up quality in a fixed ord
 
 Sampling: sample ``i`` is at time ``i / sample_fps`` and takes the source frame nearest to it,
 ``floor(i * src_fps / sample_fps + 0.5)``, for as long as that frame exists. Since the sample
-rate never exceeds the source rate, indices are strictly increasing. A frame's timestamp is that
-source frame's time, ``index / src_fps``. The frame count is rounded up to whole temporal groups
+rate never exceeds the source rate, indices are strictly increasing. A frame's timestamp here is
+the plan's estimate, ``index / src_fps`` (segment bounds use it); the encode step stores each
+frame's presentation time instead (``pipeline.decode.frame_timestamps``), which differs on
+variable-rate video. The frame count is rounded up to whole temporal groups
 (``temporal_patch`` frames) by repeating the last index at the end of the last segment, so those
 padded frames carry the last index and timestamp again; the ViT sees a still frame there.
 
