@@ -51,10 +51,16 @@ def test_unknown_and_missing_tensors_are_named(tmp_path):
     assert not (tmp_path / "init").exists()
 
 
-def test_unsupported_architecture_is_refused_with_the_field(tmp_path):
+def test_unsupported_architecture_is_refused_with_the_field(tmp_path, capsys):
+    from jobs.cli import main as longshot
+
     src = save_qwen3_moe(tmp_path / "hf", mlp_only_layers=[1])
     with pytest.raises(BadInput, match="mlp_only_layers"):
         import_hf(src, tmp_path / "init", vision_preset="tiny", vision_token_id=VISION_TOKEN)
+    # the command: exit 2 and one line naming the field
+    assert longshot(["import-hf", "--from", str(src), "--out", str(tmp_path / "init"),
+                     "--vision-preset", "tiny", "--vision-token-id", str(VISION_TOKEN)]) == 2
+    assert "mlp_only_layers" in capsys.readouterr().err
 
 
 def _checkpoint_tensors(init_dir) -> dict:
