@@ -74,6 +74,9 @@ _USER_ERRORS = tuple(kind for kind, _ in _EXIT_CODES)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jobs.known_warnings import filter_known_warnings
+
+    filter_known_warnings()  # before any step imports Megatron
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv  # the command as given, for steps that re-run it as several ranks
