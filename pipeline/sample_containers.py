@@ -83,6 +83,29 @@ def make_variants(folder, names: list[str] | None = None, clip: str = "bikes.mp4
     return out
 
 
+def loop_variant(path, folder, minutes: float, suffix: str | None = None) -> Path:
+    """A variant (MP4, MKV or WebM: looping an MPEG-TS/PS input loses packets at the joins)
+    looped by stream copy to ``minutes``, through Matroska, then remuxed into ``suffix``'s
+    container (default: the variant's own)."""
+    path, folder = Path(path), Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    looped = folder / f"{path.stem}_{minutes:g}min.mkv"
+    out = looped.with_name(f"{path.stem}_{minutes:g}min{suffix or path.suffix}")
+    if not out.exists():
+        seconds = float(_ffmpeg_duration(path))
+        _ffmpeg("-stream_loop", str(max(1, round(minutes * 60 / seconds)) - 1), "-i", str(path),
+                "-c", "copy", str(looped))
+        if out != looped:
+            _ffmpeg("-i", str(looped), "-c", "copy", str(out))
+    return out
+
+
+def _ffmpeg_duration(path: Path) -> float:
+    from pipeline.probe import probe_video
+
+    return probe_video(path).duration_s
+
+
 def make_long_gop_loop(folder, minutes: float, container: str = "mpg", clip: str = "bikes.mp4") -> Path:
     """A long-GOP clip (one keyframe per 10 s clip, MPEG-1 for ``mpg``, else H.264) looped by stream
     copy to ``minutes``: the hour-long MPEG-PS/TS case, built in seconds."""

@@ -17,7 +17,7 @@ from pipeline.budget import BudgetConfig, plan_video
 from pipeline.decode import frame_timestamps, iter_frame_windows
 from pipeline.errors import DecodeError, ProbeError
 from pipeline.probe import probe_video
-from pipeline.sample_containers import VARIANTS, make_long_gop_loop, make_variants
+from pipeline.sample_containers import VARIANTS, loop_variant, make_long_gop_loop, make_variants
 from pipeline.sample_videos import remux_loop
 
 from .ffmpeg_reference import ffmpeg_decode, psnr
@@ -120,3 +120,12 @@ def test_stream_copied_transport_stream_joins(variants, tmp_path):
     assert np.array_equal(got, ref.frames), indices
     times = np.asarray(frame_timestamps(looped, indices))
     assert np.mean(np.isclose(times, ref.times, atol=1e-3)) > 0.9, (times, ref.times)
+
+
+@pytest.mark.parametrize("name,suffix", [("h264_bframes.mkv", ".ts"), ("h264_rotated.mp4", ".mp4"),
+                                         ("hevc_open_gop.mkv", ".mkv"), ("vp9.webm", ".webm"),
+                                         ("av1.mkv", ".mp4"), ("h264_no_bframes.mkv", ".mov")])
+def test_seeks_over_long_gaps(variants, shared_dir, name, suffix):
+    """Two minutes of a variant: frames far apart are reached by seeking, not by reading on."""
+    looped = loop_variant(variants[name], shared_dir / "looped", 2, suffix)
+    check_against_ffmpeg(looped, n_picks=6)
