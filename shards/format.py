@@ -1,7 +1,9 @@
 """Names and byte layout of the shard format: the contract shared by writer, reader and verify.
 
 A shard is a plain tar. Each sample KEY has three members, written in this order:
-``KEY.frames.zst`` (zstd frames), ``KEY.json`` (metadata) and ``KEY.text.npy`` (token ids).
+``KEY.frames.zst`` (zstd frames) or ``KEY.frames.mjpeg`` (JPEG frames end to end, the MJPEG
+stream FFmpeg reads), ``KEY.json`` (metadata) and ``KEY.text.npy`` (token ids). The frames
+member's extension names its codec, which the metadata and the index also record per sample.
 Frames come first because the metadata records their final shape, known only once the
 frames have been streamed.
 
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from shards.errors import InvalidKey
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: frame codec per sample (index column frames_codec); 1 still reads
 
 # Members of one sample, in tar order, and the file extension of each.
 FRAMES = "frames"
@@ -24,6 +26,9 @@ JSON = "json"
 TEXT = "text"
 MEMBERS: tuple[str, ...] = (FRAMES, JSON, TEXT)
 MEMBER_EXTENSIONS: dict[str, str] = {FRAMES: "frames.zst", JSON: "json", TEXT: "text.npy"}
+# The frames member's extension per frame codec (see ``shards.frame_codecs``).
+DEFAULT_FRAME_CODEC = "zstd"
+FRAMES_EXTENSIONS: dict[str, str] = {"zstd": "frames.zst", "jpeg": "frames.mjpeg"}
 
 # Dataset folder layout.
 SHARDS_DIR = "shards"
@@ -66,18 +71,28 @@ def validate_shard_name(name: object) -> str:
     return name
 
 
-def member_name(key: str, member: str) -> str:
-    """Tar member name of one member (``frames``, ``json`` or ``text``) of sample ``key``."""
+def member_name(key: str, member: str, frame_codec: str = DEFAULT_FRAME_CODEC) -> str:
+    """Tar member name of one member (``frames``, ``json`` or ``text``) of sample ``key``.
+
+    ``frame_codec`` (recorded per sample) chooses the frames member's extension.
+    """
+    if member == FRAMES:
+        if frame_codec not in FRAMES_EXTENSIONS:
+            raise ValueError(f"sample {key!r}: unknown frames codec {frame_codec!r} (known: {', '.join(FRAMES_EXTENSIONS)})")
+        return f"{key}.{FRAMES_EXTENSIONS[frame_codec]}"
     return f"{key}.{MEMBER_EXTENSIONS[member]}"
 
 
 def split_member_name(name: str) -> tuple[str, str]:
     """Inverse of ``member_name``: (key, member). Raises ``ValueError`` for foreign names."""
     key, dot, ext = name.partition(".")
-    for member, member_ext in MEMBER_EXTENSIONS.items():
+    extensions = [(FRAMES, e) for e in FRAMES_EXTENSIONS.values()]
+    extensions += [(m, e) for m, e in MEMBER_EXTENSIONS.items() if m != FRAMES]
+    for member, member_ext in extensions:
         if dot and ext == member_ext:
             return key, member
-    raise ValueError(f"tar member {name!r} is not KEY.{{{','.join(MEMBER_EXTENSIONS.values())}}}")
+    known = [e for _, e in extensions]
+    raise ValueError(f"tar member {name!r} is not KEY.{{{','.join(known)}}}")
 
 
 def shard_name(number: int) -> str:

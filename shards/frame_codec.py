@@ -1,5 +1,9 @@
 """The ``KEY.frames.zst`` codec: uint8 frames (T, H, W, 3) through zstd, optionally delta-coded.
 
+Lossless; the default. ``shards.frame_codecs`` chooses between it and the lossy JPEG codec
+(``shards.jpeg_frames``) by the name recorded per sample; the chunk and shape checks here are
+shared by both.
+
 Both directions work on windows of frames so that an hour of video never has to sit in memory
 at once: the encoder takes chunks as the decoder in pipeline/ produces them, the decoder fills
 either caller-given memory or fresh chunks.
@@ -72,17 +76,39 @@ class FramesInfo:
             )
         except (KeyError, TypeError, ValueError) as e:
             raise CorruptShard(f"{what}: metadata field 'frames' is malformed ({e!r}): {value!r}") from e
-        if info.codec != CODEC or info.dtype != DTYPE:
-            raise CorruptShard(
-                f"{what}: frames are {info.codec}/{info.dtype}; this reader knows {CODEC}/{DTYPE}"
-            )
-        if len(shape) != 4 or shape[3] != CHANNELS or min(shape) < 1:
-            raise CorruptShard(f"{what}: frames shape {list(shape)} is not (T>=1, H>=1, W>=1, 3)")
-        if info.raw_bytes != shape[0] * info.frame_bytes:
-            raise CorruptShard(
-                f"{what}: frames raw_bytes {info.raw_bytes} does not match shape {list(shape)}"
-            )
+        if info.codec != CODEC:
+            raise CorruptShard(f"{what}: frames are {info.codec}, not {CODEC}")
+        check_frames_shape(shape, info.raw_bytes, info.dtype, what)
         return info
+
+
+def check_frames_shape(shape: tuple, raw_bytes: int, dtype: str, what: str) -> None:
+    """The checks every codec's metadata passes: uint8 (T>=1, H>=1, W>=1, 3), raw_bytes to match."""
+    if dtype != DTYPE:
+        raise CorruptShard(f"{what}: frames are {dtype}; this reader knows {DTYPE}")
+    if len(shape) != 4 or shape[3] != CHANNELS or min(shape) < 1:
+        raise CorruptShard(f"{what}: frames shape {list(shape)} is not (T>=1, H>=1, W>=1, 3)")
+    if raw_bytes != shape[0] * shape[1] * shape[2] * shape[3]:
+        raise CorruptShard(f"{what}: frames raw_bytes {raw_bytes} does not match shape {list(shape)}")
+
+
+def check_chunk(chunk: object, frame_shape: tuple | None, frames_done: int, what: str) -> np.ndarray:
+    """A frame chunk as every encoder takes it: C-contiguous uint8 (n, H, W, 3), H and W those of
+    the earlier chunks (``frame_shape``, None for the first); errors name the sample and frame."""
+    where = f"{what}: frame chunk starting at frame {frames_done}"
+    if not isinstance(chunk, np.ndarray):
+        raise InvalidSample(f"{where} is a {type(chunk).__name__}, not a numpy array")
+    if chunk.dtype != np.uint8:
+        raise InvalidSample(f"{where} has dtype {chunk.dtype}, expected uint8")
+    if chunk.ndim != 4 or chunk.shape[3] != CHANNELS or chunk.shape[1] < 1 or chunk.shape[2] < 1:
+        raise InvalidSample(f"{where} has shape {chunk.shape}, expected (n, H, W, 3)")
+    if frame_shape is not None and chunk.shape[1:] != frame_shape:
+        raise InvalidSample(f"{where} has frame shape {chunk.shape[1:]}, but earlier chunks had {frame_shape}")
+    return np.ascontiguousarray(chunk)
+
+
+def no_frames(what: str) -> InvalidSample:
+    return InvalidSample(f"{what}: no frames (frame_chunks was empty); a sample needs T >= 1 frames")
 
 
 def check_level(level: object) -> int:
@@ -138,28 +164,15 @@ class FrameEncoder:
 
     def finish(self) -> FramesInfo:
         if self._frames == 0:
-            raise InvalidSample(
-                f"{self._what}: no frames (frame_chunks was empty); a sample needs T >= 1 frames"
-            )
+            raise no_frames(self._what)
         self._stream.close()  # ends the zstd frame; the sink stays open (closefd=False)
         shape = (self._frames, *self._frame_shape)
         return FramesInfo(shape=shape, level=self._level, delta=self._delta, raw_bytes=int(np.prod(shape)))
 
     def _checked(self, chunk: object) -> np.ndarray:
-        where = f"{self._what}: frame chunk starting at frame {self._frames}"
-        if not isinstance(chunk, np.ndarray):
-            raise InvalidSample(f"{where} is a {type(chunk).__name__}, not a numpy array")
-        if chunk.dtype != np.uint8:
-            raise InvalidSample(f"{where} has dtype {chunk.dtype}, expected uint8")
-        if chunk.ndim != 4 or chunk.shape[3] != CHANNELS or chunk.shape[1] < 1 or chunk.shape[2] < 1:
-            raise InvalidSample(f"{where} has shape {chunk.shape}, expected (n, H, W, 3)")
-        if self._frame_shape is None:
-            self._frame_shape = chunk.shape[1:]
-        elif chunk.shape[1:] != self._frame_shape:
-            raise InvalidSample(
-                f"{where} has frame shape {chunk.shape[1:]}, but earlier chunks had {self._frame_shape}"
-            )
-        return np.ascontiguousarray(chunk)
+        chunk = check_chunk(chunk, self._frame_shape, self._frames, self._what)
+        self._frame_shape = chunk.shape[1:]
+        return chunk
 
     def _delta_code(self, chunk: np.ndarray) -> np.ndarray:
         coded = np.empty_like(chunk)

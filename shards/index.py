@@ -2,7 +2,8 @@
 
 It holds every member's data offset, size and crc32, so readers seek straight to a member
 and check it, and the per-sample numbers that later stages select and pack by (token counts,
-duration, size) without opening the tar.
+duration, size) without opening the tar. ``frames_codec`` names each sample's frames codec (and
+so its frames member's name); indexes written before it existed read back as ``zstd``.
 """
 
 import os
@@ -13,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards.errors import CorruptShard, InvalidSample
-from shards.format import FORMAT_VERSION, MEMBERS
+from shards.format import DEFAULT_FRAME_CODEC, FORMAT_VERSION, MEMBERS
 
 TOKEN_FIELDS = ("vision_tokens", "text_tokens")
 # Per-sample fields beside the token counts. ``duration_s`` and ``id`` come from the metadata
@@ -31,7 +32,8 @@ INDEX_SCHEMA = pa.schema(
     ]
     + [pa.field(name, pa.int64(), nullable=False) for name in (*TOKEN_FIELDS, "tokens")]
     + [pa.field(name, pa.int64()) for name in OPTIONAL_INT_FIELDS]
-    + [pa.field("duration_s", pa.float64()), pa.field("id", pa.string())],
+    + [pa.field("duration_s", pa.float64()), pa.field("id", pa.string())]
+    + [pa.field("frames_codec", pa.string(), nullable=False)],
     metadata={"longshot.shard_format": str(FORMAT_VERSION)},
 )
 
@@ -58,6 +60,7 @@ class SampleEntry:
     width: int | None = None
     duration_s: float | None = None
     id: str | None = None
+    frames_codec: str = DEFAULT_FRAME_CODEC
 
     @property
     def tokens(self) -> int:
@@ -72,6 +75,7 @@ class SampleEntry:
             )
         row.update(vision_tokens=self.vision_tokens, text_tokens=self.text_tokens, tokens=self.tokens)
         row.update({name: getattr(self, name) for name in OPTIONAL_FIELDS})
+        row["frames_codec"] = self.frames_codec
         return row
 
 
@@ -130,6 +134,8 @@ def read_index(path: str | Path) -> pa.Table:
         raise
     except (pa.ArrowException, OSError) as e:
         raise CorruptShard(f"{path}: cannot read shard index: {e}") from e
+    if "frames_codec" not in table.column_names:  # format 1: every sample's frames were zstd
+        table = table.append_column("frames_codec", pa.array([DEFAULT_FRAME_CODEC] * table.num_rows, pa.string()))
     missing = [f.name for f in INDEX_SCHEMA if f.name not in table.column_names]
     if missing:
         raise CorruptShard(f"{path}: shard index lacks column(s) {missing}")

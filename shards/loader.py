@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, get_worker_info
 
 from shards.batch import Document, PackedBatch, assemble, check_loss_spans
 from shards.errors import CorruptShard, SampleNotFound
-from shards.frame_codec import FramesInfo
+from shards.frame_codecs import frames_info_from_json
 from shards.load_patches import DEFAULT_GEOMETRY, PatchGeometry, write_patches
 from shards.meta_codec import FRAMES_FIELD
 from shards.packing import PackPlan
@@ -102,7 +102,7 @@ class PackDataset(Dataset):
         vision_tokens = int(meta.get("vision_tokens", 0))
         grid = times = None
         if vision_tokens:
-            info = FramesInfo.from_json(meta.get(FRAMES_FIELD), what)
+            info = frames_info_from_json(meta.get(FRAMES_FIELD), what)
             frames, height, width, _ = info.shape
             grid = self.geometry.grid(frames, height, width)
             if int(np.prod(grid)) != vision_tokens:

@@ -2,7 +2,8 @@
 
 Readers never scan a tar: the Parquet index gives every member's offset, size and crc32, and
 each member read checks its crc32 (``ChecksumError`` names shard, key and member). Frames are
-decoded in a stream, so checking a multi-gigabyte member needs no second copy of it.
+decoded in a stream, so checking a multi-gigabyte member needs no second copy of it, by the
+codec each sample records (``shards.frame_codecs``: zstd, JPEG).
 
 Files are read with ``os.pread``; a reader can be shared by threads and pickled into
 DataLoader workers (the file descriptor is reopened lazily on the other side).
@@ -32,7 +33,7 @@ from shards.format import (
     member_name,
     name_from_path,
 )
-from shards.frame_codec import FramesInfo, decode_frames
+from shards.frame_codecs import AnyFramesInfo, decode_any, frames_info_from_json
 from shards.index import INDEX_SCHEMA, MemberLocation, read_index
 from shards.manifest import read_manifest
 from shards.meta_codec import FRAMES_FIELD, decode_meta
@@ -72,6 +73,7 @@ class ShardReader:
             member: tuple(self.index[f"{member}_{part}"].to_numpy() for part in ("offset", "size", "crc32"))
             for member in MEMBERS
         }
+        self._codecs: list[str] = self.index["frames_codec"].to_pylist()
         self._fd: int | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -127,8 +129,20 @@ class ShardReader:
     def read_text(self, key: str) -> np.ndarray:
         return decode_text(self.read_member(key, TEXT), self._what(key, TEXT))
 
-    def frames_info(self, key: str) -> FramesInfo:
-        return FramesInfo.from_json(self.read_meta(key).get(FRAMES_FIELD), self._what(key, JSON))
+    def frames_codec(self, key: str) -> str:
+        """The frame codec of sample ``key``, from the index."""
+        return self._codecs[self._row(key)]
+
+    def member_name(self, key: str, member: str) -> str:
+        """Tar member name of one member of sample ``key`` (the frames member's depends on its codec)."""
+        return member_name(key, member, self.frames_codec(key))
+
+    def frames_info(self, key: str) -> AnyFramesInfo:
+        return self._frames_info(key, self.read_meta(key))
+
+    def compressed_frames(self, key: str) -> tuple[AnyFramesInfo, bytes]:
+        """The frames member as stored (crc32-checked) and its metadata: for decoding elsewhere (a GPU)."""
+        return self.frames_info(key), self.read_member(key, FRAMES)
 
     def read_frames(self, key: str) -> np.ndarray:
         """All frames, (T, H, W, 3) uint8, with frame delta undone."""
@@ -143,11 +157,19 @@ class ShardReader:
 
     def read(self, key: str) -> Sample:
         meta = self.read_meta(key)
-        info = FramesInfo.from_json(meta.get(FRAMES_FIELD), self._what(key, JSON))
+        info = self._frames_info(key, meta)
         return Sample(key=key, meta=meta, frames=self._decode_all(key, info), text=self.read_text(key))
 
     # -- internals -------------------------------------------------------------------------
-    def _decode_all(self, key: str, info: FramesInfo) -> np.ndarray:
+    def _frames_info(self, key: str, meta: dict) -> AnyFramesInfo:
+        info = frames_info_from_json(meta.get(FRAMES_FIELD), self._what(key, JSON))
+        if info.codec != self.frames_codec(key):
+            raise CorruptShard(
+                f"{self._what(key, JSON)}: frames codec is {info.codec}, the index says {self.frames_codec(key)}"
+            )
+        return info
+
+    def _decode_all(self, key: str, info: AnyFramesInfo) -> np.ndarray:
         out = np.empty(info.shape, np.uint8)
         for _ in self._decode(
             key, info, chunk_frames=max(1, _DECODE_CHUNK_BYTES // info.frame_bytes), out=out
@@ -156,7 +178,7 @@ class ShardReader:
         return out
 
     def _decode(
-        self, key: str, info: FramesInfo, *, chunk_frames: int, out: np.ndarray | None
+        self, key: str, info: AnyFramesInfo, *, chunk_frames: int, out: np.ndarray | None
     ) -> Iterator[np.ndarray]:
         loc = self.location(key, FRAMES)
         what = self._what(key, FRAMES)
@@ -167,11 +189,11 @@ class ShardReader:
             self._check_crc(source, key, FRAMES, loc)
 
         try:
-            yield from decode_frames(
+            yield from decode_any(
                 source, info, what=what, chunk_frames=chunk_frames, out=out, on_end=check_whole_member
             )
         except CorruptShard:
-            # Damaged data usually trips zstd before the end; report it as the checksum failure it is.
+            # Damaged data usually trips the decoder before the end; report it as the checksum failure it is.
             source.drain()
             self._check_crc(source, key, FRAMES, loc)
             raise
@@ -179,7 +201,7 @@ class ShardReader:
     def _check_crc(self, reader: RangeReader, key: str, member: str, loc: MemberLocation) -> None:
         if reader.crc32 != loc.crc32:
             raise ChecksumError(
-                f"{self.tar_path}: sample {key!r} member {member_name(key, member)!r}: crc32 {reader.crc32:08x} "
+                f"{self.tar_path}: sample {key!r} member {self.member_name(key, member)!r}: crc32 {reader.crc32:08x} "
                 f"does not match {loc.crc32:08x} in the index"
             )
 
@@ -190,7 +212,7 @@ class ShardReader:
             raise SampleNotFound(f"{self.tar_path}: no sample with key {key!r}") from None
 
     def _what(self, key: str, member: str) -> str:
-        return f"{self.tar_path}: sample {key!r} member {member_name(key, member)!r}"
+        return f"{self.tar_path}: sample {key!r} member {self.member_name(key, member)!r}"
 
     def _file(self) -> int:
         if self._fd is None:

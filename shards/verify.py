@@ -4,7 +4,8 @@ Checks, per shard: sha256 and size of tar and index against ``dataset.parquet``;
 parses with ``tarfile`` and ends with a proper end-of-archive marker; the tar's members are
 exactly the index's, in order, at the index's offsets and sizes; every member's crc32; row
 count and token total against the manifest. With ``decode=True`` every sample is also read
-back in full (zstd frames, JSON, .npy) and its metadata compared with its index row.
+back in full (frames by their codec: zstd, or every JPEG through libjpeg; JSON, .npy) and its
+metadata compared with its index row.
 
 Problems are collected, not raised, so one run reports everything that is wrong.
 """
@@ -22,6 +23,8 @@ from shards.checksums import sha256_file
 from shards.errors import InvalidKey, ShardError
 from shards.format import (
     BLOCK_SIZE,
+    DEFAULT_FRAME_CODEC,
+    FRAMES_EXTENSIONS,
     MANIFEST_FILE,
     MEMBERS,
     SHARD_PREFIX,
@@ -129,6 +132,10 @@ class _ShardCheck:
             return []
         keys = index["key"].to_pylist()
         rows = index.to_pylist()
+        for row in rows:
+            if row["frames_codec"] not in FRAMES_EXTENSIONS:
+                self.problem(f"index names an unknown frames codec {row['frames_codec']!r}", row["key"])
+                row["frames_codec"] = DEFAULT_FRAME_CODEC  # check the rest of the sample as far as possible
         self._check_keys(keys)
         if self.summary is not None:
             self._check_counts(index)
@@ -199,7 +206,7 @@ class _ShardCheck:
 
     def _check_layout(self, rows: list[dict], members: list[tuple[str, int, int]]) -> None:
         expected = [
-            (member_name(row["key"], m), row[f"{m}_offset"], row[f"{m}_size"], row["key"])
+            (member_name(row["key"], m, row["frames_codec"]), row[f"{m}_offset"], row[f"{m}_size"], row["key"])
             for row in rows
             for m in MEMBERS
         ]
@@ -226,7 +233,7 @@ class _ShardCheck:
         try:
             for row in rows:
                 for member in MEMBERS:
-                    name = member_name(row["key"], member)
+                    name = member_name(row["key"], member, row["frames_codec"])
                     offset, length, want = (
                         row[f"{member}_offset"],
                         row[f"{member}_size"],

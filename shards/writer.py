@@ -1,7 +1,7 @@
 """``ShardWriter``: streams samples into one shard tar and writes its Parquet index on close.
 
-Frames arrive as an iterator of small windows of a long video; they go through a zstd
-compressor straight into the tar, so memory does not grow with video length. The tar header
+Frames arrive as an iterator of small windows of a long video; they go through the shard's
+frame codec (zstd, or JPEG per frame; ``shards.frame_codecs``) straight into the tar, so memory does not grow with video length. The tar header
 of the frames member is written with a placeholder size and patched once the compressed size
 is known.
 
@@ -34,7 +34,7 @@ from shards.format import (
     validate_key,
     validate_shard_name,
 )
-from shards.frame_codec import FrameEncoder, check_level
+from shards.frame_codecs import FrameCodec
 from shards.index import MemberLocation, SampleEntry, build_index_table, index_fields_from_meta, write_index
 from shards.manifest import ShardSummary
 from shards.meta_codec import FRAMES_FIELD, TEXT_TOKENS_FIELD, encode_meta, normalize_meta
@@ -57,12 +57,14 @@ class ShardWriter:
         *,
         zstd_level: int = 3,
         frame_delta: bool = False,
+        frame_codec: str = "zstd",
+        jpeg_quality: int | None = None,
         name: str | None = None,
     ):
         self.tar_path = Path(tar_path)
         self.index_path = Path(index_path)
-        self.zstd_level = check_level(zstd_level)
-        self.frame_delta = bool(frame_delta)
+        options = {} if jpeg_quality is None else {"jpeg_quality": jpeg_quality}
+        self.codec = FrameCodec(frame_codec, zstd_level=zstd_level, frame_delta=bool(frame_delta), **options)
         self.name = validate_shard_name(name if name is not None else name_from_path(self.tar_path))
         self._entries: list[SampleEntry] = []
         self._keys: set[str] = set()
@@ -109,7 +111,8 @@ class ShardWriter:
 
         start = self._file.tell()
         try:
-            frames_loc, info = self._write_frames(member_name(key, FRAMES), frame_chunks, what)
+            frames_name = member_name(key, FRAMES, self.codec.name)
+            frames_loc, info = self._write_frames(frames_name, frame_chunks, what)
             fields.update(_frame_shape_fields(stored_meta, info.shape, what))
             stored_meta[FRAMES_FIELD] = info.to_json()
             stored_meta[TEXT_TOKENS_FIELD] = text_tokens
@@ -118,7 +121,8 @@ class ShardWriter:
         except BaseException:
             self._roll_back(start)
             raise
-        entry = SampleEntry(key=key, members={FRAMES: frames_loc, JSON: json_loc, TEXT: text_loc}, **fields)
+        members = {FRAMES: frames_loc, JSON: json_loc, TEXT: text_loc}
+        entry = SampleEntry(key=key, members=members, frames_codec=self.codec.name, **fields)
         self._entries.append(entry)
         self._keys.add(key)
         return entry
@@ -201,7 +205,7 @@ class ShardWriter:
             size += len(data)
             checksum = crc32(data, checksum)
 
-        encoder = FrameEncoder(write, level=self.zstd_level, delta=self.frame_delta, what=what)
+        encoder = self.codec.encoder(write, what)
         for chunk in frame_chunks:
             encoder.add(chunk)
         info = encoder.finish()
