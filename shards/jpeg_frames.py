@@ -15,6 +15,7 @@ frame (frame 0 always) is decoded back and its squared error against the source 
 """
 
 import io
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -118,7 +119,9 @@ def psnr_from_mse(mse: float) -> float:
 class JpegEncoder:
     """Encodes chunks of frames, one JPEG each, handing the bytes to ``write`` as they come."""
 
-    def __init__(self, write: Callable[[bytes], object], *, quality: int, what: str, psnr_every: int = PSNR_EVERY):
+    def __init__(
+        self, write: Callable[[bytes], object], *, quality: int, what: str, psnr_every: int = PSNR_EVERY
+    ):
         self._write = write
         self._quality = check_quality(quality)
         self._what = what
@@ -191,7 +194,7 @@ def split_frames(data: bytes, info: JpegFramesInfo, what: str) -> list[bytes]:
             f"{sum(info.frame_sizes)}"
         )
     offsets = np.concatenate([[0], np.cumsum(info.frame_sizes)])
-    return [data[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+    return [data[a:b] for a, b in itertools.pairwise(offsets)]
 
 
 def decode_jpeg_frames(
@@ -226,7 +229,9 @@ def decode_jpeg_frames(
             position += size
         if start + n == total:
             if source.read(1):
-                raise CorruptShard(f"{what}: member holds more bytes than its {total} JPEG frames ({position})")
+                raise CorruptShard(
+                    f"{what}: member holds more bytes than its {total} JPEG frames ({position})"
+                )
             if on_end is not None:
                 on_end()
         yield chunk
