@@ -101,6 +101,13 @@ class VLM(MegatronModule):
         """[S, vocab] logits of a short pack (evaluation and interop checks)."""
         return self.language.logits(self._lm_input(batch), batch.position_ids, batch.cu_seqlens)
 
+    def logits_at(self, batch, rows: torch.Tensor) -> torch.Tensor:
+        """[len(rows), vocab] logits at some positions of a pack (evaluation of a long pack,
+        whose full logits would not fit)."""
+        hidden = self.language.hidden_states(self._lm_input(batch), batch.position_ids, batch.cu_seqlens)
+        out, _ = self.language.output_layer(hidden[rows])
+        return out[:, 0]
+
     def forward(self, batch) -> VLMOutput:
         """`batch`: a packed sequence as in shards/batch.py (input_ids, labels, position_ids,
         cu_seqlens, pixel_patches, video_grid_thw), already on the model's device."""
