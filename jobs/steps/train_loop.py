@@ -94,6 +94,16 @@ def stored_config(run_dir: Path) -> TrainConfig:
     return TrainConfig(**json.loads(meta_path.read_text())["config"])
 
 
+def model_config(cfg: TrainConfig):
+    """The VLMConfig a run trains: its preset with the run's overrides and DSA settings."""
+    from model.config import DSASettings
+    from model.presets import preset
+
+    base = preset(cfg.preset, **cfg.model_overrides)
+    dsa = DSASettings(**{**asdict(base.lm.dsa), **cfg.dsa})
+    return base.with_overrides(dsa=dsa, attention=cfg.attention)
+
+
 class _Session:
     """Model, trainer and data of one process of a run."""
 
@@ -101,8 +111,6 @@ class _Session:
         from model import megatron_compat
         from model.attention import CoreChoice
         from model.build import BuildOptions, init_megatron
-        from model.config import DSASettings
-        from model.presets import preset
 
         from parallel.groups import init_layout
         from parallel.layout import Layout
@@ -120,9 +128,7 @@ class _Session:
         # data-parallel replicas read different packs; the context ranks of one replica share one
         self.dp_rank = self.groups.dp_rank if self.groups else self.rank
         self.dp = self.groups.layout.dp if self.groups else self.world
-        base = preset(cfg.preset, **cfg.model_overrides)
-        dsa = DSASettings(**{**asdict(base.lm.dsa), **cfg.dsa})
-        self.model_cfg = base.with_overrides(dsa=dsa, attention=cfg.attention)
+        self.model_cfg = model_config(cfg)
         dtype = {"auto": torch.bfloat16 if self.on_gpu else torch.float32,
                  "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
         self.opts = BuildOptions(dtype=dtype, recompute=cfg.recompute, expert_parallel=cfg.ep)
