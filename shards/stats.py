@@ -24,6 +24,9 @@ import pyarrow.parquet as pq
 
 from shards.errors import CorruptShard
 from shards.format import ERRORS_FILE, STATS_DIR, STATS_FILE
+from shards.frame_codecs import LOSSY_CODECS
+from shards.jpeg_frames import psnr_from_mse
+from shards.meta_codec import FRAMES_FIELD
 from shards.reader import DatasetReader
 
 ERRORS_COLUMNS = ("id", "input", "stage", "reason")
@@ -148,21 +151,56 @@ def sizes_section(data: StatsInput) -> Section:
     return Section("size HxW", sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
-def storage_section(data: StatsInput) -> Section:
-    frames = data.column("frames_size")
-    durations = data.column("duration_s")
+def _bytes_per_video_hour(frames: np.ndarray, durations: np.ndarray) -> float:
+    """Frames bytes per hour of source video, over the samples that record their duration."""
     timed = ~np.isnan(durations)
     hours = float(durations[timed].sum()) / SECONDS_PER_HOUR
-    per_hour = float(frames[timed].sum()) / hours if hours > 0 else math.nan
+    return float(frames[timed].sum()) / hours if hours > 0 else math.nan
+
+
+def storage_section(data: StatsInput) -> Section:
+    frames = data.column("frames_size")
     members = sum(float(data.column(f"{m}_size").sum()) for m in ("frames", "json", "text"))
     return Section(
         "storage",
         [
             ("frames bytes", float(frames.sum())),
             ("member bytes", members),
-            ("frames bytes per video hour", per_hour),
+            ("frames bytes per video hour", _bytes_per_video_hour(frames, data.column("duration_s"))),
         ],
     )
+
+
+def frame_codecs_section(data: StatsInput) -> Section:
+    """Per frame codec: samples, bytes per video hour and, for lossy codecs, PSNR against the source.
+
+    The PSNR is the one the writer measured on every ``PSNR_EVERY``-th frame against the frames
+    the pipeline decoded (``shards.jpeg_frames``): pooled over the dataset (mean squared error of
+    all measured frames) and the worst sample's.
+    """
+    codecs = np.array(data.index["frames_codec"].to_pylist(), dtype=object)
+    frames, durations = data.column("frames_size"), data.column("duration_s")
+    rows: list[tuple[str, float]] = []
+    for codec in sorted(set(codecs)):
+        mine = codecs == codec
+        rows.append((f"{codec} samples", int(mine.sum())))
+        rows.append(
+            (f"{codec} frames bytes per video hour", _bytes_per_video_hour(frames[mine], durations[mine]))
+        )
+        if codec not in LOSSY_CODECS:
+            continue
+        measured = [
+            meta[FRAMES_FIELD]["psnr"]
+            for meta, is_mine in zip(data.metas, mine)
+            if is_mine and meta[FRAMES_FIELD]["psnr"]["frames"]
+        ]
+        n = np.array([m["frames"] for m in measured], np.float64)
+        mse = np.array([m["mse"] for m in measured], np.float64)
+        if n.size:
+            rows.append((f"{codec} frames compared with the source", float(n.sum())))
+            rows.append((f"{codec} PSNR dB vs source", psnr_from_mse(float((n * mse).sum() / n.sum()))))
+            rows.append((f"{codec} PSNR dB, worst sample", psnr_from_mse(float(mse.max()))))
+    return Section("frame codecs", rows)
 
 
 def errors_section(data: StatsInput) -> Section | None:
@@ -189,6 +227,7 @@ DEFAULT_BUILDERS: tuple[SectionBuilder, ...] = (
     fps_section,
     sizes_section,
     storage_section,
+    frame_codecs_section,
     errors_section,
 )
 

@@ -29,6 +29,7 @@ from shards.loader import PackDataset
 from shards.manifest import summarize_shard, write_manifest
 from shards.packing import pack_samples
 from shards.reader import DatasetReader, ShardReader
+from shards.stats import compute_stats
 from shards.verify import verify_dataset
 
 VISION_ID = 151_655
@@ -234,3 +235,39 @@ def test_format_1_shards_without_the_codec_column_still_read(dataset):
         for spec in shard:
             np.testing.assert_array_equal(reader.read_frames(spec.key), spec.frames)
     assert verify_dataset(folder, decode=True).ok
+
+
+def test_stats_report_bytes_per_video_hour_and_psnr_per_codec(jpeg_dataset):
+    folder, specs = jpeg_dataset
+    stats = compute_stats(folder)
+    members = {
+        **tar_members(shard_tar_path(folder, "shard-000000")),
+        **tar_members(shard_tar_path(folder, "shard-000001")),
+    }
+    assert (
+        stats.value("frame codecs", "zstd samples") == 1 and stats.value("frame codecs", "jpeg samples") == 2
+    )
+    jpeg_bytes = len(members["bikes.frames.mjpeg"]) + len(members["bunny.frames.mjpeg"])
+    jpeg_hours = (specs["bikes"].meta["duration_s"] + specs["bunny"].meta["duration_s"]) / 3600
+    assert stats.value("frame codecs", "jpeg frames bytes per video hour") == pytest.approx(
+        jpeg_bytes / jpeg_hours
+    )
+    zstd_rate = len(members["zbikes.frames.zst"]) / (specs["zbikes"].meta["duration_s"] / 3600)
+    assert stats.value("frame codecs", "zstd frames bytes per video hour") == pytest.approx(zstd_rate)
+    # PSNR of the sampled frames, recomputed from FFmpeg's decode of the members and the source frames
+    errors, worst = [], 0.0
+    for key in ("bikes", "bunny"):
+        sampled = np.arange(0, len(specs[key].frames), PSNR_EVERY)
+        decoded = ffmpeg_decode(members[f"{key}.frames.mjpeg"])[sampled].astype(np.float64)
+        per_frame = ((decoded - specs[key].frames[sampled]) ** 2).reshape(len(sampled), -1).mean(axis=1)
+        errors += per_frame.tolist()
+        worst = max(worst, per_frame.mean())
+    assert stats.value("frame codecs", "jpeg frames compared with the source") == len(errors)
+    assert stats.value("frame codecs", "jpeg PSNR dB vs source") == pytest.approx(
+        10 * np.log10(255**2 / np.mean(errors)), abs=0.1
+    )
+    assert stats.value("frame codecs", "jpeg PSNR dB, worst sample") == pytest.approx(
+        10 * np.log10(255**2 / worst), abs=0.1
+    )
+    with pytest.raises(KeyError):
+        stats.value("frame codecs", "zstd PSNR dB vs source")
