@@ -14,13 +14,18 @@ import torch
 
 class DeepStackInjection:
     def __init__(self, layers):
-        self.positions: torch.Tensor | None = None  # [N_vision] sequence rows of the vision tokens
+        # [N_vision] rows of the LM input that hold vision tokens (this rank's rows under context parallel)
+        self.positions: torch.Tensor | None = None
         self.features: list[torch.Tensor] = []  # [N_vision, H] per LM layer, in layer order
         for i, layer in enumerate(layers):
             layer.register_forward_hook(self._hook(i))
 
     def set(self, positions: torch.Tensor | None, features: list[torch.Tensor]) -> None:
         self.positions, self.features = positions, list(features)
+
+    def clear(self) -> None:
+        """Nothing to add (a pack without video): the previous pack's features must not stay."""
+        self.set(None, [])
 
     def _hook(self, i: int):
         def add(module, args, output):

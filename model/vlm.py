@@ -66,11 +66,25 @@ class VLM(MegatronModule):
     def set_input_tensor(self, input_tensor) -> None:  # Megatron schedules call this; no PP here
         pass
 
+    @property
+    def vision_row_width(self) -> int:
+        """Width of a row of `vision_tokens`: the token, then one DeepStack feature per tapped layer."""
+        return self.cfg.lm.hidden * (1 + len(self.cfg.vision.deepstack))
+
     def vision_tokens(self, pixel_patches: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-        """Merged vision tokens [N / merge^2, lm_hidden] (the parallel hand-off's entry point)."""
+        """Merged vision tokens with their merged DeepStack features concatenated after them,
+        [N / merge^2, vision_row_width] (the parallel hand-off's entry point): one row per token,
+        so that one all-to-all carries both to the rank owning the token's position."""
+        tokens, deep = self.vision_features(pixel_patches, grid_thw)
+        return torch.cat([tokens, *deep], dim=-1) if deep else tokens
+
+    def take_vision_rows(self, rows: torch.Tensor, lm_rows: torch.Tensor) -> torch.Tensor:
+        """Rows of `vision_tokens` -> their merged tokens [n, lm_hidden]; their DeepStack
+        features are set to be added at `lm_rows` (the rows of the LM's input they go to)."""
+        tokens, *deep = rows.split(self.cfg.lm.hidden, dim=-1)
         if self.deepstack_injection is not None:
-            raise NotImplementedError("DeepStack (Qwen3-VL) models run on one context rank for now")
-        return self.merger(self.vision(pixel_patches, grid_thw)[0])
+            self.deepstack_injection.set(lm_rows, deep)
+        return tokens
 
     def vision_features(self, pixel_patches: torch.Tensor, grid_thw: torch.Tensor):
         """Merged vision tokens and the merged DeepStack features (one per tapped ViT layer)."""

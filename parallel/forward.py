@@ -2,8 +2,8 @@
 
 Per pack (every context rank of a data-parallel replica holds the same pack):
 1. the pack is split over the context ranks (cp_split), chunk borders on DSA block borders;
-2. the ViT runs on this rank's frame groups and the merged tokens travel to the rank owning
-   their positions (vision_exchange);
+2. the ViT runs on this rank's frame groups and the merged tokens (with a DeepStack model's
+   merged layer features) travel to the rank owning their positions (vision_exchange);
 3. the LM runs on this rank's rows; its attention gathers keys, values and indexer keys of the
    whole pack (the core's QueryRows);
 4. the losses are reduced over the context group. The objective this rank backpropagates is
@@ -56,6 +56,8 @@ class ParallelForward:
         aux_fix = self.aux_fix = (lp.share * cp) ** 2
         MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(cp * aux_fix))
         embeds = model.language.embed(lp.input_ids)
+        if model.deepstack_injection is not None:
+            model.deepstack_injection.clear()  # set again by place_vision when the pack has video
         if batch.pixel_patches.shape[0]:
             plan = plan_vision(batch, lp, model.cfg.vision_token_id, model.cfg.vision, self.vit_mode)
             self.last_vision_plan = plan

@@ -1,5 +1,8 @@
 """The ViT -> LM hand-off under a layout: frame groups computed where the balancer put them, merged
 vision tokens sent by an autograd-aware all-to-all to the context rank that owns their positions.
+A DeepStack model's merged features of its tapped ViT layers belong to the same positions: they
+travel in the same rows (concatenated after the token, `VLM.vision_tokens`), so one all-to-all
+with the same counts carries them, and its backward returns both gradients.
 
 Every context rank of a pack holds the whole pack's patches and grids (the loader gives the pack
 to each of them), so every rank computes the same plan: which rank runs which frame group
@@ -77,11 +80,11 @@ def plan_vision(batch, lp: LocalPack, vision_token_id: int, vcfg, mode: ViTMode)
 
 
 def _run_vit(model, batch, groups: list[FrameGroup]) -> torch.Tensor:
-    """Merged tokens of `groups`, in order; an empty result still hangs on the graph so that
-    every rank takes part in the all-to-all's backward."""
+    """Rows of `VLM.vision_tokens` for `groups`, in order; an empty result still hangs on the
+    graph so that every rank takes part in the all-to-all's backward."""
     if not groups:
         anchor = sum(p.sum() for p in model.merger.parameters()) * 0.0
-        return anchor + torch.zeros(0, model.cfg.lm.hidden, device=batch.pixel_patches.device)
+        return anchor + torch.zeros(0, model.vision_row_width, device=batch.pixel_patches.device)
     patches = torch.cat([batch.pixel_patches[g.patch_start:g.patch_start + g.patches] for g in groups])
     grid = torch.tensor([(1, g.rows, g.cols) for g in groups], dtype=torch.int32)
     return model.vision_tokens(patches, grid)
@@ -110,5 +113,6 @@ def place_vision(model, batch, lp: LocalPack, embeds: torch.Tensor, plan: Vision
         ids = torch.cat(from_each)
         recv = all_to_all(tokens[order.to(dev, non_blocking=True)], send,
                           [int(x.numel()) for x in from_each], group, events)
-    local = torch.searchsorted(lp.rows[me], plan.token_pos[ids])
-    return embeds.index_copy(0, local.to(dev, non_blocking=True), recv[:, None, :].to(embeds.dtype))
+    local = torch.searchsorted(lp.rows[me], plan.token_pos[ids]).to(dev, non_blocking=True)
+    tokens = model.take_vision_rows(recv, local)
+    return embeds.index_copy(0, local, tokens[:, None, :].to(embeds.dtype))

@@ -3,9 +3,11 @@
 Real gloo groups in spawned processes, Megatron's DDP reducing the gradients (data x context
 mean, experts over their expert data-parallel group), fresh random weights and packs each run.
 Covers context parallel 2 and 4 with dense attention, DSA sparse and the DSA warm-up, expert
-parallel 2 and 4, data parallel, and the three ViT placements.
+parallel 2 and 4, data parallel, the three ViT placements, and a Qwen3-VL-shaped model whose
+DeepStack features travel with the merged tokens.
 """
 import random
+from dataclasses import replace
 
 import torch
 
@@ -17,18 +19,23 @@ CFG = preset("tiny")
 # Documents of (text tokens, merged video grid): two videos of several frame groups and a text-only
 # document; 212 tokens, long enough that DSA's top-16 selection is sparse.
 DOCS = ((60, (4, 4, 4)), (40, None), (30, (3, 2, 3)))
+# The tiny shape with Qwen3-VL's parts: DeepStack features of both ViT layers added after LM
+# layers 0 and 1, a learned ViT position grid, axial ViT rotary, interleaved LM rotary.
+DEEPSTACK_CFG = replace(
+    CFG, vision=replace(CFG.vision, deepstack=(0, 1), position_grid=4, rope_layout="axial", final_norm=False),
+    lm=replace(CFG.lm, mrope_section=(4, 2, 2), mrope_layout="interleaved"))
 
 
-def _run(tmp_path, world: int, cases: list[dict]) -> None:
+def _run(tmp_path, world: int, cases: list[dict], cfg=CFG) -> None:
     seed = random.randrange(1 << 16)
-    batches = packs(CFG, world, seed, DOCS)
+    batches = packs(cfg, world, seed, DOCS)
     refs = {}
     for case in cases:
         dp = world // case["cp"]
         if (case["stage"], dp) not in refs:
-            refs[(case["stage"], dp)] = reference(CFG, case["stage"], batches[:dp], seed=seed)
+            refs[(case["stage"], dp)] = reference(cfg, case["stage"], batches[:dp], seed=seed)
     path = tmp_path / "cases.pt"
-    torch.save({"cfg": CFG.to_dict(), "cases": cases, "refs": refs, "batches": batches}, path)
+    torch.save({"cfg": cfg.to_dict(), "cases": cases, "refs": refs, "batches": batches}, path)
     spawn(equality_worker, world, str(path))
 
 
@@ -47,3 +54,12 @@ def test_four_processes(tmp_path):
         {"cp": 2, "ep": 2, "stage": "sparse", "vit": "owner"},
         {"cp": 2, "ep": 4, "stage": "dense", "vit": "balanced"},
     ])
+
+
+def test_deepstack_context_parallel(tmp_path):
+    # each rank runs some frame groups and owns other tokens' positions: the DeepStack features
+    # must reach the owner with the tokens (balanced, owner), or be kept there (replicated)
+    _run(tmp_path, 2, [
+        {"cp": 2, "ep": 1, "stage": "sparse", "vit": "balanced"},
+        {"cp": 2, "ep": 1, "stage": "dense", "vit": "owner"},
+    ], cfg=DEEPSTACK_CFG)
