@@ -31,6 +31,7 @@ keyframe, decoded after it) needs the GOP before, so it enters one keyframe earl
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -41,6 +42,10 @@ import numpy as np
 from pipeline.av_runs import NO_PTS, Desync, PacketCursor, decode_run
 from pipeline.av_stream import VideoUnusable, captured_logs, open_video, summarize_logs
 from pipeline.entry_points import gop_entries
+
+# Not "longshot.decode": an index is built once per process and cached, so its lines would land
+# in whichever unit's decode log happened to build it, and a resumed job's logs would differ.
+_INDEX_LOG = logging.getLogger("longshot.index")
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ def build_index(path: str) -> FrameIndex:
     runs = _check_runs(len(keys), irregular, damaged)
     with captured_logs() as logs:  # FFmpeg's lines go to debug, never to the console
         seen, rotation, size = _decode_runs(path, packet_pts, packet_dts, keys, runs, gop_entry, exact)
-    summarize_logs(os.path.basename(path), list(logs))
+    summarize_logs(os.path.basename(path), list(logs), details=_INDEX_LOG)
     if not any(seen.values()):
         raise VideoUnusable("undecodable video stream")
     if exact and _reordered_without_reason(seen, irregular):

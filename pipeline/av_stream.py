@@ -96,18 +96,19 @@ def captured_logs():
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
 
 
-def summarize_logs(name: str, logs, concealed: int = 0) -> str | None:
+def summarize_logs(name: str, logs, concealed: int = 0, details: logging.Logger = log) -> str | None:
     """One line for an input whose stored frames were hurt by decode errors, or None; every
     FFmpeg line goes to debug (the job's log).
 
     ``logs`` are PyAV's ``(level, logger, message)`` tuples; ``concealed`` counts stored frames
-    the decoder flagged as corrupt (shown with errors concealed). Errors that hurt no stored frame
+    the decoder flagged as corrupt (shown with errors concealed); ``details`` is the logger the
+    lines go to. Errors that hurt no stored frame
     get no console line: entering an open GOP at its keyframe, as random access does, makes the
     H.264 decoder log reference errors about pictures that are never shown.
     """
     problems = [(lvl, who, msg.strip()) for lvl, who, msg in logs if lvl <= av.logging.WARNING]
     for lvl, who, msg in problems:
-        log.debug("%s: [%s] %s", name, _ADDRESS.sub("", who or "ffmpeg"), msg)
+        details.debug("%s: [%s] %s", name, _ADDRESS.sub("", who or "ffmpeg"), msg)
     if not concealed:
         return None
     errors = sum(1 for lvl, _, _ in problems if lvl <= av.logging.ERROR)
