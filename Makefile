@@ -22,6 +22,8 @@ DATA ?= $(DEMO_DIR)/dataset#            dataset folder written by preprocess (sh
 PACKS ?= $(DATA)/packs#                 pack plan written by `make pack`
 SEQ_LEN ?= 262144#                       tokens per packed sequence (and per-sample budget)
 PREPROCESS_ARGS ?=#                      extra preprocess flags, e.g. --fps 1 --max-pixels 200704
+FRAME_CODEC ?= zstd#                     how preprocess stores frames: zstd (lossless) | jpeg (lossy, 5-10x smaller)
+JPEG_QUALITY ?= 93#                      JPEG quality 1-100 when FRAME_CODEC=jpeg
 SEED ?= 0#                               packing and data order seed
 KEY ?=#                                  sample key for `make show`
 RUN ?= $(DEMO_DIR)/train#               training run folder (checkpoints, metrics)
@@ -36,7 +38,7 @@ TESTS ?= tests#                          what `make test` runs
 PYTEST_ARGS ?=#                          extra pytest arguments
 TRAIN_ARGS ?=#                           extra train flags, e.g. --attention dsa --dsa-warmup-steps 10
 
-HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN PREPROCESS_ARGS SEED KEY RUN PRESET STEPS TRAIN_ARGS EXECUTOR RAY_ADDRESS \
+HELP_VARS := DEMO_DIR MANIFEST TOKENIZER DATA PACKS SEQ_LEN PREPROCESS_ARGS FRAME_CODEC JPEG_QUALITY SEED KEY RUN PRESET STEPS TRAIN_ARGS EXECUTOR RAY_ADDRESS \
 	WORKERS FORCE TESTS PYTEST_ARGS PYTHON_SYS
 RUN_OPTS = --executor $(EXECUTOR) $(if $(RAY_ADDRESS),--ray-address $(RAY_ADDRESS)) \
 	$(if $(WORKERS),--workers $(WORKERS)) $(if $(FORCE),--force)
@@ -63,7 +65,8 @@ test: $(STAMP) ## run the test suite (CPU only; kernels under TRITON_INTERPRET=1
 
 preprocess: $(STAMP) ## probe, budget, decode and shard MANIFEST into DATA (resumable)
 	$(LONGSHOT) preprocess --manifest $(MANIFEST) --tokenizer $(TOKENIZER) --out $(DATA) \
-		--max-seq-tokens $(SEQ_LEN) $(PREPROCESS_ARGS) $(RUN_OPTS)
+		--max-seq-tokens $(SEQ_LEN) --frame-codec $(FRAME_CODEC) --jpeg-quality $(JPEG_QUALITY) \
+		$(PREPROCESS_ARGS) $(RUN_OPTS)
 
 stats: $(STAMP) ## statistics of DATA: table, stats.parquet, PNG histograms
 	$(LONGSHOT) stats $(DATA)

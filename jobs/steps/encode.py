@@ -26,6 +26,8 @@ from pipeline.manifest import SampleSpec
 from pipeline.probe import VideoInfo
 from pipeline.text import load_tokenizer, tokenize_turns
 from pipeline.units import split_into_units
+from shards.frame_codecs import FrameCodec
+from shards.jpeg_frames import DEFAULT_QUALITY
 from shards.manifest import ShardSummary, write_manifest
 from shards.writer import ShardWriter
 
@@ -44,6 +46,30 @@ class EncodeConfig:
     shard_bytes: int = 256 << 20  # target stored bytes per shard (one unit of work)
     compression_ratio: float = 1.5  # for the size estimate only; measured in tests/bench/RESULTS.md
     decode_window: int = 32  # frames decoded at once: bounds a worker's memory
+    frame_codec: str = "zstd"  # or "jpeg" (lossy, ~5-10x fewer bytes; shards/jpeg_frames.py)
+    jpeg_quality: int = DEFAULT_QUALITY
+
+    @property
+    def codec(self) -> FrameCodec:
+        """The shard writer's frame codec; raises ValueError for an unknown codec or bad setting."""
+        return FrameCodec(self.frame_codec, zstd_level=self.zstd_level, frame_delta=self.frame_delta,
+                          jpeg_quality=self.jpeg_quality)
+
+    @property
+    def size_ratio(self) -> float:
+        """Raw frame bytes per stored byte, for sizing units (JPEG: 7-11x measured, RESULTS.md)."""
+        return self.compression_ratio if self.frame_codec == "zstd" else JPEG_SIZE_RATIO
+
+    def job_config(self) -> dict:
+        """What the job's config hash covers; the zstd default leaves the codec fields out, so
+        datasets made before frame codecs keep their hash and resume."""
+        config = dataclasses.asdict(self)
+        if self.frame_codec == "zstd":
+            del config["frame_codec"], config["jpeg_quality"]
+        return config
+
+
+JPEG_SIZE_RATIO = 6.0
 
 
 def file_digest(path: str | Path) -> str:
@@ -56,7 +82,7 @@ class EncodeJob(Job):
     def __init__(self, samples: list[SampleSpec], probed: dict[str, VideoInfo | dict],
                  tokenizer_path: str, cfg: EncodeConfig, earlier_errors: list[dict],
                  samples_digest: str, chat_format: ChatFormat = LONGSHOT):
-        config = {"encode": dataclasses.asdict(cfg), "samples": samples_digest,
+        config = {"encode": cfg.job_config(), "samples": samples_digest,
                   "tokenizer": file_digest(tokenizer_path)}
         if chat_format != LONGSHOT:  # the default stays out: datasets made before formats keep their hash
             config["chat_format"] = chat_format.to_dict()
@@ -105,7 +131,7 @@ class EncodeJob(Job):
                     "frame_indices": list(seg.frame_indices), "timestamps": list(seg.timestamps),
                     "height": plan.height, "width": plan.width, "sample_fps": plan.sample_fps,
                     "src_fps": info.fps, "vision_tokens": seg.vision_tokens,
-                    "est_bytes": int(raw / self.cfg.compression_ratio),
+                    "est_bytes": int(raw / self.cfg.size_ratio),
                 })
         return segments, errors
 
@@ -123,7 +149,8 @@ class EncodeJob(Job):
         errors = []
         with captured_decode_log(staging / DECODE_LOGS / f"{unit.id}.decode.log") as decode_warnings, \
                 ShardWriter(shard_dir / f"{unit.id}.tar", shard_dir / f"{unit.id}.parquet",
-                            zstd_level=self.cfg.zstd_level, frame_delta=self.cfg.frame_delta) as w:
+                            zstd_level=self.cfg.zstd_level, frame_delta=self.cfg.frame_delta,
+                            frame_codec=self.cfg.frame_codec, jpeg_quality=self.cfg.jpeg_quality) as w:
             for seg in unit.payload["samples"]:
                 try:
                     self._write_sample(w, seg)

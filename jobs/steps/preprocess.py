@@ -14,6 +14,7 @@ from jobs.steps.probe import PROBE_FILE, ProbeJob, samples_digest
 from pipeline.budget import BudgetConfig
 from pipeline.manifest import read_manifest, read_video_folder
 from pipeline.probe import VideoInfo
+from shards.frame_codecs import CODECS, FrameCodec
 from shards.stats import compute_stats, format_table, write_stats
 
 _INFO_FIELDS = ("duration_s", "fps", "n_frames", "width", "height", "codec", "size_bytes")
@@ -41,7 +42,11 @@ def register(sub) -> None:
                    help="what to do with a video that does not fit at the floors")
     e = EncodeConfig()
     p.add_argument("--zstd-level", type=int, default=e.zstd_level)
-    p.add_argument("--frame-delta", action="store_true", help="store frame differences")
+    p.add_argument("--frame-delta", action="store_true", help="store frame differences (zstd only)")
+    p.add_argument("--frame-codec", choices=CODECS, default=e.frame_codec,
+                   help="how frames are stored: zstd (lossless) or jpeg (lossy, 5-10x smaller; "
+                   "PSNR against the source in the statistics)")
+    p.add_argument("--jpeg-quality", type=int, default=e.jpeg_quality, help="JPEG quality 1-100 (jpeg codec)")
     p.add_argument("--shard-mb", type=int, default=e.shard_bytes >> 20, help="target shard size")
     add_run_options(p)
     p.set_defaults(func=run)
@@ -80,7 +85,17 @@ def _patch_geometry(preset_name: str | None) -> dict:
     return {"patch": v.patch, "temporal_patch": v.temporal_patch, "merge": v.merge}
 
 
+def _check_codec(args) -> None:
+    """Refuse bad codec settings (e.g. --frame-delta with jpeg) before any work starts."""
+    try:
+        FrameCodec(args.frame_codec, zstd_level=args.zstd_level, frame_delta=args.frame_delta,
+                   jpeg_quality=args.jpeg_quality)
+    except ValueError as exc:
+        raise BadInput(f"frame codec: {exc}") from None
+
+
 def run(args) -> int:
+    _check_codec(args)
     samples, manifest_errors = _read_samples(args)
     out = Path(args.out)
     retry = RetryPolicy(max_attempts=args.max_attempts)
@@ -101,7 +116,8 @@ def run(args) -> int:
         budget=BudgetConfig(max_seq_tokens=args.max_seq_tokens, fps=args.fps, min_fps=args.min_fps,
                             max_pixels=args.max_pixels, min_pixels=args.min_pixels,
                             overflow=args.overflow, **_patch_geometry(args.preset)),
-        zstd_level=args.zstd_level, frame_delta=args.frame_delta, shard_bytes=args.shard_mb << 20)
+        zstd_level=args.zstd_level, frame_delta=args.frame_delta, shard_bytes=args.shard_mb << 20,
+        frame_codec=args.frame_codec, jpeg_quality=args.jpeg_quality)
     encode = EncodeJob(samples, probed, args.tokenizer, cfg,
                        [e.as_row() for e in manifest_errors] + probe_errors, samples_digest(samples),
                        chat_format=resolve_chat_format(args.chat_format, args.tokenizer))
