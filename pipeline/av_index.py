@@ -1,20 +1,21 @@
-"""Which packet holds each frame a video shows, from one pass of PyAV's demuxer plus two short decodes.
+"""Which packet holds each frame a video shows, from one pass of PyAV's demuxer plus a few decodes.
 
 Frame ``i`` is the ``i``-th frame FFmpeg shows (display order) and its timestamp is its
 presentation time from the first shown frame. Both come from the packets: every packet of the
 video stream in decode order, with its presentation time (pts), keyframe flag and FFmpeg's
 "discard" flag (an MP4 edit list that starts inside a GOP: decoded as a reference, never shown).
 The frames shown are the packets not discarded, sorted by pts GOP by GOP (the packets from one
-keyframe to the next in decode order), when every packet has a distinct pts (``exact``: MP4, MOV,
-MKV, WebM, MPEG-TS, MPEG-PS in practice). Sorting within GOPs rather than over the whole file is
+keyframe to the next in decode order), when every packet has a pts (``exact``: MP4, MOV, MKV,
+WebM, MPEG-TS, MPEG-PS in practice; a time that repeats, as at the joins of looped streams, is
+matched to its frames in turn, :class:`Occurrences`). Sorting within GOPs rather than over the whole file is
 what the decoder does at a timestamp discontinuity (streams joined by stream copy, where one
 part's times overlap the next): it shows the next GOP after this one, whatever their times say.
 Then any frame can be reached from a keyframe and recognized by its pts when it comes out of the
 decoder.
 
 What the packets cannot say is checked by decoding a few GOPs: the first, the last, and every
-GOP whose packet timing is irregular (decode times missing, going back or skipping packets;
-frames shown before frames of the GOP before): a stream cut inside a GOP starts with frames that
+GOP whose packet timing is irregular (decode times going back or skipping packets; a frame shown
+before frames of the GOP before, or at another frame's time): a stream cut inside a GOP starts with frames that
 reference pictures before the cut, a truncated file ends with frames that do not decode, and at
 the joins of streams stream-copied end to end, packets are lost and the decoder drops or
 reorders frames there. FFmpeg shows what the decoder gives, so in those GOPs the index takes the
@@ -26,7 +27,8 @@ and is decoded from its start, frames numbered as they come out.
 
 The entry keyframe of frame ``i`` is the last keyframe at or before its packet in decode order
 whose own pts is not later than the frame's: a leading picture of an open GOP (shown before its
-keyframe, decoded after it) needs the GOP before, so it enters one keyframe earlier.
+keyframe, decoded after it) needs the GOP before, so it enters one keyframe earlier; after lost
+packets, frames enter before the damage (:mod:`pipeline.entry_points`).
 """
 from __future__ import annotations
 
@@ -138,8 +140,9 @@ def build_index(path: str) -> FrameIndex:
         entries = _entries(shown, packet_pts, keys, gop_entry)
     else:
         shown, entries = kept, np.zeros(len(kept), np.int64)
-    tainted = np.flatnonzero(gop_entry[_gop_of(shown, keys)] != np.arange(len(keys))[_gop_of(shown, keys)])
-    continuous_from = int(tainted[0]) if exact and tainted.size else (len(shown) if exact else 0)
+    gop = _gop_of(shown, keys)
+    after_damage = np.flatnonzero(gop_entry[gop] != gop)
+    continuous_from = (int(after_damage[0]) if after_damage.size else len(shown)) if exact else 0
     width, height = size if rotation % 180 == 0 else size[::-1]
     return FrameIndex(path, codec, pix_fmt, width, height, rotation, time_base, packet_pts, packet_dts,
                       shown, _times(packet_pts, packet_dts, shown, exact, time_base), exact, entries,
