@@ -109,6 +109,9 @@ class VLMConfig:
     # Id of the placeholder token whose positions take the merged vision embeddings.
     vision_token_id: int = 151_655
     init_std: float = 0.02
+    # How videos sit in the token sequence the model was trained on (pipeline/video_layout.py):
+    # "block" (longshot's) or "timestamped-groups" (Qwen3-VL); preprocess writes data this way.
+    video_layout: str = "block"
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -98,7 +98,8 @@ def vlm_config(hf: dict, *, vision_token_id: int | None = None,
     if family(hf) in VL_FAMILIES:
         token = hf.get("video_token_id", vision_token_id)
         return VLMConfig(vision=vision_config(hf), lm=lm, vision_token_id=int(token),
-                         init_std=float(text_config(hf).get("initializer_range", 0.02)))
+                         init_std=float(text_config(hf).get("initializer_range", 0.02)),
+                         video_layout="timestamped-groups")
     if fresh_vision is None or vision_token_id is None:
         raise UnsupportedConfig("a text-only source needs a vision config for its fresh ViT and "
                                 "the id of its vision placeholder token")

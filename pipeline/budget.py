@@ -20,13 +20,19 @@ variable-rate video. The frame count is rounded up to whole temporal groups
 (``temporal_patch`` frames) by repeating the last index at the end of the last segment, so those
 padded frames carry the last index and timestamp again; the ViT sees a still frame there.
 
-Everything is a pure function of (VideoInfo, text tokens, config): the same inputs give the same
-plan.
+A video layout may add text of its own per temporal group (Qwen3-VL's ``<1.5 seconds>`` and
+markers around each group, pipeline/video_layout.py); ``extra_tokens`` gives its count for a
+segment's planned frame times, and a plan is chosen so that vision, text and that extra text
+fit together (the rate is lowered, or segments added, until the exact count fits).
+
+Everything is a pure function of (VideoInfo, text tokens, config, extra_tokens): the same inputs
+give the same plan.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,9 +110,17 @@ def vision_tokens(n_frames: int, height: int, width: int, cfg: BudgetConfig = Bu
     return math.ceil(n_frames / cfg.temporal_patch) * (height // block) * (width // block)
 
 
+ExtraTokens = Callable[[Sequence[float]], int]  # planned frame times -> the layout's extra tokens
+
+
+def _no_extra(timestamps: Sequence[float]) -> int:
+    return 0
+
+
 def plan_video(info: VideoInfo, text_tokens: int, cfg: BudgetConfig = BudgetConfig(), *,
-               id: str | None = None) -> VideoPlan:
+               id: str | None = None, extra_tokens: ExtraTokens | None = None) -> VideoPlan:
     """Choose sampling rate, frame size and segments for one video; see the module docstring."""
+    extra = extra_tokens or _no_extra
     if text_tokens < 0:
         raise ValueError(f"text_tokens must be >= 0, got {text_tokens}")
     if info.n_frames < 1 or not info.fps > 0 or info.height < 1 or info.width < 1:
@@ -117,18 +131,18 @@ def plan_video(info: VideoInfo, text_tokens: int, cfg: BudgetConfig = BudgetConf
     top_fps = min(cfg.fps, info.fps)
     low_fps = min(cfg.min_fps, top_fps)
     floor_h, floor_w = ladder[-1]
-    if room < vision_tokens(cfg.temporal_patch, floor_h, floor_w, cfg):
+    if room < vision_tokens(cfg.temporal_patch, floor_h, floor_w, cfg) + extra([0.0] * cfg.temporal_patch):
         raise PlanError(info.path, "text leaves no room for video", id=id,
                         detail=f"{reserved} text tokens of {cfg.max_seq_tokens}")
     for rung, (height, width) in enumerate(ladder):
-        fps = _fitting_fps(info, room, height, width, top_fps if rung == 0 else low_fps, low_fps, cfg)
+        fps = _fitting_fps(info, room, height, width, top_fps if rung == 0 else low_fps, low_fps, cfg, extra)
         if fps is not None:
             return _single_segment_plan(info, fps, height, width, cfg)
     if cfg.overflow == "refuse":
-        need = vision_tokens(len(_sample_indices(info, low_fps)), floor_h, floor_w, cfg)
+        need = _tokens(info, low_fps, floor_h, floor_w, cfg, extra)
         raise PlanError(info.path, "exceeds token budget at minimum fps and size", id=id,
                         detail=f"{need} vision + {reserved} text tokens > {cfg.max_seq_tokens}")
-    return _split_plan(info, room, low_fps, floor_h, floor_w, cfg)
+    return _split_plan(info, room, low_fps, floor_h, floor_w, cfg, extra, id)
 
 
 def _size_ladder(src_h: int, src_w: int, cfg: BudgetConfig) -> list[tuple[int, int]]:
@@ -155,18 +169,35 @@ def _size_ladder(src_h: int, src_w: int, cfg: BudgetConfig) -> list[tuple[int, i
     return ladder
 
 
+def _tokens(info: VideoInfo, fps: float, height: int, width: int, cfg: BudgetConfig, extra: ExtraTokens) -> int:
+    """Vision tokens of the whole video at this rate and size, plus the layout's extra text."""
+    frames = _padded(_sample_indices(info, fps).tolist(), cfg.temporal_patch)
+    return vision_tokens(len(frames), height, width, cfg) + extra([i / info.fps for i in frames])
+
+
 def _fitting_fps(info: VideoInfo, room: int, height: int, width: int, high: float, low: float,
-                 cfg: BudgetConfig) -> float | None:
-    """The highest rate in [low, high] whose frames fit ``room`` at this size, or None."""
-    per_group = vision_tokens(cfg.temporal_patch, height, width, cfg)
-    max_frames = room // per_group * cfg.temporal_patch
-    if len(_sample_indices(info, high)) <= max_frames:
+                 cfg: BudgetConfig, extra: ExtraTokens) -> float | None:
+    """The highest rate in [low, high] whose tokens fit ``room`` at this size, or None. Without
+    extra text the first candidate fits; with it, groups are taken away (about as many as the
+    excess holds) until the exact count fits."""
+    tp = cfg.temporal_patch
+    if _tokens(info, high, height, width, cfg, extra) <= room:
         return high
-    # frames(fps) = ceil((n - 0.5) * fps / src_fps); solve frames <= max_frames, then settle floats
-    fps = max_frames * info.fps / (info.n_frames - 0.5)
-    while fps >= low and len(_sample_indices(info, fps)) > max_frames:
-        fps = math.nextafter(fps, 0.0)
-    return fps if fps >= low else None
+    per_group = vision_tokens(tp, height, width, cfg)
+    max_frames = room // per_group * tp
+    while max_frames >= tp:
+        # frames(fps) = ceil((n - 0.5) * fps / src_fps); solve frames <= max_frames, then settle floats
+        fps = max_frames * info.fps / (info.n_frames - 0.5)
+        while fps >= low and len(_sample_indices(info, fps)) > max_frames:
+            fps = math.nextafter(fps, 0.0)
+        if fps < low:
+            return None
+        over = _tokens(info, fps, height, width, cfg, extra) - room
+        if over <= 0:
+            return fps
+        groups = max_frames // tp
+        max_frames -= tp * max(1, over * groups // (room + over))  # the excess's share of groups
+    return None
 
 
 def _sample_indices(info: VideoInfo, sample_fps: float) -> np.ndarray:
@@ -185,14 +216,26 @@ def _single_segment_plan(info: VideoInfo, fps: float, height: int, width: int, c
     return VideoPlan(fps, height, width, [segment])
 
 
-def _split_plan(info: VideoInfo, room: int, fps: float, height: int, width: int, cfg: BudgetConfig) -> VideoPlan:
-    """Consecutive segments that each fit ``room``, groups spread as evenly as possible."""
+def _split_plan(info: VideoInfo, room: int, fps: float, height: int, width: int, cfg: BudgetConfig,
+                extra: ExtraTokens, id: str | None) -> VideoPlan:
+    """Consecutive segments that each fit ``room``, groups spread as evenly as possible; one
+    more segment while a segment's layout text makes it overflow."""
     tp = cfg.temporal_patch
     frames = _sample_indices(info, fps).tolist()
     groups_total = math.ceil(len(frames) / tp)
     groups_max = room // vision_tokens(tp, height, width, cfg)
-    n_segments = math.ceil(groups_total / groups_max)
-    base, extra = divmod(groups_total, n_segments)
+    for n_segments in range(math.ceil(groups_total / groups_max), groups_total + 1):
+        segments = _even_segments(info, frames, n_segments, height, width, cfg)
+        if all(s.vision_tokens + extra(s.timestamps) <= room for s in segments):
+            return VideoPlan(fps, height, width, segments)
+    raise PlanError(info.path, "text leaves no room for video", id=id,
+                    detail=f"one frame group and its layout text exceed the {room} tokens left")
+
+
+def _even_segments(info: VideoInfo, frames: list[int], n_segments: int, height: int, width: int,
+                   cfg: BudgetConfig) -> list[Segment]:
+    tp = cfg.temporal_patch
+    base, extra = divmod(math.ceil(len(frames) / tp), n_segments)
     bounds, start = [], 0
     for k in range(n_segments):
         end = start + base + (1 if k < extra else 0)
@@ -203,7 +246,7 @@ def _split_plan(info: VideoInfo, room: int, fps: float, height: int, width: int,
     for k, (a, b) in enumerate(bounds):
         chunk = frames[a:b] if k < n_segments - 1 else _padded(frames[a:b], tp)
         segments.append(_segment(k, chunk, info, height, width, t_end=starts[k], cfg=cfg))
-    return VideoPlan(fps, height, width, segments)
+    return segments
 
 
 def _padded(frames: list[int], group: int) -> list[int]:

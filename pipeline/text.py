@@ -7,7 +7,8 @@ depend on how a tokenizer happens to merge text across template boundaries. The 
 on assistant content and on the turn end that closes it (the model must learn to stop); never
 on role openings, system or user text. The ``<video>`` marker is cut out of the text: the
 format's ``vision_open`` / ``vision_close`` take its place, and ``vision_at`` records where the
-video's placeholder tokens (inserted by the loader) go between them.
+video's placeholder tokens (inserted by the loader) go between them. A layout that marks each
+temporal group instead (pipeline/video_layout.py) leaves the markers to the groups' own text.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from pipeline.chat_formats import LONGSHOT, ChatFormat
 from pipeline.errors import TextError
 from pipeline.turns import VIDEO_MARKER, TurnsError, first_user_turn
+from pipeline.video_layout import BLOCK, VideoLayout
 
 # The ``longshot`` format's tokens, kept by name for its callers.
 ROLE_TOKENS = dict(LONGSHOT.role_open)
@@ -34,7 +36,8 @@ SPECIAL_TOKENS = LONGSHOT.special_tokens
 class TokenizedText:
     ids: np.ndarray  # int32
     loss_mask: np.ndarray  # bool, same length as ids
-    vision_at: int  # vision tokens go before ids[vision_at]
+    # vision tokens go before ids[vision_at]; a tuple: each temporal group's before its own index
+    vision_at: int | tuple[int, ...]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -58,8 +61,10 @@ def load_tokenizer(path, fmt: ChatFormat = LONGSHOT) -> Tokenizer:
 
 
 def tokenize_turns(tokenizer: Tokenizer, turns: list[dict], *, input: str = "<turns>",
-                   id: str | None = None, fmt: ChatFormat = LONGSHOT) -> TokenizedText:
-    """Apply the chat format to normalized turns (see :mod:`pipeline.turns`)."""
+                   id: str | None = None, fmt: ChatFormat = LONGSHOT,
+                   layout: VideoLayout = BLOCK) -> TokenizedText:
+    """Apply the chat format to normalized turns (see :mod:`pipeline.turns`); with a per-group
+    ``layout`` the video's markers are left out (the groups' text carries them)."""
     try:
         video_turn = first_user_turn(turns)
     except TurnsError as err:
@@ -69,7 +74,7 @@ def tokenize_turns(tokenizer: Tokenizer, turns: list[dict], *, input: str = "<tu
     mask: list[bool] = []
 
     def put(text: str, target: bool) -> None:
-        ids.extend(_encode(tokenizer, text))
+        ids.extend(encode_text(tokenizer, text))
         mask.extend([target] * (len(ids) - len(mask)))
 
     vision_at = -1
@@ -85,9 +90,10 @@ def tokenize_turns(tokenizer: Tokenizer, turns: list[dict], *, input: str = "<tu
             before, after = "", content  # no marker: the video opens the turn
         put(before, trained)
         if i == video_turn:
-            put(fmt.vision_open, False)
+            markers = not layout.per_group
+            put(fmt.vision_open if markers else "", False)
             vision_at = len(ids)
-            put(fmt.vision_close, False)
+            put(fmt.vision_close if markers else "", False)
         put(after, trained)
         put(fmt.turn_close, trained)
         put(fmt.after_close, False)
@@ -109,6 +115,7 @@ def train_tokenizer(texts, path, vocab_size: int = 512, fmt: ChatFormat = LONGSH
     return tokenizer
 
 
-def _encode(tokenizer: Tokenizer, text: str) -> list[int]:
+def encode_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Ids of a piece of text on its own (no special tokens added)."""
     return tokenizer.encode(text, add_special_tokens=False).ids if text else []
 

@@ -8,7 +8,10 @@ Fields
 ------
 ``input_ids``: int64 [S]
     Per document: text ids[:vision_at], then ``vision_tokens`` copies of ``vision_token_id``
-    (the tokenizer's ``<|vision|>`` id, passed to the loader), then text ids[vision_at:].
+    (the tokenizer's ``<|vision|>`` id, passed to the loader), then text ids[vision_at:]. In a
+    per-group video layout (Qwen3-VL's, pipeline/video_layout.py) ``vision_at`` holds one text
+    index per temporal group and each group's h' x w' placeholders go before its own index;
+    the text between them (the groups' times and markers) was stored by the encode step.
 ``labels``: int64 [S]
     labels[i] = input_ids[i+1] when i+1 lies in the same document and is a text token inside
     one of the document's ``loss_spans`` (``[start, end)`` ranges of text-id indices); otherwise
@@ -21,7 +24,8 @@ Fields
     t = base + round_half_up(start time of the group in seconds * tokens_per_second) (config,
     default 2; non-decreasing along the video), h = base + merged row, w = base + merged col,
     in (t, row, col) row-major order. Text after the block resumes at (largest position the
-    block used) + 1. See ``shards.positions``.
+    block used) + 1. In a per-group layout each group is numbered as a picture of its own
+    (``shards.positions.group_positions``, as Qwen3-VL). See ``shards.positions``.
 ``cu_seqlens``: int32 [n_docs + 1]
     Document boundaries: document d is tokens cu_seqlens[d]:cu_seqlens[d+1]; cu_seqlens[-1] = S.
 ``pixel_patches``: uint8 [N_patches, 2*14*14*3]
@@ -48,7 +52,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from shards.positions import document_positions
+from shards.positions import document_positions, group_positions
 
 IGNORE_INDEX = -100
 
@@ -91,12 +95,13 @@ class Document:
     """What the batch needs of one sample besides its pixels.
 
     ``grid`` is the merged LM-token grid (groups, rows, cols) of its video, or None for text
-    only; ``times`` the start time in seconds of each group.
+    only; ``times`` the start time in seconds of each group. ``vision_at``: where the video goes
+    in the text, one index (one block) or a tuple of one index per temporal group.
     """
 
     key: str
     text: np.ndarray  # int ids
-    vision_at: int
+    vision_at: int | tuple[int, ...]
     loss_spans: tuple[tuple[int, int], ...]
     grid: tuple[int, int, int] | None = None
     times: np.ndarray | None = None
@@ -122,16 +127,47 @@ def check_loss_spans(spans: object, n_text: int, what: str) -> tuple[tuple[int, 
     return pairs
 
 
+def check_vision_at(value: object, n_text: int, grid: tuple[int, int, int] | None) -> int | tuple[int, ...]:
+    """A sample's ``vision_at``: one text index, or a list of one per temporal group of ``grid``
+    (non-decreasing); ValueError saying what is wrong."""
+    if isinstance(value, (list, tuple)):
+        slots = tuple(int(v) for v in value)
+        if grid is None or len(slots) != grid[0]:
+            raise ValueError(f"vision_at has {len(slots)} group places but the video has "
+                             f"{grid[0] if grid else 0} temporal groups")
+        if any(b < a for a, b in zip((0, *slots), (*slots, n_text), strict=True)):
+            raise ValueError(f"vision_at {list(slots)} is not non-decreasing within the {n_text} text tokens")
+        return slots
+    at = int(value)  # type: ignore[call-overload]
+    if not 0 <= at <= n_text:
+        raise ValueError(f"vision_at {at} is outside the {n_text} text tokens")
+    return at
+
+
+def _vision_runs(doc: Document) -> list[tuple[int, int]]:
+    """(text index, placeholders that go before it) for each place of the document's video."""
+    if isinstance(doc.vision_at, tuple):
+        return [(at, doc.grid[1] * doc.grid[2]) for at in doc.vision_at]
+    return [(doc.vision_at, doc.vision_tokens)]
+
+
+def _with_vision(values: np.ndarray, runs: list[tuple[int, int]], fill) -> np.ndarray:
+    pieces, prev = [], 0
+    for at, n in runs:
+        pieces += [values[prev:at], np.full(n, fill, values.dtype)]
+        prev = at
+    pieces.append(values[prev:])
+    return np.concatenate(pieces)
+
+
 def _document_ids_and_labels(doc: Document, vision_token_id: int) -> tuple[np.ndarray, np.ndarray]:
     text = doc.text.astype(np.int64)
-    n_vision = doc.vision_tokens
-    ids = np.concatenate(
-        [text[: doc.vision_at], np.full(n_vision, vision_token_id, np.int64), text[doc.vision_at :]]
-    )
+    runs = _vision_runs(doc)
+    ids = _with_vision(text, runs, vision_token_id)
     in_span = np.zeros(text.size, bool)
     for start, end in doc.loss_spans:
         in_span[start:end] = True
-    target = np.concatenate([in_span[: doc.vision_at], np.zeros(n_vision, bool), in_span[doc.vision_at :]])
+    target = _with_vision(in_span, runs, False)
     labels = np.full(ids.size, IGNORE_INDEX, np.int64)
     labels[:-1] = np.where(target[1:], ids[1:], IGNORE_INDEX)
     return ids, labels
@@ -156,9 +192,12 @@ def assemble(
         doc_ids, doc_labels = _document_ids_and_labels(doc, vision_token_id)
         ids.append(doc_ids)
         labels.append(doc_labels)
-        positions.append(
-            document_positions(doc.text.size, doc.vision_at, doc.grid, doc.times, tokens_per_second)
-        )
+        if isinstance(doc.vision_at, tuple):
+            positions.append(group_positions(doc.text.size, doc.vision_at, doc.grid))
+        else:
+            positions.append(
+                document_positions(doc.text.size, doc.vision_at, doc.grid, doc.times, tokens_per_second)
+            )
         if doc.grid:
             groups, rows, cols = doc.grid
             grids.append((groups, rows * patch_grid_scale, cols * patch_grid_scale))

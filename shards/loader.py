@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
-from shards.batch import Document, PackedBatch, assemble, check_loss_spans
+from shards.batch import Document, PackedBatch, assemble, check_loss_spans, check_vision_at
 from shards.errors import CorruptShard, SampleNotFound
 from shards.frame_codecs import frames_info_from_json
 from shards.load_patches import DEFAULT_GEOMETRY, PatchGeometry, write_patches
@@ -118,9 +118,7 @@ class PackDataset(Dataset):
             raise ValueError(
                 f"has {tokens} tokens but the pack plan says {planned_tokens}; the plan is stale"
             )
-        vision_at = int(meta.get("vision_at", 0))
-        if not 0 <= vision_at <= text.size:
-            raise ValueError(f"vision_at {vision_at} is outside the {text.size} text tokens")
+        vision_at = check_vision_at(meta.get("vision_at", 0), text.size, grid)
         return Document(
             key=key,
             text=text,

@@ -1,4 +1,5 @@
-"""Multimodal rotary positions (t, h, w) of one document: text, one video block, text.
+"""Multimodal rotary positions (t, h, w) of one document: text, one video block, text; or, in
+Qwen3-VL's layout, text with each temporal group of the video at its own place (``group_positions``).
 
 Why three coordinates: a video token's neighbours in time, row and column should each be near
 it in position, so the LM's rotary embedding rotates separate frequency bands by time, row and
@@ -75,3 +76,28 @@ def document_positions(
         ],
         axis=1,
     )
+
+
+def group_positions(n_text: int, slots: tuple[int, ...], grid: tuple[int, int, int]) -> np.ndarray:
+    """int64 [3, n_text + G*h*w] positions of a document whose temporal group g sits before text
+    index ``slots[g]`` (the text around the groups holds their times and markers).
+
+    Qwen3-VL's numbering: text counts up by one per token; a group is numbered like a picture of
+    its own at the running index p, t = p, h = p + row, w = p + col, and the text after it
+    resumes at p + max(h, w). Time is in the text, not in the positions.
+    """
+    groups, rows, cols = grid
+    if min(grid) < 1 or len(slots) != groups:
+        raise ValueError(f"grid {grid} needs G, h, w >= 1 and {groups} group places, got {len(slots)}")
+    if any(b < a for a, b in zip((0, *slots), (*slots, n_text), strict=True)):
+        raise ValueError(f"group places {list(slots)} must be non-decreasing within the {n_text} text tokens")
+    picture = np.stack(np.broadcast_arrays(np.zeros((rows, 1), np.int64), np.arange(rows)[:, None],
+                                           np.arange(cols)[None, :])).reshape(3, -1)
+    pieces, pos = [], 0
+    for i, (start, end) in enumerate(zip((0, *slots), (*slots, n_text), strict=True)):
+        if i:  # group i - 1 comes before this stretch of text
+            pieces.append(pos + picture)
+            pos += max(rows, cols)
+        pieces.append(np.broadcast_to(np.arange(pos, pos + end - start, dtype=np.int64), (3, end - start)))
+        pos += end - start
+    return np.concatenate(pieces, axis=1)

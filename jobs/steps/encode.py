@@ -4,10 +4,13 @@ Planning (tokenize the text, choose fps, size and segments, group samples into u
 byte size) is a pure function of the samples, the probe table and the config, so it is recomputed
 when needed (e.g. for the error table) rather than stored twice. A video split into segments
 becomes one shard sample per segment (key `ID__sNNNN`), each carrying the sample's text.
+The model's video layout (pipeline/video_layout.py) decides how the video sits in that text;
+its per-group text (Qwen3-VL's times and markers) is stored with the ids and budgeted.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,8 +27,9 @@ from pipeline.decode import frame_timestamps, iter_frame_windows
 from pipeline.errors import InputError
 from pipeline.manifest import SampleSpec
 from pipeline.probe import VideoInfo
-from pipeline.text import load_tokenizer, tokenize_turns
+from pipeline.text import encode_text, load_tokenizer, tokenize_turns
 from pipeline.units import split_into_units
+from pipeline.video_layout import BLOCK, GroupText, VideoLayout
 from shards.frame_codecs import FrameCodec
 from shards.jpeg_frames import DEFAULT_QUALITY
 from shards.manifest import ShardSummary, write_manifest
@@ -81,23 +85,27 @@ class EncodeJob(Job):
 
     def __init__(self, samples: list[SampleSpec], probed: dict[str, VideoInfo | dict],
                  tokenizer_path: str, cfg: EncodeConfig, earlier_errors: list[dict],
-                 samples_digest: str, chat_format: ChatFormat = LONGSHOT):
+                 samples_digest: str, chat_format: ChatFormat = LONGSHOT, video_layout: VideoLayout = BLOCK):
         config = {"encode": cfg.job_config(), "samples": samples_digest,
                   "tokenizer": file_digest(tokenizer_path)}
         if chat_format != LONGSHOT:  # the default stays out: datasets made before formats keep their hash
             config["chat_format"] = chat_format.to_dict()
+        if video_layout != BLOCK:  # likewise
+            config["video_layout"] = video_layout.name
         super().__init__(config)
         self.chat_format = chat_format
+        self.video_layout = video_layout
         self.samples = samples
         self.probed = probed
         self.tokenizer_path = str(tokenizer_path)
         self.cfg = cfg
         self.earlier_errors = earlier_errors
         self._tokenizer = None
+        self._group_text = None
 
     def __getstate__(self):  # the tokenizer is rebuilt in each worker, not pickled
         state = dict(self.__dict__)
-        state["_tokenizer"] = None
+        state["_tokenizer"] = state["_group_text"] = None
         return state
 
     @property
@@ -105,6 +113,17 @@ class EncodeJob(Job):
         if self._tokenizer is None:
             self._tokenizer = load_tokenizer(self.tokenizer_path, self.chat_format)
         return self._tokenizer
+
+    @property
+    def group_text(self) -> GroupText:
+        if self._group_text is None:
+            self._group_text = GroupText(self.video_layout, self.chat_format,
+                                         functools.partial(encode_text, self.tokenizer),
+                                         self.cfg.budget.temporal_patch)
+        return self._group_text
+
+    def _tokenize(self, turns):
+        return tokenize_turns(self.tokenizer, turns, fmt=self.chat_format, layout=self.video_layout)
 
     def planned_segments(self) -> tuple[list[dict], list[dict]]:
         """(segment descriptors in sample order, error rows of the text and plan stages)."""
@@ -114,8 +133,9 @@ class EncodeJob(Job):
             if not isinstance(info, VideoInfo):
                 continue  # unusable video: its probe error is already in earlier_errors
             try:
-                text = tokenize_turns(self.tokenizer, spec.turns, fmt=self.chat_format)
-                plan = plan_video(info, len(text.ids), self.cfg.budget, id=spec.id)
+                text = self._tokenize(spec.turns)
+                plan = plan_video(info, len(text.ids), self.cfg.budget, id=spec.id,
+                                  extra_tokens=self.group_text.extra_tokens)
             except InputError as err:
                 err.id = spec.id
                 errors.append(err.as_row())
@@ -164,20 +184,24 @@ class EncodeJob(Job):
                 "decode_warnings": list(decode_warnings)}
 
     def _write_sample(self, writer: ShardWriter, seg: dict) -> None:
-        text = tokenize_turns(self.tokenizer, seg["turns"], fmt=self.chat_format)
-        mask = np.asarray(text.loss_mask, dtype=bool)
+        text = self._tokenize(seg["turns"])
+        # the layout's per-group text at the planned frame times (what the budget counted)
+        ids, mask, vision_at = self.group_text.expand(np.asarray(text.ids, dtype=np.int32),
+                                                      np.asarray(text.loss_mask, dtype=bool),
+                                                      text.vision_at, seg["timestamps"])
         edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
         meta = {k: seg[k] for k in ("id", "video", "segment", "frame_indices", "timestamps",
                                     "height", "width", "sample_fps", "src_fps", "vision_tokens",
                                     "turns")}
-        meta.update(text_tokens=int(len(text.ids)), tokens=int(len(text.ids) + seg["vision_tokens"]),
-                    vision_at=int(text.vision_at), loss_spans=edges.reshape(-1, 2).tolist(),
+        meta.update(text_tokens=len(ids), tokens=int(len(ids) + seg["vision_tokens"]),
+                    vision_at=list(vision_at) if isinstance(vision_at, tuple) else int(vision_at),
+                    loss_spans=edges.reshape(-1, 2).tolist(),
                     duration_s=float(seg["segment"]["t_end"] - seg["segment"]["t_start"]),
                     # presentation times, not index / fps: variable-rate video exists
                     timestamps=frame_timestamps(seg["video"], seg["frame_indices"], id=seg["id"]))
         frames = iter_frame_windows(seg["video"], seg["frame_indices"], seg["height"], seg["width"],
                                     window=self.cfg.decode_window)
-        writer.add(seg["key"], meta, frames, np.asarray(text.ids, dtype=np.int32))
+        writer.add(seg["key"], meta, frames, ids)
 
     def finalize(self, results, staging, out_dir):
         summaries = [ShardSummary(name=r["shard"], tar_path=out_dir / "shards" / f"{r['shard']}.tar",

@@ -31,7 +31,8 @@ def register(sub) -> None:
     p.add_argument("--chat-format", help="longshot | qwen | a JSON file (default: the tokenizer "
                    "folder's chat_format.json, else longshot)")
     p.add_argument("--preset", help="the model the data is for: its patch size, temporal patch and "
-                   "merge size set the token budget (e.g. from-hf:DIR; default: patch 14, 2 frames, 2x2)")
+                   "merge size set the token budget, its video layout the text around the video "
+                   "(e.g. from-hf:DIR; default: patch 14, 2 frames, 2x2, one block)")
     d = BudgetConfig()
     p.add_argument("--max-seq-tokens", type=int, default=d.max_seq_tokens)
     p.add_argument("--fps", type=float, default=d.fps, help="sampling rate to start from")
@@ -85,6 +86,17 @@ def _patch_geometry(preset_name: str | None) -> dict:
     return {"patch": v.patch, "temporal_patch": v.temporal_patch, "merge": v.merge}
 
 
+def _video_layout(preset_name: str | None):
+    """How the model the data is for was shown videos (none: longshot's block layout)."""
+    from pipeline.video_layout import BLOCK, video_layout
+
+    if preset_name is None:
+        return BLOCK
+    from model.presets import preset
+
+    return video_layout(preset(preset_name).video_layout)
+
+
 def _check_codec(args) -> None:
     """Refuse bad codec settings (e.g. --frame-delta with jpeg) before any work starts."""
     try:
@@ -120,7 +132,8 @@ def run(args) -> int:
         frame_codec=args.frame_codec, jpeg_quality=args.jpeg_quality)
     encode = EncodeJob(samples, probed, args.tokenizer, cfg,
                        [e.as_row() for e in manifest_errors] + probe_errors, samples_digest(samples),
-                       chat_format=resolve_chat_format(args.chat_format, args.tokenizer))
+                       chat_format=resolve_chat_format(args.chat_format, args.tokenizer),
+                       video_layout=_video_layout(args.preset))
     report = execute(encode)
     if not report.ok:
         return report.exit_code

@@ -42,7 +42,7 @@ def hf_logits(folder: Path, input_ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=input_ids[None]).logits[0]
 
 
-def _imported(init_dir: Path):
+def imported_model(init_dir: Path):
     """The imported model built from `--preset from-hf:DIR` and loaded the way `train
     --init-from DIR` loads it."""
     from jobs.checkpoint import Checkpoints
@@ -58,7 +58,7 @@ def _imported(init_dir: Path):
 
 def longshot_logits(init_dir: Path, input_ids: torch.Tensor) -> torch.Tensor:
     """Logits of one text document from the imported model."""
-    model = _imported(init_dir)
+    model = imported_model(init_dir)
     n = input_ids.shape[0]
     positions = torch.arange(n).expand(3, n)
     with torch.no_grad():
@@ -72,14 +72,15 @@ VL_VISION = {"depth": 3, "hidden_size": 32, "num_heads": 2, "intermediate_size":
              "num_position_embeddings": 16, "deepstack_visual_indexes": [0, 1]}
 
 
-def save_qwen3_vl_moe(folder: Path, seed: int = 0) -> Path:
+def save_qwen3_vl_moe(folder: Path, seed: int = 0, **token_ids) -> Path:
     """A random Qwen3VLMoeForConditionalGeneration (patch 16, DeepStack from two ViT layers,
-    interleaved mrope) saved as sharded safetensors."""
+    interleaved mrope) saved as sharded safetensors; `token_ids` replace VL_IDS' (a tokenizer's own)."""
     from transformers import Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration
 
     text = {**TEXT_SHAPE, "rms_norm_eps": 1e-5, "moe_intermediate_size": 24,  # 2I != H: orientation shows
             "rope_parameters": {"rope_type": "default", "rope_theta": 5000.0, "mrope_section": [4, 2, 2]}}
-    cfg = Qwen3VLMoeConfig(text_config=text, vision_config=VL_VISION, tie_word_embeddings=False, **VL_IDS)
+    cfg = Qwen3VLMoeConfig(text_config=text, vision_config=VL_VISION, tie_word_embeddings=False,
+                           **{**VL_IDS, **token_ids})
     torch.manual_seed(seed)
     model = Qwen3VLMoeForConditionalGeneration(cfg).eval()
     _perturb_norms(model)
@@ -118,7 +119,7 @@ def hf_vl_logits(folder: Path, ids: torch.Tensor, patches: torch.Tensor | None, 
     kw = {}
     types = (ids == VL_IDS["video_token_id"]).int()[None] * 2
     if patches is not None:
-        kw = {"pixel_values_videos": _hf_pixels(patches), "video_grid_thw": grid, "mm_token_type_ids": types}
+        kw = {"pixel_values_videos": hf_pixels(patches), "video_grid_thw": grid, "mm_token_type_ids": types}
     with torch.no_grad():
         positions, _ = model.model.get_rope_index(ids[None], types, video_grid_thw=grid)
         logits = model(input_ids=ids[None], position_ids=positions, **kw).logits[0]
@@ -128,7 +129,7 @@ def hf_vl_logits(folder: Path, ids: torch.Tensor, patches: torch.Tensor | None, 
 def longshot_vl_logits(init_dir: Path, ids, patches, grid, positions) -> torch.Tensor:
     from types import SimpleNamespace
 
-    model = _imported(init_dir)
+    model = imported_model(init_dir)
     values = VL_VISION["temporal_patch_size"] * VL_VISION["patch_size"] ** 2 * 3
     batch = SimpleNamespace(
         input_ids=ids, position_ids=positions, cu_seqlens=torch.tensor([0, len(ids)], dtype=torch.int32),
@@ -144,7 +145,7 @@ def hf_video_features(folder: Path, patches: torch.Tensor, grid: torch.Tensor):
 
     model = Qwen3VLMoeForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
     with torch.no_grad():
-        out = model.model.get_video_features(_hf_pixels(patches), grid, return_dict=True)
+        out = model.model.get_video_features(hf_pixels(patches), grid, return_dict=True)
     def joined(t):  # one tensor per video, or already one
         return torch.cat(list(t)) if isinstance(t, (list, tuple)) else t
 
@@ -153,10 +154,10 @@ def hf_video_features(folder: Path, patches: torch.Tensor, grid: torch.Tensor):
 
 def longshot_video_features(init_dir: Path, patches: torch.Tensor, grid: torch.Tensor):
     with torch.no_grad():
-        return _imported(init_dir).vision_features(patches, grid)
+        return imported_model(init_dir).vision_features(patches, grid)
 
 
-def _hf_pixels(patches: torch.Tensor) -> torch.Tensor:
+def hf_pixels(patches: torch.Tensor) -> torch.Tensor:
     """longshot's uint8 patches, each (T, P, P, C) -> transformers' normalised (C, T, P, P)."""
     v = VL_VISION
     pixels = patches.view(-1, v["temporal_patch_size"], v["patch_size"], v["patch_size"], 3)
