@@ -169,10 +169,13 @@ def _size_ladder(src_h: int, src_w: int, cfg: BudgetConfig) -> list[tuple[int, i
     return ladder
 
 
-def _tokens(info: VideoInfo, fps: float, height: int, width: int, cfg: BudgetConfig, extra: ExtraTokens) -> int:
-    """Vision tokens of the whole video at this rate and size, plus the layout's extra text."""
+def _tokens(info: VideoInfo, fps: float, height: int, width: int, cfg: BudgetConfig, extra: ExtraTokens,
+            room: float = math.inf) -> int:
+    """Vision tokens of the whole video at this rate and size, plus the layout's extra text
+    (not counted when the vision tokens alone exceed ``room``)."""
     frames = _padded(_sample_indices(info, fps).tolist(), cfg.temporal_patch)
-    return vision_tokens(len(frames), height, width, cfg) + extra([i / info.fps for i in frames])
+    vision = vision_tokens(len(frames), height, width, cfg)
+    return vision if vision > room else vision + extra([i / info.fps for i in frames])
 
 
 def _fitting_fps(info: VideoInfo, room: int, height: int, width: int, high: float, low: float,
@@ -181,7 +184,7 @@ def _fitting_fps(info: VideoInfo, room: int, height: int, width: int, high: floa
     extra text the first candidate fits; with it, groups are taken away (about as many as the
     excess holds) until the exact count fits."""
     tp = cfg.temporal_patch
-    if _tokens(info, high, height, width, cfg, extra) <= room:
+    if _tokens(info, high, height, width, cfg, extra, room) <= room:
         return high
     per_group = vision_tokens(tp, height, width, cfg)
     max_frames = room // per_group * tp

@@ -125,3 +125,49 @@ def test_refuse_differs_from_split_only_where_a_split_is_needed(info, text_token
         assert plan_video(info, text_tokens, refuse) == split_plan and len(split_plan.segments) == 1
     except PlanError as err:
         assert err.reason == "exceeds token budget at minimum fps and size" and len(split_plan.segments) > 1
+
+
+@pytest.fixture(scope="module")
+def group_text(tmp_path_factory):
+    """Qwen3-VL's per-group text (times and markers) with a real tokenizer of the qwen format."""
+    import functools
+
+    from pipeline.chat_formats import QWEN
+    from pipeline.text import encode_text, train_tokenizer
+    from pipeline.video_layout import TIMESTAMPED_GROUPS, GroupText
+
+    tok = train_tokenizer([f"<{t / 10:.1f} seconds>" for t in range(0, 50000, 97)], tmp_path_factory.mktemp("tok") /
+                          "tokenizer.json", vocab_size=400, fmt=QWEN)
+    return GroupText(TIMESTAMPED_GROUPS, QWEN, functools.partial(encode_text, tok), temporal_patch=2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(videos, st.integers(0, 500), st.sampled_from([1024, 4096, 32768]))
+def test_layout_text_is_budgeted(group_text, info, text_tokens, seq):
+    """With a per-group layout every planned segment's vision, text and layout text fit the
+    sequence, and a lowered rate is no lower than the layout text makes it."""
+    cfg = BudgetConfig(max_seq_tokens=seq, max_pixels=112 * 112, min_pixels=56 * 56)
+    try:
+        plan = plan_video(info, text_tokens, cfg, extra_tokens=group_text.extra_tokens)
+    except PlanError as err:
+        assert err.reason in ("text leaves no room for video", "exceeds token budget at minimum fps and size")
+        return
+    for seg in plan.segments:
+        assert seg.vision_tokens + group_text.extra_tokens(seg.timestamps) + text_tokens <= seq
+    top, low = min(cfg.fps, info.fps), min(cfg.min_fps, info.fps)
+    if len(plan.segments) == 1 and low < plan.sample_fps < top:
+        (seg,) = plan.segments
+        per_group = vision_tokens(2, plan.height, plan.width, cfg) + max(
+            group_text.extra_tokens([t, t]) for t in seg.timestamps)
+        used = seg.vision_tokens + group_text.extra_tokens(seg.timestamps) + text_tokens
+        assert used + 2 * per_group > seq  # at most a group short of the tightest rate
+
+
+def test_layout_text_would_overflow_a_plan_that_ignores_it(group_text):
+    hour = info_of(90000, 25.0, 720, 1280)
+    cfg = BudgetConfig(max_seq_tokens=32768)
+    blind = plan_video(hour, 100, cfg)
+    (seg,) = blind.segments
+    assert seg.vision_tokens + group_text.extra_tokens(seg.timestamps) + 100 > cfg.max_seq_tokens
+    (fit,) = plan_video(hour, 100, cfg, extra_tokens=group_text.extra_tokens).segments
+    assert fit.vision_tokens + group_text.extra_tokens(fit.timestamps) + 100 <= cfg.max_seq_tokens
