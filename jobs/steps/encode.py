@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 
 from jobs.decode_log import captured_decode_log
 from jobs.job import Job, Unit
+from jobs.runtime import job_state_dir
 from pipeline.budget import BudgetConfig, plan_video
 from pipeline.chat_formats import LONGSHOT, ChatFormat
 from pipeline.decode import frame_timestamps, iter_frame_windows
@@ -74,6 +76,14 @@ class EncodeConfig:
 
 
 JPEG_SIZE_RATIO = 6.0
+
+
+def dataset_video_layout(data_dir: str | Path) -> str | None:
+    """The video layout a dataset folder was encoded with (None: no encode job recorded there)."""
+    meta = job_state_dir(Path(data_dir), EncodeJob.name) / "job.json"
+    if not meta.is_file():
+        return None
+    return json.loads(meta.read_text())["config"].get("video_layout", BLOCK.name)
 
 
 def file_digest(path: str | Path) -> str:

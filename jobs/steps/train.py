@@ -62,6 +62,7 @@ def config_from_args(args) -> TrainConfig:
         if not args.tokenizer:
             raise BadInput("--tokenizer is needed with --data: it gives the vocabulary and the vision token id")
         data = {"plan": str(Path(args.packs).resolve()), "dataset": str(Path(args.data).resolve())}
+        _check_video_layout(args.data, args.preset)
     optim = {k: v for k, v in {"lr": args.lr, "min_lr": args.min_lr,
                                "lr_warmup_steps": args.lr_warmup_steps}.items() if v is not None}
     dsa = {k: v for k, v in {"topk": args.dsa_topk, "granularity": args.dsa_granularity}.items()
@@ -72,6 +73,17 @@ def config_from_args(args) -> TrainConfig:
                        dtype=args.dtype, recompute=args.recompute, save_every=args.save_every,
                        keep=args.keep, data=data, init_from=args.init_from, cp=args.cp, ep=args.ep,
                        vit_layout=args.vit_layout)
+
+
+def _check_video_layout(data_dir: str, preset_name: str) -> None:
+    """Videos laid out for another model family would train silently wrong: refused, naming both."""
+    from jobs.steps.encode import dataset_video_layout
+    from model.presets import preset
+
+    made, wanted = dataset_video_layout(data_dir), preset(preset_name).video_layout
+    if made is not None and made != wanted:
+        raise BadInput(f"{data_dir}: its videos are laid out as {made!r}, but --preset {preset_name} "
+                       f"was trained with {wanted!r}; run preprocess again with --preset {preset_name}")
 
 
 def _run(cfg, run_dir: str, force: bool, workers: int) -> int:

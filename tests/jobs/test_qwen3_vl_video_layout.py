@@ -64,7 +64,7 @@ def _preprocess_and_pack(tmp_path, tok, preset: str):
     return data
 
 
-def test_loader_pack_is_what_transformers_builds_and_logits_match(tmp_path, monkeypatch):
+def test_loader_pack_is_what_transformers_builds_and_logits_match(tmp_path, monkeypatch, capsys):
     from transformers import Qwen3VLMoeForConditionalGeneration
     from transformers.video_utils import VideoMetadata
 
@@ -111,3 +111,8 @@ def test_loader_pack_is_what_transformers_builds_and_logits_match(tmp_path, monk
         ours = imported_model(tmp_path / "init").logits(batch)
     scale, err = theirs.abs().max(), (ours - theirs).abs().max()
     assert err <= 1e-4 * scale, f"max abs error {err:.3g} vs logits scale {scale:.3g}"
+
+    # a model trained with another layout (the tiny preset's one block) is refused on this data
+    assert longshot(["train", "--run", str(tmp_path / "run"), "--data", str(data), "--packs", str(data / "packs"),
+                     "--tokenizer", str(tok_file), "--chat-format", "qwen", "--steps", "1"]) == 2
+    assert "'timestamped-groups'" in capsys.readouterr().err
