@@ -80,7 +80,11 @@ def _check_video_layout(data_dir: str, preset_name: str) -> None:
     from jobs.steps.encode import dataset_video_layout
     from model.presets import preset
 
-    made, wanted = dataset_video_layout(data_dir), preset(preset_name).video_layout
+    try:
+        wanted = preset(preset_name).video_layout
+    except (KeyError, ValueError) as exc:
+        raise BadInput(f"--preset {preset_name}: {exc}") from None
+    made = dataset_video_layout(data_dir)
     if made is not None and made != wanted:
         raise BadInput(f"{data_dir}: its videos are laid out as {made!r}, but --preset {preset_name} "
                        f"was trained with {wanted!r}; run preprocess again with --preset {preset_name}")
