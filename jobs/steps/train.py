@@ -63,6 +63,8 @@ def config_from_args(args) -> TrainConfig:
             raise BadInput("--tokenizer is needed with --data: it gives the vocabulary and the vision token id")
         data = {"plan": str(Path(args.packs).resolve()), "dataset": str(Path(args.data).resolve())}
         _check_video_layout(args.data, args.preset)
+        if args.retrieval_fraction:
+            data["retrieval"] = _retrieval(args, data["plan"])
     optim = {k: v for k, v in {"lr": args.lr, "min_lr": args.min_lr,
                                "lr_warmup_steps": args.lr_warmup_steps}.items() if v is not None}
     dsa = {k: v for k, v in {"topk": args.dsa_topk, "granularity": args.dsa_granularity}.items()
@@ -73,6 +75,23 @@ def config_from_args(args) -> TrainConfig:
                        dtype=args.dtype, recompute=args.recompute, save_every=args.save_every,
                        keep=args.keep, data=data, init_from=args.init_from, cp=args.cp, ep=args.ep,
                        vit_layout=args.vit_layout)
+
+
+def _retrieval(args, plan: str) -> dict:
+    """--retrieval-*: the retrieval samples mixed in (jobs/steps/train_retrieval.py); documents grow
+    to the plan's sequence length unless --retrieval-max-len says less."""
+    from shards.packing import PackPlan
+
+    plan_path = Path(plan) / "packs.parquet" if Path(plan).is_dir() else Path(plan)
+    pack_tokens = PackPlan.read(plan_path).max_tokens
+    max_len = args.retrieval_max_len or pack_tokens
+    if not 0 < args.retrieval_fraction <= 1 or not 0 < args.retrieval_min_len <= max_len <= pack_tokens:
+        raise BadInput(f"--retrieval-fraction must be within (0, 1] and 0 < --retrieval-min-len <= "
+                       f"--retrieval-max-len <= {pack_tokens} (the packs' sequence length)")
+    fmt = resolve_chat_format(args.chat_format, args.tokenizer)
+    return {"fraction": args.retrieval_fraction, "min_len": args.retrieval_min_len, "max_len": max_len,
+            "pack_tokens": pack_tokens,
+            "tokenizer": str(Path(args.tokenizer).resolve()), "chat_format": fmt.to_dict()}
 
 
 def _check_video_layout(data_dir: str, preset_name: str) -> None:
@@ -157,6 +176,11 @@ def register(sub) -> None:
     p.add_argument("--seq-len", type=int, default=4096, help="tokens per synthetic pack")
     p.add_argument("--synthetic-text", choices=["progression", "recall"], default="progression",
                    help="synthetic answers: an arithmetic progression, or random ids repeated (long-range recall)")
+    p.add_argument("--retrieval-fraction", type=float, default=0.0,
+                   help="share of steps that read needle-in-a-haystack documents made of --data's clips and text")
+    p.add_argument("--retrieval-min-len", type=int, default=4096,
+                   help="their length at the start; it doubles over the run up to --retrieval-max-len")
+    p.add_argument("--retrieval-max-len", type=int, help="their final length (default: the packs' sequence length)")
     p.add_argument("--preset", default="tiny",
                    help="tiny | small | keye-30b-a3b | from-hf:DIR (an import-hf folder or a HF folder)")
     p.add_argument("--lm-layers", type=int, help="override the preset's number of LM layers")

@@ -89,13 +89,19 @@ class SyntheticPacks(Dataset):
 
 
 class _Ordered(Dataset):
-    def __init__(self, packs: Dataset, order: list[int]):
-        self.packs, self.order = packs, order
+    """Item j: the pack of step steps[j]. A dataset with ``at_step(pack, step, item)`` (e.g. one that
+    mixes in retrieval samples) is told the step and the global item too."""
+
+    def __init__(self, packs: Dataset, order: list[int], steps: list[int], items: list[int]):
+        self.packs, self.order, self.steps, self.items = packs, order, steps, items
 
     def __len__(self) -> int:
         return len(self.order)
 
     def __getitem__(self, j: int):
+        at_step = getattr(self.packs, "at_step", None)
+        if at_step is not None:
+            return at_step(self.order[j], self.steps[j], self.items[j])
         return self.packs[self.order[j]]
 
 
@@ -104,9 +110,10 @@ def batches(packs: Dataset, seed: int, start_step: int, steps: int, rank: int, w
     """An iterator over this rank's packs for steps start_step .. steps-1 (prefetched by
     `workers` DataLoader processes)."""
     n = steps - start_step
-    order = [pack_order(len(packs), seed, s * world + rank, 1)[0] for s in range(start_step, steps)]
+    items = [s * world + rank for s in range(start_step, steps)]
+    order = [pack_order(len(packs), seed, g, 1)[0] for g in items]
     if n <= 0:
         return iter(())
-    return iter(DataLoader(_Ordered(packs, order), batch_size=None, shuffle=False,
+    return iter(DataLoader(_Ordered(packs, order, list(range(start_step, steps)), items), batch_size=None, shuffle=False,
                            num_workers=workers, persistent_workers=False,
                            prefetch_factor=2 if workers else None))

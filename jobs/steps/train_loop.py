@@ -111,7 +111,6 @@ class _Session:
         from model import megatron_compat
         from model.attention import CoreChoice
         from model.build import BuildOptions, init_megatron
-
         from parallel.groups import init_layout
         from parallel.layout import Layout
 
@@ -164,8 +163,15 @@ class _Session:
         from shards.loader import PackDataset
 
         v = self.model_cfg.vision  # the model's patch geometry (an imported model's own)
-        return PackDataset(data["plan"], data["dataset"], vision_token_id=self.model_cfg.vision_token_id,
-                           geometry=PatchGeometry(v.patch, v.temporal_patch, v.merge))
+        geometry = PatchGeometry(v.patch, v.temporal_patch, v.merge)
+        real = PackDataset(data["plan"], data["dataset"], vision_token_id=self.model_cfg.vision_token_id,
+                           geometry=geometry)
+        if "retrieval" not in data:
+            return real
+        from jobs.steps.train_retrieval import RetrievalMix, RetrievalSpec
+
+        spec = RetrievalSpec(**data["retrieval"], steps=self.cfg.steps, seed=self.cfg.seed)
+        return RetrievalMix(real, spec, data["dataset"], self.model_cfg.vision_token_id, geometry)
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, force: bool = False, workers: int = 0,
