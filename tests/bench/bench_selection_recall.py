@@ -1,0 +1,131 @@
+"""Selection recall of a trained model on real packs, per layer: the share of each query's dense
+attention mass (summed over heads) that the keys DSA lets it attend hold, token vs block.
+
+    python tests/bench/bench_selection_recall.py --checkpoint RUN_OR_ITER --data DATA \\
+        --packs DATA/packs128k [--max-packs 2] [--rules max+coarse2,max,sum,pooled] [--out recall.md]
+
+The model runs forward with dense attention on each pack; a hook on every LM attention layer
+takes the layer's q and k (after norm and rotary), its indexer's outputs and the pack's
+cu_seqlens, and model/dsa/recall.py computes each query's recall under token selection and
+under block selection (one row per block rule given). Reported per layer and over all layers:
+mean and 5th percentile over the queries with more than k visible keys (elsewhere every rule
+keeps everything). On a GPU the selection is the Triton path's, on the CPU the reference's.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+
+def rule_config(base, rule: str):
+    """'token', or a block rule 'max', 'sum', 'pooled', 'max+coarse2'."""
+    if rule == "token":
+        return replace(base, granularity="token")
+    agg, _, coarse = rule.partition("+coarse")
+    return replace(base, granularity="block", block_agg=agg, coarse=int(coarse or 0))
+
+
+class RecallHooks:
+    """On every LM attention layer: recall of each rule, computed inside the layer's forward."""
+
+    def __init__(self, model, rules: dict, backend: str, chunk_elems: int):
+        from model.attention import PackedSelfAttention
+        from model.dsa.recall import selection_recall
+
+        self.shares: dict[int, dict[str, list]] = {}
+        self.selective: dict[int, list] = {}
+        self.restore = []
+        layers = [m for m in model.language.modules() if isinstance(m, PackedSelfAttention) and m.indexer is not None]
+        for i, mod in enumerate(layers):
+            core = mod._core
+
+            def wrapped(q, k, v, cu, hidden, cos, sin, i=i, mod=mod, core=core):
+                qi, ki, wi = mod.indexer(hidden.detach(), cos, sin)
+                for name, cfg in rules.items():
+                    r = selection_recall(q, k, qi, ki, wi, cu, cfg, backend=backend, chunk_elems=chunk_elems)
+                    self.shares.setdefault(i, {}).setdefault(name, []).append(r.share.cpu())
+                self.selective.setdefault(i, []).append(r.selective.cpu())
+                return core(q, k, v, cu, hidden, cos, sin)
+
+            mod._core = wrapped
+            self.restore.append(mod)
+
+    def close(self):
+        for mod in self.restore:
+            del mod._core  # back to the class's method
+
+
+def stats(v: torch.Tensor) -> tuple[float, float]:
+    v = v.double()
+    return (float(v.mean()), float(torch.quantile(v, 0.05))) if v.numel() else (float("nan"), float("nan"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", required=True, help="a run folder (its latest checkpoint) or iter_NNNNNNN")
+    ap.add_argument("--data", required=True, help="the dataset of the packs")
+    ap.add_argument("--packs", required=True, help="a pack plan (e.g. the dataset packed at 131072 tokens)")
+    ap.add_argument("--max-packs", type=int, default=2)
+    ap.add_argument("--rules", default="max+coarse2,max,pooled", help="block rules to measure besides token")
+    ap.add_argument("--out", help="also write the markdown table here")
+    a = ap.parse_args()
+    from jobs.steps.eval_model import EvalModel, resolve_checkpoint
+    from shards.load_patches import PatchGeometry
+    from shards.loader import PackDataset
+
+    t0 = time.time()
+    em = EvalModel(resolve_checkpoint(a.checkpoint))
+    em.set_arm("block")
+    base = em.core.dsa  # the model's own DSA settings, as configure_core makes them
+    em.set_arm("dense")
+    rules = {"token": rule_config(base, "token")}
+    rules |= {f"block {r}": rule_config(base, r) for r in a.rules.split(",") if r}
+    v = em.model_cfg.vision
+    packs = PackDataset(a.packs, a.data, vision_token_id=em.model_cfg.vision_token_id,
+                        geometry=PatchGeometry(v.patch, v.temporal_patch, v.merge))
+    hooks = RecallHooks(em.model, rules, "triton" if em.on_gpu else "reference", 1 << 28 if em.on_gpu else 1 << 24)
+    tokens = 0
+    try:
+        for i in range(min(a.max_packs, len(packs))):
+            batch = packs[i]
+            tokens += batch.num_tokens
+            with torch.no_grad():
+                em.model(batch.to(em.device))
+            print(f"pack {i}: {batch.num_tokens} tokens, {time.time() - t0:.0f} s", flush=True)
+    finally:
+        hooks.close()
+    lines = [f"Checkpoint {em.folder} (stage {em.stage}); k = {base.topk}, B_q = {base.block_q}; "
+             f"{min(a.max_packs, len(packs))} packs of {a.packs}, {tokens} tokens; "
+             f"{datetime.date.today().isoformat()}, {torch.cuda.get_device_name() if em.on_gpu else 'CPU'}.",
+             "", "Recall: mean / 5th percentile over queries with more than k visible keys.", "",
+             "| layer | queries | " + " | ".join(rules) + " |", "| --- | --- |" + " --- |" * len(rules)]
+    pooled: dict[str, list] = {}
+    for layer in sorted(hooks.shares):
+        sel = torch.cat(hooks.selective[layer])
+        cells = []
+        for name in rules:
+            share = torch.cat(hooks.shares[layer][name])[sel]
+            pooled.setdefault(name, []).append(share)
+            cells.append("{:.4f} / {:.4f}".format(*stats(share)))
+        lines.append(f"| {layer} | {int(sel.sum())} | " + " | ".join(cells) + " |")
+    lines.append("| all | | " + " | ".join("{:.4f} / {:.4f}".format(*stats(torch.cat(pooled[n]))) for n in rules) + " |")
+    lines.append(f"\nWall time {time.time() - t0:.0f} s.")
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))))
+    main()
