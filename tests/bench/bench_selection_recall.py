@@ -104,9 +104,9 @@ def main() -> None:
             print(f"pack {i}: {batch.num_tokens} tokens, {time.time() - t0:.0f} s", flush=True)
     finally:
         hooks.close()
-    lines = [f"Checkpoint {em.folder} (stage {em.stage}); k = {base.topk}, B_q = {base.block_q}; "
+    lines = [(f"Checkpoint {em.folder} (stage {em.stage}); k = {base.topk}, B_q = {base.block_q}; "
              f"{min(a.max_packs, len(packs))} packs of {a.packs}, {tokens} tokens; "
-             f"{datetime.date.today().isoformat()}, {torch.cuda.get_device_name() if em.on_gpu else 'CPU'}.",
+             f"{datetime.date.today().isoformat()}, {torch.cuda.get_device_name() if em.on_gpu else 'CPU'}."),
              "", "Recall: mean / 5th percentile over queries with more than k visible keys.", "",
              "| layer | queries | " + " | ".join(rules) + " |", "| --- | --- |" + " --- |" * len(rules)]
     pooled: dict[str, list] = {}
