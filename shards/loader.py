@@ -12,6 +12,8 @@ key rather than producing a silently wrong batch.
 
 Memory per item is the pack itself: the patch array is allocated once for the whole pack and
 each video's frames are decoded in windows straight into it (``shards.load_patches``).
+With ``jpeg_on_device=True`` JPEG videos are read and checked but not decoded here: the batch's
+``to(device)`` decodes them on the GPU (``shards.gpu_jpeg``), for when loader cores are scarce.
 """
 
 from pathlib import Path
@@ -23,6 +25,8 @@ from torch.utils.data import Dataset, get_worker_info
 from shards.batch import Document, PackedBatch, assemble, check_loss_spans, check_vision_at
 from shards.errors import CorruptShard, SampleNotFound
 from shards.frame_codecs import frames_info_from_json
+from shards.gpu_jpeg import CompressedVideos, DeviceDecodeBatch, JpegVideo
+from shards.jpeg_frames import split_frames
 from shards.load_patches import DEFAULT_GEOMETRY, PatchGeometry, write_patches
 from shards.meta_codec import FRAMES_FIELD
 from shards.packing import PackPlan
@@ -43,12 +47,14 @@ class PackDataset(Dataset):
         vision_token_id: int,
         tokens_per_second: float = 2.0,
         geometry: PatchGeometry = DEFAULT_GEOMETRY,
+        jpeg_on_device: bool = False,
     ):
         self.plan = plan if isinstance(plan, PackPlan) else PackPlan.read(plan)
         self.reader = dataset if isinstance(dataset, DatasetReader) else DatasetReader(dataset)
         self.vision_token_id = int(vision_token_id)
         self.tokens_per_second = float(tokens_per_second)
         self.geometry = geometry
+        self.jpeg_on_device = bool(jpeg_on_device)
 
     def __len__(self) -> int:
         return self.plan.num_packs
@@ -65,8 +71,8 @@ class PackDataset(Dataset):
             sum(doc.vision_tokens for doc in docs) * self.geometry.patches_per_token,
             self.geometry.patch_bytes,
         )
-        self._fill_patches(sources, patches.numpy())
-        return assemble(
+        compressed = self._fill_patches(sources, patches.numpy())
+        batch = assemble(
             docs,
             patches,
             vision_token_id=self.vision_token_id,
@@ -74,6 +80,7 @@ class PackDataset(Dataset):
             patch_grid_scale=self.geometry.merge,
             pack_index=pack,
         )
+        return DeviceDecodeBatch.wrap(batch, compressed) if compressed.videos else batch
 
     # -- reading ---------------------------------------------------------------------------
     def _shard(self, key: str, shard: str | None) -> ShardReader:
@@ -128,11 +135,19 @@ class PackDataset(Dataset):
             times=times,
         )
 
-    def _fill_patches(self, sources: list[tuple[ShardReader, Document]], patches: np.ndarray) -> None:
+    def _fill_patches(self, sources: list[tuple[ShardReader, Document]], patches: np.ndarray) -> CompressedVideos:
+        """Decode every video into its patch rows; JPEG videos left for the device are returned instead."""
         per_group = self.geometry.patches_per_token
         start = 0
+        compressed = CompressedVideos(self.geometry)
         for reader, doc in sources:
             if not doc.grid:
+                continue
+            if self.jpeg_on_device and reader.frames_codec(doc.key) == "jpeg":
+                info, data = reader.compressed_frames(doc.key)
+                frames = split_frames(data, info, f"{reader.tar_path}: sample {doc.key!r}")
+                compressed.videos.append(JpegVideo(doc.key, frames, info.frame_shape, start))
+                start += doc.vision_tokens * per_group
                 continue
             _, rows, cols = doc.grid
             tp = self.geometry.temporal_patch
@@ -145,6 +160,7 @@ class PackDataset(Dataset):
                 start += n
         if start != patches.shape[0]:
             raise AssertionError(f"filled {start} of {patches.shape[0]} patches")
+        return compressed
 
 
 def _empty_patches(n: int, patch_bytes: int) -> torch.Tensor:

