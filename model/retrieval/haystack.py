@@ -191,7 +191,7 @@ def retrieval_batch(docs: list[RetrievalDocument], *, vision_token_id: int, geom
     """One pack of retrieval documents; labels on each document's answer and turn end."""
     flat = [p for d in docs for p in d.parts]
     patches = [p.patches for p in flat if p.patches is not None]
-    pixels = torch.from_numpy(np.concatenate(patches)) if patches else torch.zeros((0, geometry.patch_bytes), torch.uint8)
+    pixels = torch.from_numpy(np.concatenate(patches)) if patches else torch.zeros((0, geometry.patch_bytes), dtype=torch.uint8)
     parts = assemble([p.doc for p in flat], pixels, vision_token_id=vision_token_id,
                      tokens_per_second=tokens_per_second, patch_grid_scale=geometry.merge, pack_index=pack_index)
     positions = parts.position_ids.clone()
