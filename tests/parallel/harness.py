@@ -39,8 +39,8 @@ def spawn(fn, world: int, *args) -> None:
     mp.spawn(_entry, args=(world, free_port(), fn, args), nprocs=world, join=True)
 
 
-def packs(cfg, n: int, seed: int, docs) -> list:
-    return [make_batch(cfg.lm.vocab, cfg.vision_token_id, seed=seed + i, docs=docs) for i in range(n)]
+def packs(cfg, n: int, seed: int, docs, **kw) -> list:
+    return [make_batch(cfg.lm.vocab, cfg.vision_token_id, seed=seed + i, docs=docs, **kw) for i in range(n)]
 
 
 def reference(cfg, stage: str, batches: list, seed: int = 5) -> dict:
