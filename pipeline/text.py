@@ -36,8 +36,7 @@ SPECIAL_TOKENS = LONGSHOT.special_tokens
 class TokenizedText:
     ids: np.ndarray  # int32
     loss_mask: np.ndarray  # bool, same length as ids
-    # vision tokens go before ids[vision_at]; a tuple: each temporal group's before its own index
-    vision_at: int | tuple[int, ...]
+    vision_at: int  # vision tokens go before ids[vision_at]
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -94,7 +94,10 @@ def _video_layout(preset_name: str | None):
         return BLOCK
     from model.presets import preset
 
-    return video_layout(preset(preset_name).video_layout)
+    try:
+        return video_layout(preset(preset_name).video_layout)
+    except (KeyError, ValueError) as exc:
+        raise BadInput(f"--preset {preset_name}: {exc}") from None
 
 
 def _check_codec(args) -> None:

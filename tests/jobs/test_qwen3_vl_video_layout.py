@@ -116,3 +116,10 @@ def test_loader_pack_is_what_transformers_builds_and_logits_match(tmp_path, monk
     assert longshot(["train", "--run", str(tmp_path / "run"), "--data", str(data), "--packs", str(data / "packs"),
                      "--tokenizer", str(tok_file), "--chat-format", "qwen", "--steps", "1"]) == 2
     assert "'timestamped-groups'" in capsys.readouterr().err
+    # a layout longshot does not know (a hand-edited import) is a usage error naming it
+    model_file = tmp_path / "init" / "longshot_model.json"
+    model_file.write_text(model_file.read_text().replace('"timestamped-groups"', '"upside-down"'))
+    assert longshot(["preprocess", "--manifest", str(tmp_path / "manifest.jsonl"), "--tokenizer", str(tok_file),
+                     "--preset", f"from-hf:{tmp_path / 'init'}", "--out", str(tmp_path / "again"),
+                     "--executor", "inprocess", "--no-progress"]) == 2
+    assert "video layout 'upside-down'" in capsys.readouterr().err
