@@ -31,6 +31,9 @@ KNOWN = [
     # torch.distributed.checkpoint about the ShardedTensor format Megatron's checkpoints use
     (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor"),
     (UserWarning, r"The argument order of load has been changed"),
+    # `longshot eval` loads a checkpoint in one process, which is what torch assumes it means
+    (UserWarning, r"torch\.distributed is disabled, unavailable or uninitialized, assuming the intent is to load "
+                  r"in a single process"),
     # torch's renames of the collectives Megatron's distributed optimizer calls
     (FutureWarning, r"`torch\.distributed\.(reduce_scatter_tensor|all_gather_into_tensor|_reduce_scatter_base|"
                     r"_all_gather_base)` is deprecated"),
