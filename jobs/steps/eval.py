@@ -25,7 +25,7 @@ from jobs.cli import BadInput, add_run_options, resolve_chat_format
 from jobs.executors import make_executor
 from jobs.job import Job, Unit
 from jobs.runtime import RetryPolicy, job_state_dir, print_report, run_job
-from jobs.steps.eval_model import ARMS, checkpoint_state, loaded_model, resolve_checkpoint
+from jobs.steps.eval_model import ARMS, block_rule_fields, checkpoint_state, loaded_model, resolve_checkpoint
 from shards.manifest import MANIFEST_FILE
 
 RESULTS = "results.parquet"
@@ -46,13 +46,14 @@ class EvalJob(Job):
     unit_cpus = 2.0
 
     def __init__(self, *, checkpoints: dict[str, str], dataset: Path, tokenizer: Path, chat_format,
-                 lengths: list[int], depths: list[int], needles: int, seed: int):
+                 lengths: list[int], depths: list[int], needles: int, seed: int, block_rule: str | None = None):
         dataset, tokenizer = Path(dataset).resolve(), Path(tokenizer).resolve()
         super().__init__({
             "checkpoints": checkpoints, "dataset": str(dataset),
             "dataset_sha256": sha256_file(dataset / MANIFEST_FILE), "tokenizer": str(tokenizer),
             "tokenizer_sha256": sha256_file(tokenizer), "chat_format": chat_format.to_dict(),
             "lengths": list(lengths), "depths": list(depths), "needles": needles, "seed": seed,
+            **({"block_rule": block_rule} if block_rule else {}),
             "checkpoint_sha256": {arm: _manifest_digest(Path(p)) for arm, p in checkpoints.items()}})
         self.chat_format = chat_format
 
@@ -71,7 +72,7 @@ class EvalJob(Job):
 
         arm, length, depth = unit.payload["arm"], unit.payload["length"], unit.payload["depth"]
         em = loaded_model(Path(self.config["checkpoints"][arm]))
-        em.set_arm(arm)
+        em.set_arm(arm, self.config.get("block_rule"))
         v = em.model_cfg.vision
         geometry = PatchGeometry(v.patch, v.temporal_patch, v.merge)
         tokenizer = Tokenizer.from_file(self.config["tokenizer"])
@@ -174,6 +175,8 @@ def register(sub) -> None:
     p.add_argument("--depths", default=",".join(map(str, DEFAULT_DEPTHS)), help="needle depths, percent of the haystack")
     p.add_argument("--needles", type=int, default=4, help="needles per (length, depth) cell")
     p.add_argument("--seed", type=int, help="repeat the needles of an earlier evaluation (default: fresh ones)")
+    p.add_argument("--block-rule", help="the block arm's key scoring instead of the model's: max, sum, pooled, "
+                   "max+coarse2 (to compare rules on one checkpoint)")
     add_run_options(p)
     p.set_defaults(func=run, executor="inprocess")
 
@@ -196,10 +199,13 @@ def run(args) -> int:
         if arm != "dense" and stage == "dense":
             print(f"note: {folder} was trained with dense attention only: the {arm} arm selects keys "
                   "with an indexer that never trained")
+    if args.block_rule:
+        block_rule_fields(args.block_rule)  # refuses a bad rule before anything runs
     seed = _seed(args, out)
     job = EvalJob(checkpoints=checkpoints, dataset=data, tokenizer=Path(args.tokenizer),
                   chat_format=resolve_chat_format(args.chat_format, args.tokenizer),
-                  lengths=_ints(args.lengths, "--lengths"), depths=depths, needles=args.needles, seed=seed)
+                  lengths=_ints(args.lengths, "--lengths"), depths=depths, needles=args.needles, seed=seed,
+                  block_rule=args.block_rule)
     print(f"eval: seed {seed} (run again with --seed {seed} for the same needles elsewhere)", flush=True)
     report = run_job(job, out, make_executor(args.executor, args.ray_address, args.workers), force=args.force,
                      retry=RetryPolicy(max_attempts=args.max_attempts), progress=not args.no_progress)

@@ -70,13 +70,25 @@ class EvalModel:
         self.model.eval()
         self.device = next(self.model.parameters()).device
 
-    def set_arm(self, arm: str) -> None:
+    def set_arm(self, arm: str, block_rule: str | None = None) -> None:
+        """``block_rule`` (block arm): how blocks score keys instead of DSAConfig's default,
+        'max', 'sum', 'pooled', or 'max+coarse2' (model/dsa/config.py)."""
         from model.training import configure_core
 
         if arm not in ARMS:
             raise BadInput(f"arm {arm!r}: choose among {', '.join(ARMS)}")
         dsa = replace(self.model_cfg.lm.dsa, granularity="block" if arm == "dense" else arm)
         configure_core(self.core, "dense" if arm == "dense" else "sparse", dsa, self.on_gpu)
+        if arm == "block" and block_rule:
+            self.core.dsa = replace(self.core.dsa, **block_rule_fields(block_rule))
+
+
+def block_rule_fields(rule: str) -> dict:
+    """'max' | 'sum' | 'pooled' | 'AGG+coarseN' -> DSAConfig's block_agg and coarse."""
+    agg, plus, coarse = rule.partition("+coarse")
+    if agg not in ("max", "sum", "pooled") or (plus and not coarse.isdigit()):
+        raise BadInput(f"block rule {rule!r}: expected max, sum or pooled, optionally +coarseN (e.g. max+coarse2)")
+    return {"block_agg": agg, "coarse": int(coarse or 0)}
 
 
 _LOADED: dict[str, EvalModel] = {}

@@ -29,10 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 def rule_config(base, rule: str):
     """'token', or a block rule 'max', 'sum', 'pooled', 'max+coarse2'."""
+    from jobs.steps.eval_model import block_rule_fields
+
     if rule == "token":
         return replace(base, granularity="token")
-    agg, _, coarse = rule.partition("+coarse")
-    return replace(base, granularity="block", block_agg=agg, coarse=int(coarse or 0))
+    return replace(base, granularity="block", **block_rule_fields(rule))
 
 
 class RecallHooks:

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -126,7 +127,8 @@ def test_killed_then_rerun_gives_the_uninterrupted_results(setup, tmp_path):
 
 @pytest.mark.parametrize("bad, says", [(["--arms", "dense,sliding"], "sliding"),
                                        (["--arm-checkpoint", "blocky=/x"], "blocky=/x"),
-                                       (["--depths", "0,150"], "--depths")])
+                                       (["--depths", "0,150"], "--depths"),
+                                       (["--block-rule", "median"], "median")])
 def test_bad_arguments_are_refused_by_name(setup, tmp_path, capsys, bad, says):
     assert longshot(eval_args(setup, tmp_path / "bad", *bad)) == 2
     assert says in capsys.readouterr().err
@@ -197,7 +199,7 @@ def test_retrieval_mix_is_a_function_of_the_step(setup):
             n = spec.length_at(step)
             assert a.cu_seqlens.tolist() == list(range(0, 1024 // n * n + 1, n))
             cu = a.cu_seqlens.tolist()
-            for start, end in zip(cu[:-1], cu[1:]):  # labels: the six digits and the turn end, at the end
+            for start, end in pairwise(cu):  # labels: the six digits and the turn end, at the end
                 where = (a.labels[start:end] != -100).nonzero()[:, 0] + start
                 assert where.tolist() == list(range(end - 8, end - 1))
                 assert torch_equal(a.labels[where], a.input_ids[where + 1])
