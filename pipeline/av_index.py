@@ -125,12 +125,16 @@ def build_index(path: str) -> FrameIndex:
     kept = np.flatnonzero(~np.asarray(discard, bool))
     keys = np.union1d([0], np.flatnonzero(key))
     exact = NO_PTS not in packet_pts
-    irregular, damaged = _irregular_gops(packet_pts, packet_dts, keys) if exact else (set(), set())
-    gop_entry = gop_entries(len(keys), damaged)
-    runs = _check_runs(len(keys), irregular, damaged)
+    irregular = _irregular_gops(packet_pts, packet_dts, keys) if exact else set()
     with captured_logs() as logs:  # FFmpeg's lines go to debug, never to the console
-        seen, rotation, size = _decode_runs(path, packet_pts, packet_dts, keys, runs, gop_entry, exact)
+        seen, rotation, size = _decode_runs(path, packet_pts, packet_dts, keys, _check_runs(len(keys), irregular),
+                                            exact)
+        damaged = _damaged_gops(seen, irregular, kept, packet_pts, keys) if exact else set()
+        if damaged:  # from the first damage on, FFmpeg's frames depend on everything before
+            after, _, _ = _decode_runs(path, packet_pts, packet_dts, keys, [(min(damaged), len(keys) - 1)], exact)
+            seen.update(after)
     summarize_logs(os.path.basename(path), list(logs), details=_INDEX_LOG)
+    gop_entry = gop_entries(len(keys), damaged)
     if not any(seen.values()):
         raise VideoUnusable("undecodable video stream")
     if exact and _reordered_without_reason(seen, irregular):
@@ -170,37 +174,43 @@ def _gop_of(packets: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return np.searchsorted(keys, packets, side="right") - 1
 
 
-def _irregular_gops(packet_pts: np.ndarray, packet_dts: np.ndarray,
-                    keys: np.ndarray) -> tuple[set[int], set[int]]:
-    """GOPs whose packet timing is irregular: decode times going back, or jumping by more
-    than 1.5 usual steps (packets lost at a join), a frame shown before a frame of the GOP before
-    it or at the same time as another (times that overlap at a join). Only these, the first and the last GOP are decoded
-    to learn which frames FFmpeg shows and in which order; elsewhere the times say it.
-    Returns (irregular GOPs, damaged GOPs: those where decode times say packets are missing)."""
+def _irregular_gops(packet_pts: np.ndarray, packet_dts: np.ndarray, keys: np.ndarray) -> set[int]:
+    """GOPs whose packet timing is irregular: decode times going back, or jumping by more than 1.5
+    usual steps inside the GOP (packets lost at a join; a jump onto a keyframe is only a pause), a
+    frame shown before a frame of the GOP before it or at the same time as another (times that
+    overlap at a join). Only these, the first and the last GOP are decoded to learn which frames
+    FFmpeg shows and in which order; elsewhere the times say it."""
     n = len(packet_pts)
     known = packet_dts != NO_PTS  # Matroska stores no decode times: FFmpeg leaves some unset
     pairs = known[1:] & known[:-1]
     steps = np.diff(packet_dts)
     usual = float(np.median(steps[pairs & (steps > 0)])) if np.any(pairs & (steps > 0)) else 0.0
+    onto_key = np.zeros(n, bool)
+    onto_key[keys] = True
     bad = np.zeros(n, bool)
-    bad[1:] |= pairs & (steps > 1.5 * usual)  # packets lost
+    bad[1:] |= pairs & (((steps > 1.5 * usual) & ~onto_key[1:]) | (steps <= 0))
     gop = _gop_of(np.arange(n), keys)
-    damaged = {int(g) for g in np.unique(gop[bad])}
-    bad[1:] |= pairs & (steps <= 0)  # times that overlap: nothing lost, but only decoding says the order
     gop_max = np.maximum.reduceat(packet_pts, keys)
     if len(keys) > 1:
         later = slice(int(keys[1]), n)
         bad[later] |= packet_pts[later] < gop_max[gop[later] - 1]
     values, counts = np.unique(packet_pts, return_counts=True)
     bad |= np.isin(packet_pts, values[counts > 1])  # the same time twice: only decoding says the order
-    return {int(g) for g in np.unique(gop[bad])}, damaged
+    return {int(g) for g in np.unique(gop[bad])}
 
 
-def _check_runs(n_gops: int, irregular: set[int], damaged: set[int]) -> list[tuple[int, int]]:
-    """GOP ranges to decode at indexing: the first, the last, each irregular one with the next,
-    and everything from the first damage on (:mod:`pipeline.entry_points`)."""
-    after_damage = set(range(min(damaged), n_gops)) if damaged else set()
-    wanted = sorted({0, n_gops - 1} | irregular | {min(g + 1, n_gops - 1) for g in irregular} | after_damage)
+def _damaged_gops(seen: dict[int, list[int]], irregular: set[int], kept: np.ndarray,
+                  packet_pts: np.ndarray, keys: np.ndarray) -> set[int]:
+    """Irregular GOPs whose decoded frames are not their packets' frames in pts order: the
+    decoder dropped or reordered frames there, so packets were lost (:mod:`pipeline.entry_points`)."""
+    gop = _gop_of(kept, keys)
+    return {g for g in irregular & seen.keys()
+            if seen[g] != sorted(packet_pts[kept[gop == g]].tolist())}
+
+
+def _check_runs(n_gops: int, irregular: set[int]) -> list[tuple[int, int]]:
+    """GOP ranges to decode at indexing: the first, the last, each irregular one with the next."""
+    wanted = sorted({0, n_gops - 1} | irregular | {min(g + 1, n_gops - 1) for g in irregular})
     runs: list[tuple[int, int]] = []
     for g in wanted:
         if runs and g <= runs[-1][1] + 1:
@@ -210,10 +220,9 @@ def _check_runs(n_gops: int, irregular: set[int], damaged: set[int]) -> list[tup
     return runs
 
 
-def _decode_runs(path, packet_pts, packet_dts, keys, runs, gop_entry, exact):
+def _decode_runs(path, packet_pts, packet_dts, keys, runs, exact):
     """Decode each run of GOPs (from one GOP earlier, so their leading pictures have their
-    references, or from before damage): ({GOP: pts of its frames in the order they came out},
-    rotation, coded size)."""
+    references): ({GOP: pts of its frames in the order they came out}, rotation, coded size)."""
     cursor = PacketCursor(path, packet_pts, packet_dts, seekable=exact)
     gop_of_pts = Occurrences(packet_pts.tolist(), _gop_of(np.arange(len(packet_pts)), keys).tolist())
     seen: dict[int, list[int]] = {}
@@ -223,8 +232,7 @@ def _decode_runs(path, packet_pts, packet_dts, keys, runs, gop_entry, exact):
             for g in range(first, last + 1):
                 seen[g] = []
             stop = int(keys[last + 1]) - 1 if last + 1 < len(keys) else len(packet_pts) - 1
-            start = int(keys[min(max(first - 1, 0), gop_entry[first])])
-            for frame in decode_run(cursor, start, stop, None):
+            for frame in decode_run(cursor, int(keys[max(first - 1, 0)]), stop, None):
                 g = gop_of_pts.take(frame.pts, lambda g, a=first, b=last: a <= g <= b)
                 if g is not None and first <= g <= last:
                     seen[g].append(frame.pts)

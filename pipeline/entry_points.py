@@ -3,8 +3,9 @@
 A keyframe is a good start in a clean stream: a run that enters there and recognizes frames by
 their pts gets FFmpeg's frames, and a frame that does not come out sends the run back a keyframe
 (:mod:`pipeline.av_decode`). Damage breaks this: where packets were lost (streams joined end to
-end by stream copy), the decoder conceals, drops and reorders frames, and it keeps state from that
-moment that no later keyframe resets: FFmpeg's H.264 decoder deepens its reorder buffer when it
+end by stream copy into MPEG-TS), the decoder conceals, drops and reorders frames (the index finds
+this by decoding each GOP with irregular timing: its frames do not come out as its packets' times
+say), and it keeps state from that moment that no later keyframe resets: FFmpeg's H.264 decoder deepens its reorder buffer when it
 meets frames out of order and keeps that depth, which changes which picture a timestamp lands on
 at every later join (measured: frames after the second join of a looped MPEG-TS differ when
 decoding starts at an IDR after the first join, and match when it starts before it).
