@@ -10,10 +10,9 @@ subprocess so that CPU time and peak RSS are that process's own (``os.wait4``):
 * ``ffmpeg -threads 1 -i V -f null -``: every video frame, plus the audio track (the command as
   the issue states it); and the same with ``-an``, video only, the fair baseline;
 * longshot at the default plan (probe, plan, ``iter_frame_windows`` over every segment, frames
-  discarded), with and without GOP bridges (``max_tail=0`` leaves every GOP crossing to decord's
-  seek), and at lower sampling rates to show where decord's keyframe seeking starts to pay;
-* decord decoding every frame to a 28x28 output: the cost of decord's own (older) FFmpeg decoder
-  and frame handling, which bounds what sampling at intervals shorter than a GOP can reach.
+  discarded), and at lower sampling rates to show where keyframe seeking starts to pay;
+* longshot decoding every frame to a 28x28 output: the cost of its decoder (PyAV, FFmpeg 9) and
+  frame handling, which bounds what sampling at intervals shorter than a GOP can reach.
 
 Throughput is video-seconds per CPU-second (both sides run one decoding thread, so this is per
 core). ``--resize-compare`` also measures decord's resize-while-decoding against decoding at full
@@ -137,7 +136,7 @@ def decode_rows(video: Path, facts: dict, window: int, with_ffmpeg: bool = True)
         row.update(json.loads(row.pop("stdout")))
         rows.append(row)
     cmd = [sys.executable, __file__, "--child-every-frame", str(video), str(window)]
-    row = {"method": "decord every frame, 28x28 out (decoder cost)", **measure(cmd)}
+    row = {"method": "longshot every frame, 28x28 out (decoder cost)", **measure(cmd)}
     row.update(json.loads(row.pop("stdout")))
     rows.append(row)
     for row in rows:
