@@ -110,7 +110,8 @@ def vision_tokens(n_frames: int, height: int, width: int, cfg: BudgetConfig = Bu
     return math.ceil(n_frames / cfg.temporal_patch) * (height // block) * (width // block)
 
 
-ExtraTokens = Callable[[Sequence[float]], int]  # planned frame times -> the layout's extra tokens
+# planned frame times -> the layout's extra tokens; per temporal group, so they add up over groups
+ExtraTokens = Callable[[Sequence[float]], int]
 
 
 def _no_extra(timestamps: Sequence[float]) -> int:
@@ -173,9 +174,11 @@ def _tokens(info: VideoInfo, fps: float, height: int, width: int, cfg: BudgetCon
             room: float = math.inf) -> int:
     """Vision tokens of the whole video at this rate and size, plus the layout's extra text
     (not counted when the vision tokens alone exceed ``room``)."""
-    frames = _padded(_sample_indices(info, fps).tolist(), cfg.temporal_patch)
-    vision = vision_tokens(len(frames), height, width, cfg)
-    return vision if vision > room else vision + extra([i / info.fps for i in frames])
+    indices = _sample_indices(info, fps)
+    vision = vision_tokens(len(indices), height, width, cfg)  # counts the padded last group
+    if vision > room or extra is _no_extra:
+        return vision
+    return vision + extra([i / info.fps for i in _padded(indices.tolist(), cfg.temporal_patch)])
 
 
 def _fitting_fps(info: VideoInfo, room: int, height: int, width: int, high: float, low: float,
@@ -221,18 +224,27 @@ def _single_segment_plan(info: VideoInfo, fps: float, height: int, width: int, c
 
 def _split_plan(info: VideoInfo, room: int, fps: float, height: int, width: int, cfg: BudgetConfig,
                 extra: ExtraTokens, id: str | None) -> VideoPlan:
-    """Consecutive segments that each fit ``room``, groups spread as evenly as possible; one
-    more segment while a segment's layout text makes it overflow."""
+    """Consecutive segments that each fit ``room``, groups spread as evenly as possible: the
+    fewest segments for which every segment's vision tokens and layout text fit (each group's
+    cost computed once, segments summed from them; without layout text the first count fits)."""
     tp = cfg.temporal_patch
     frames = _sample_indices(info, fps).tolist()
-    groups_total = math.ceil(len(frames) / tp)
-    groups_max = room // vision_tokens(tp, height, width, cfg)
-    for n_segments in range(math.ceil(groups_total / groups_max), groups_total + 1):
-        segments = _even_segments(info, frames, n_segments, height, width, cfg)
-        if all(s.vision_tokens + extra(s.timestamps) <= room for s in segments):
-            return VideoPlan(fps, height, width, segments)
-    raise PlanError(info.path, "text leaves no room for video", id=id,
-                    detail=f"one frame group and its layout text exceed the {room} tokens left")
+    padded = _padded(frames, tp)
+    vision = vision_tokens(tp, height, width, cfg)
+    starts = range(0, len(padded), tp)
+    costs = (np.full(len(starts), vision) if extra is _no_extra else  # no layout text: no per-group calls
+             np.array([vision + extra([i / info.fps for i in padded[g:g + tp]]) for g in starts]))
+    if costs.max() > room:
+        raise PlanError(info.path, "text leaves no room for video", id=id,
+                        detail=f"one frame group and its layout text exceed the {room} tokens left")
+    prefix = np.concatenate([[0], np.cumsum(costs)])
+    n_segments = math.ceil(costs.size / (room // int(costs.min())))
+    while True:
+        base, rem = divmod(costs.size, n_segments)
+        ends = np.cumsum(base + (np.arange(n_segments) < rem))
+        if np.all(prefix[ends] - prefix[ends - base - (np.arange(n_segments) < rem)] <= room):
+            return VideoPlan(fps, height, width, _even_segments(info, frames, n_segments, height, width, cfg))
+        n_segments += 1
 
 
 def _even_segments(info: VideoInfo, frames: list[int], n_segments: int, height: int, width: int,

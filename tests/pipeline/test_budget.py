@@ -141,8 +141,13 @@ def group_text(tmp_path_factory):
     return GroupText(TIMESTAMPED_GROUPS, QWEN, functools.partial(encode_text, tok), temporal_patch=2)
 
 
+# up to ~5.5 hours: every group's time text is tokenized once per plan (days of video take seconds)
+hours = st.builds(lambda n, fps, short: info_of(n, fps, short, short * 16 // 9),
+                  st.integers(1, 100_000), st.floats(5, 60), st.integers(16, 1080))
+
+
 @settings(max_examples=40, deadline=None)
-@given(videos, st.integers(0, 500), st.sampled_from([1024, 4096, 32768]))
+@given(hours, st.integers(0, 500), st.sampled_from([1024, 4096, 32768]))
 def test_layout_text_is_budgeted(group_text, info, text_tokens, seq):
     """With a per-group layout every planned segment's vision, text and layout text fit the
     sequence, and a lowered rate is no lower than the layout text makes it."""
