@@ -61,6 +61,7 @@ def stage_data(w: Path, a) -> tuple[Path, Path, Path | None]:
     """(dataset, tokenizer, held-out dataset): --data (and --heldout-data), or the demo's real
     inputs, one sample in five kept out of training, preprocessed at the recall's budget."""
     _, seq, seq_recall, *_, flags = SHAPES[a.shape]
+    seq = a.train_len or seq
     if a.data:
         data, tok = Path(a.data), Path(a.tokenizer)
         heldout = Path(a.heldout_data) if a.heldout_data else None
@@ -160,6 +161,7 @@ def main() -> None:
     ap.add_argument("--data", help="a preprocessed dataset of yours (else the demo's real inputs)")
     ap.add_argument("--tokenizer", help="its tokenizer.json (with --data)")
     ap.add_argument("--heldout-data", help="with --data: a dataset of other samples for the held-out loss curves")
+    ap.add_argument("--train-len", type=int, help="training pack length (default: 262,144; tiny: 2,048)")
     ap.add_argument("--dense-steps", type=int, default=200)
     ap.add_argument("--warmup-steps", type=int, default=40)
     ap.add_argument("--arm-steps", type=int, default=100)
