@@ -207,7 +207,7 @@ def main() -> None:
         print("curves: skipped (give --heldout-data: samples no run trains on)")
     elif "curves" in stages:
         curves = heldout_losses(w, heldout, runs, a.heldout_packs)
-        plot_curves(curves, w / "loss_curves.png", SHAPES[a.shape][1])
+        plot_curves(curves, w / "loss_curves.png", a.train_len or SHAPES[a.shape][1])
         print("held-out CE by step: " + "; ".join(f"{arm} " + ", ".join(f"{s}:{c:.3f}" for s, c in pts)
                                                   for arm, pts in curves.items()))
     print(f"bench_retrieval: done in {time.time() - t0:.0f} s; results in {w} (eval/results.parquet, "
