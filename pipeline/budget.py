@@ -142,7 +142,7 @@ def plan_video(info: VideoInfo, text_tokens: int, cfg: BudgetConfig = BudgetConf
     if cfg.overflow == "refuse":
         need = _tokens(info, low_fps, floor_h, floor_w, cfg, extra)
         raise PlanError(info.path, "exceeds token budget at minimum fps and size", id=id,
-                        detail=f"{need} vision + {reserved} text tokens > {cfg.max_seq_tokens}")
+                        detail=f"{need} vision (and layout text) + {reserved} text tokens > {cfg.max_seq_tokens}")
     return _split_plan(info, room, low_fps, floor_h, floor_w, cfg, extra, id)
 
 
@@ -241,8 +241,9 @@ def _split_plan(info: VideoInfo, room: int, fps: float, height: int, width: int,
     n_segments = math.ceil(costs.size / (room // int(costs.min())))
     while True:
         base, rem = divmod(costs.size, n_segments)
-        ends = np.cumsum(base + (np.arange(n_segments) < rem))
-        if np.all(prefix[ends] - prefix[ends - base - (np.arange(n_segments) < rem)] <= room):
+        sizes = base + (np.arange(n_segments) < rem)  # groups per segment, as _even_segments deals them
+        ends = np.cumsum(sizes)
+        if np.all(prefix[ends] - prefix[ends - sizes] <= room):
             return VideoPlan(fps, height, width, _even_segments(info, frames, n_segments, height, width, cfg))
         n_segments += 1
 
