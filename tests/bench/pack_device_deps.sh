@@ -55,4 +55,7 @@ pack core megatron megatron_core-*.dist-info av av-*.dist-info av.libs \
 pack ray ray ray-*.dist-info \
     jsonschema jsonschema-*.dist-info jsonschema_specifications jsonschema_specifications-*.dist-info \
     referencing referencing-*.dist-info rpds rpds_py-*.dist-info
+# nvJPEG decode of JPEG frames (tests/bench/bench_gpu_jpeg.py, tests/gpu/test_gpu_jpeg.py): torchvision
+# built for this venv's torch (2.14.1+cu130); carry it only where the machine's torch is the same.
+if [ -d torchvision ]; then pack gpudecode torchvision torchvision-*.dist-info torchvision.libs; fi
 ls -l "$OUT_DIR"/*.tar.xz
