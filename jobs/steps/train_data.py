@@ -114,6 +114,7 @@ def batches(packs: Dataset, seed: int, start_step: int, steps: int, rank: int, w
     order = [pack_order(len(packs), seed, g, 1)[0] for g in items]
     if n <= 0:
         return iter(())
-    return iter(DataLoader(_Ordered(packs, order, list(range(start_step, steps)), items), batch_size=None, shuffle=False,
+    ordered = _Ordered(packs, order, list(range(start_step, steps)), items)
+    return iter(DataLoader(ordered, batch_size=None, shuffle=False,
                            num_workers=workers, persistent_workers=False,
                            prefetch_factor=2 if workers else None))
