@@ -21,6 +21,8 @@ from shards.errors import CorruptShard
 from shards.jpeg_frames import decode_jpeg
 from shards.load_patches import PatchGeometry
 
+DEVICE_BATCH_FRAMES = 256  # JPEG frames per nvJPEG call: ~150 MB decoded at 336x588
+
 
 @dataclass
 class JpegVideo:
@@ -61,7 +63,7 @@ def decode_frames(
         raise CorruptShard(f"{what}: JPEG frames do not decode on {device}: {e}") from e
     decoded = torch.stack(images).permute(0, 2, 3, 1)
     if tuple(decoded.shape[1:]) != tuple(frame_shape):
-        raise ValueError(
+        raise CorruptShard(
             f"{what}: JPEG frames decode to {tuple(decoded.shape[1:])}, metadata says {frame_shape}"
         )
     return decoded
@@ -95,9 +97,16 @@ class DeviceDecodeBatch(PackedBatch):
     def to(self, device, non_blocking: bool = False) -> PackedBatch:
         moved = super().to(device, non_blocking=non_blocking)
         patches = moved.pixel_patches
+        geometry = self.compressed.geometry
+        step = DEVICE_BATCH_FRAMES // geometry.temporal_patch * geometry.temporal_patch
         for video in self.compressed.videos:
-            what = f"sample {video.key!r}"
-            frames = decode_frames(video.frames, video.frame_shape, patches.device, what)
-            rows = patchify(frames, self.compressed.geometry)
-            patches[video.first_patch : video.first_patch + rows.shape[0]].copy_(rows)
+            row = video.first_patch
+            for start in range(0, len(video.frames), step):  # bounded device memory per call
+                what = f"sample {video.key!r} frames {start}-{min(start + step, len(video.frames)) - 1}"
+                frames = decode_frames(
+                    video.frames[start : start + step], video.frame_shape, patches.device, what
+                )
+                rows = patchify(frames, geometry)
+                patches[row : row + rows.shape[0]].copy_(rows)
+                row += rows.shape[0]
         return moved

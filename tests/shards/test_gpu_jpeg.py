@@ -3,11 +3,13 @@
 loader worker decodes itself. The nvJPEG run is in tests/gpu/test_gpu_jpeg.py."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_jpeg_frames import VISION_ID, jpeg_dataset, real_frames  # noqa: F401 (fixtures)
 
+from shards import gpu_jpeg
 from shards.gpu_jpeg import DeviceDecodeBatch, patchify
 from shards.load_patches import PatchGeometry, write_patches
 from shards.load_sampler import PackSampler, StatefulLoader
@@ -48,7 +50,9 @@ def loaders(folder, specs):
     )
 
 
-def test_device_decode_gives_the_pack_the_worker_decodes(jpeg_dataset):  # noqa: F811
+@pytest.mark.parametrize("batch_frames", [4, 256])
+def test_device_decode_gives_the_pack_the_worker_decodes(jpeg_dataset, batch_frames, monkeypatch):  # noqa: F811
+    monkeypatch.setattr(gpu_jpeg, "DEVICE_BATCH_FRAMES", batch_frames)  # 4: a video over several calls
     folder, specs = jpeg_dataset
     in_worker, on_device = loaders(folder, specs)
     deferred = 0
