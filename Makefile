@@ -106,6 +106,7 @@ resume: $(STAMP) ## continue the run in RUN from its latest checkpoint, same con
 bench: $(STAMP) ## CPU benchmarks (encode, loader, frames codec); GPU ones: see tests/bench/README
 	$(PY) tests/bench/bench_encode.py
 	$(PY) tests/bench/bench_loader.py
+	$(PY) tests/bench/bench_frame_storage.py
 
 status: $(STAMP) ## show the state of every job under DATA (or DIR=folder)
 	$(LONGSHOT) status $(or $(DIR),$(DATA))
