@@ -1,10 +1,10 @@
 """The ``KEY.frames.mjpeg`` codec: each frame a baseline JPEG (libjpeg-turbo through Pillow), end to end.
 
 Why JPEG: lossless zstd keeps ~0.8 of the raw bytes of decoded video, hundreds of petabytes at
-millions of video hours; JPEG at quality 93 with full-resolution chroma (4:4:4) keeps ~8-17% of
-them at 41-46 dB PSNR on the sample clips (tests/bench/RESULTS.md), decodes at about the cost of
-zstd per frame, and is the one still-image codec GPUs decode in hardware-friendly batches
-(nvJPEG, ``shards.gpu_jpeg``). 4:4:4, not 4:2:0: at the same bytes it gives 1-2 dB more here.
+millions of video hours; JPEG at quality 93 with full-resolution chroma (4:4:4) keeps ~8-14% of
+them (15-17% of zstd's) at 41.8-46.1 dB PSNR on the sample clips (tests/bench/RESULTS.md),
+decodes at 1.4-1.7x zstd's CPU per frame, and is the one still-image codec GPUs decode in
+batches (nvJPEG, ``shards.gpu_jpeg``). 4:4:4, not 4:2:0: at the same bytes it gives 1-2 dB more.
 
 JPEGs laid end to end are an MJPEG stream (``ffmpeg -f mjpeg -i KEY.frames.mjpeg`` reads it);
 the metadata records each frame's byte size, so a reader slices frames without parsing markers.
