@@ -29,16 +29,10 @@ MAX_LEVEL = zstandard.MAX_COMPRESSION_LEVEL
 _DECODE_READ_SIZE = 1 << 20
 
 
-@dataclass(frozen=True)
-class FramesInfo:
-    """What ``KEY.json`` records under ``frames``: enough to decode the member."""
+class FrameArrayShape:
+    """What every codec's header derives from its ``shape`` [frames, height, width, channels]."""
 
     shape: tuple[int, int, int, int]
-    level: int
-    delta: bool
-    raw_bytes: int
-    dtype: str = DTYPE
-    codec: str = CODEC
 
     @property
     def frame_shape(self) -> tuple[int, int, int]:
@@ -48,6 +42,18 @@ class FramesInfo:
     def frame_bytes(self) -> int:
         h, w, c = self.frame_shape
         return h * w * c
+
+
+@dataclass(frozen=True)
+class FramesInfo(FrameArrayShape):
+    """What ``KEY.json`` records under ``frames``: enough to decode the member."""
+
+    shape: tuple[int, int, int, int]
+    level: int
+    delta: bool
+    raw_bytes: int
+    dtype: str = DTYPE
+    codec: str = CODEC
 
     def to_json(self) -> dict:
         return {

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from shards.errors import CorruptShard
-from shards.frame_codec import DTYPE, check_chunk, check_frames_shape, no_frames
+from shards.frame_codec import DTYPE, FrameArrayShape, check_chunk, check_frames_shape, no_frames
 
 CODEC = "jpeg"
 DEFAULT_QUALITY = 93
@@ -40,7 +40,7 @@ def check_quality(quality: object) -> int:
 
 
 @dataclass(frozen=True)
-class JpegFramesInfo:
+class JpegFramesInfo(FrameArrayShape):
     """What ``KEY.json`` records under ``frames`` for JPEG frames.
 
     ``psnr_frames`` frames were compared with their source; ``psnr_mse`` is their mean squared
@@ -56,15 +56,6 @@ class JpegFramesInfo:
     subsampling: str = SUBSAMPLING
     dtype: str = DTYPE
     codec: str = CODEC
-
-    @property
-    def frame_shape(self) -> tuple[int, int, int]:
-        return self.shape[1:]
-
-    @property
-    def frame_bytes(self) -> int:
-        h, w, c = self.frame_shape
-        return h * w * c
 
     @property
     def psnr_db(self) -> float | None:
