@@ -73,7 +73,10 @@ def test_device_decode_gives_the_pack_the_worker_decodes(jpeg_dataset, batch_fra
 def test_device_decode_batches_cross_the_worker_process(jpeg_dataset):  # noqa: F811
     folder, specs = jpeg_dataset
     in_worker, on_device = loaders(folder, specs)
-    loader = StatefulLoader(on_device, PackSampler(len(on_device), shuffle=False), num_workers=1)
+    # spawn: a fresh worker interpreter, as a training rank's would be; a fork of this long-lived test
+    # process (threads of earlier tests) once hung in the full suite
+    loader = StatefulLoader(on_device, PackSampler(len(on_device), shuffle=False), num_workers=1,
+                            multiprocessing_context="spawn")
     for batch in loader:
         want = in_worker[batch.pack_index]
         assert torch.equal(batch.to("cpu").pixel_patches, want.pixel_patches)
