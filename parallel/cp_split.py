@@ -74,11 +74,11 @@ def local_pack(batch, cp: int, rank: int, align: int = 1) -> LocalPack:
     device by asynchronous copies, so splitting never waits for the GPU."""
     host = getattr(batch, "host", None) or batch
     dev = batch.input_ids.device
-    rows = rank_rows(host.cu_seqlens.cpu(), cp, align)
+    cu = host.cu_seqlens.cpu().to(torch.int64)
+    rows = rank_rows(cu, cp, align)
     on_dev = [r.to(dev, non_blocking=True) for r in rows]
     mine_h = rows[rank]
     total = batch.num_tokens
-    cu = host.cu_seqlens.cpu().to(torch.int64)
     doc_start = cu[torch.searchsorted(cu, mine_h, right=True) - 1]
     # a new local segment wherever the global position jumps or a document starts
     jump = torch.ones(mine_h.numel(), dtype=torch.bool)
