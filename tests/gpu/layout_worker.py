@@ -58,6 +58,8 @@ def _train(model_for_stage, batch, trace=None) -> list[dict]:
         t0 = time.perf_counter()
         res = trainer.step(batch.to(device))
         torch.cuda.synchronize()
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"step {step + 1} ({stage}): {time.perf_counter() - t0:.2f} s, loss {res.loss:.4f}", flush=True)
         rows.append({"stage": stage, "loss": res.loss, "ce": res.ce, "aux": res.aux,
                      "indexer": res.indexer, "grad_norm": res.grad_norm,
                      "step_s": time.perf_counter() - t0})
@@ -145,6 +147,8 @@ def layouts(args) -> None:
     world = int(os.environ["WORLD_SIZE"])
     results = []
     for name, cp, ep, vit in _layout_specs(args.layouts):
+        if dist.get_rank() == 0:
+            print(f"layout {name}: cp {cp}, ep {ep}, ViT {vit}", flush=True)
         layout = Layout.for_world(world, cp, ep)
         groups = init_layout(layout, seed=1234)
         _PG["lm"] = groups.lm

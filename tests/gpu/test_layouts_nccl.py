@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,16 +40,34 @@ def _env(devices: str) -> dict:
             "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 
 
-def _run(cmd: list[str], env: dict, timeout: int = 900) -> None:
-    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"{' '.join(cmd[:6])}... exit {res.returncode}\n{res.stdout[-4000:]}\n{res.stderr[-6000:]}"
+def _run(cmd: list[str], env: dict, log: Path, timeout: int | None = None) -> None:
+    """Runs a worker with its output streamed to LOG (under $GPU_TEST_LOGS when set, so a device
+    call brings it back even when the test is cut short); a hang is stopped and shown."""
+    timeout = timeout or int(os.environ.get("GPU_LAYOUT_TIMEOUT", "900"))
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, text=True,
+                                start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            code = f"killed after {timeout} s"
+    tail = log.read_text()[-8000:]
+    assert code == 0, f"{' '.join(cmd[:6])}... exit {code}\n{tail}"
+
+
+def _log(tmp: Path, name: str) -> Path:
+    root = os.environ.get("GPU_TEST_LOGS")
+    return Path(root) / name if root else tmp / name
 
 
 @pytest.fixture(scope="module")
 def reference(real_pack, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("ref") / "ref.pt"
     _run([sys.executable, "-m", "tests.gpu.layout_worker", "reference", "--pack", str(real_pack["path"]),
-          "--out", str(out)], _env("0"))
+          "--out", str(out)], _env("0"), _log(out.parent, "layouts_reference.log"))
     return {"path": out, "steps": torch.load(out, weights_only=True)["steps"]}
 
 
@@ -57,7 +76,7 @@ def _layout_results(real_pack, reference, tmp_path, world: int, layouts: list[st
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
           "-m", "tests.gpu.layout_worker", "layouts", "--pack", str(real_pack["path"]),
           "--ref", str(reference["path"]), "--out", str(out), "--layouts", ",".join(layouts)],
-         _env(",".join(map(str, range(world)))))
+         _env(",".join(map(str, range(world)))), _log(tmp_path, f"layouts_{world}gpu.log"))
     return json.loads(out.read_text())
 
 
