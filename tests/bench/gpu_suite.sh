@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # One device call (the run tool, carry [".cache/encdeps/core.tar.xz"]) that unpacks the packages
-# the lent GPU machines lack, runs the GPU test suite (tests/gpu) and then, in the time the call
-# has left, the benchmark rows given as arguments. Everything it prints lands in $OUT.
+# the lent GPU machines lack, runs the GPU test suite (tests/gpu, or the tests named in $GPU_TESTS)
+# and then, in the time the call has left, the benchmark rows given as arguments. What it prints,
+# and the GPU tests' worker logs, land in $OUT.
 #
 #   bash tests/bench/gpu_suite.sh [SUITE_SECONDS] [-- BENCH_PARALLEL_ARGS...]
 set -uo pipefail
 SUITE_S="${1:-420}"; shift || true
 [ "${1:-}" = "--" ] && shift
-OUT="${OUT:-/tmp/gpu_suite_out}"; mkdir -p "$OUT"
+OUT="${OUT:-/tmp/gpu_suite_out}"; mkdir -p "$OUT/logs"
 python3 -c "import glob,tarfile; [tarfile.open(f).extractall('/tmp/site', filter='tar') for f in glob.glob('.cache/encdeps/core.tar.xz') + glob.glob('.cache/hfdeps/*.tar.xz')]"
 export PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+export GPU_TEST_LOGS="$OUT/logs" GPU_LAYOUT_TIMEOUT=$((SUITE_S - 40))
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
-timeout "$SUITE_S" python3 -m pytest tests/gpu -v -rA --durations=0 -p no:cacheprovider 2>&1 | tail -c 200000 > "$OUT/pytest_gpu.txt"
-echo "pytest tests/gpu exit ${PIPESTATUS[0]}"; grep -E "passed|failed|error" "$OUT/pytest_gpu.txt" | tail -15
+# shellcheck disable=SC2086
+python3 -m pytest ${GPU_TESTS:-tests/gpu} -v -rA --durations=0 -p no:cacheprovider --timeout "$SUITE_S" \
+  > "$OUT/pytest_gpu.txt" 2>&1
+echo "pytest exit $?"; grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/pytest_gpu.txt" | tail -15
 if [ "$#" -gt 0 ]; then
-  python3 tests/bench/bench_parallel.py --out /tmp/bp "$@" 2>&1 | tail -c 100000 > "$OUT/bench_parallel.txt"
-  echo "bench_parallel exit ${PIPESTATUS[0]}"; tail -30 "$OUT/bench_parallel.txt"
+  python3 tests/bench/bench_parallel.py --out /tmp/bp "$@" > "$OUT/bench_parallel.txt" 2>&1
+  echo "bench_parallel exit $?"; grep -E "^\|" "$OUT/bench_parallel.txt" | tail -12
   tar -C /tmp -cf "$OUT/bench_parallel_out.tar" bp 2>/dev/null
 fi
