@@ -163,10 +163,15 @@ class PackedSelfAttention(MegatronModule):
         q, k, v = torch.split(mixed, [g * d, d, d], dim=-1)
         return q.reshape(t, self.heads, d), k, v
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, *, rotary_pos_cos=None,
-                rotary_pos_sin=None, packed_seq_params=None, **unused):
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, *, rotary_pos_emb=None,
+                packed_seq_params=None, **unused):
+        """`rotary_pos_emb`: [2, T, D] cos and sin (model/rope.py, block_rotary)."""
         if packed_seq_params is None:
             raise ValueError("PackedSelfAttention needs packed_seq_params (cu_seqlens of the pack)")
+        if unused.get("rotary_pos_cos") is not None:
+            raise ValueError("pass rotary as rotary_pos_emb (model/rope.py, block_rotary): "
+                             "rotary_pos_cos does not survive activation recomputation")
+        rotary_pos_cos, rotary_pos_sin = rotary_pos_emb.unbind(0) if rotary_pos_emb is not None else (None, None)
         cu = packed_seq_params.cu_seqlens_q
         t = hidden_states.shape[0]
         h = hidden_states.reshape(t, -1)  # micro-batch of one packed sequence

@@ -27,7 +27,7 @@ from model.attention import CoreChoice
 from model.config import LMConfig
 from model.layer_specs import lm_block_spec
 from model.packing_params import packed_params
-from model.rope import multi_axis_cos_sin
+from model.rope import block_rotary, multi_axis_cos_sin
 
 IGNORE_INDEX = -100
 HEAD_CHUNK = 4096  # labeled rows per output-layer chunk
@@ -69,8 +69,8 @@ class MoELanguageModel(MegatronModule):
         """[S, 1, H] embeddings -> [S, 1, H] final-norm hidden states of the packed sequence."""
         cos, sin = multi_axis_cos_sin(position_ids, self.lm.mrope_section, self.lm.head_dim,
                                       self.lm.rope_theta, self.lm.mrope_layout)
-        return self.decoder(decoder_input, attention_mask=None, rotary_pos_cos=cos,
-                            rotary_pos_sin=sin, packed_seq_params=packed_params(cu_seqlens))
+        return self.decoder(decoder_input, attention_mask=None, rotary_pos_emb=block_rotary(cos, sin),
+                            packed_seq_params=packed_params(cu_seqlens))
 
     def logits(self, decoder_input: torch.Tensor, position_ids: torch.Tensor,
                cu_seqlens: torch.Tensor) -> torch.Tensor:

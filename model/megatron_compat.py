@@ -136,6 +136,10 @@ def _install_cpu_rng_tracker() -> None:
 
     mrandom._CUDA_RNG_STATE_TRACKER = CpuRNGStatesTracker()
     mrandom._CUDA_RNG_STATE_TRACKER_INITIALIZED = True
+    # Activation recomputation saves and restores the CUDA generator around each recomputed
+    # chunk (next to the CPU generator, which it handles itself): with no GPU there is none.
+    mrandom._get_cuda_rng_state = lambda *a, **k: None
+    mrandom._set_cuda_rng_state = lambda *a, **k: None
 
 
 def _patch_missing_te_names() -> None:

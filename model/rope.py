@@ -61,6 +61,14 @@ def _cos_sin(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return angles.cos(), angles.sin()
 
 
+def block_rotary(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """cos, sin [S, D] -> the one tensor [2, S, D] a Megatron TransformerBlock hands its layers as
+    `rotary_pos_emb`. Why not its `rotary_pos_cos`/`rotary_pos_sin`: under activation
+    recomputation (megatron.core.recompute.checkpointed_forward) those never reach the layers,
+    which then ran without positions; `rotary_pos_emb` is passed through both paths."""
+    return torch.stack([cos, sin])
+
+
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x [S, H, D] by cos/sin [S, D] (half-split layout), in float32, back to x's dtype."""
     xf = x.float()

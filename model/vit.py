@@ -20,7 +20,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from model.config import VisionConfig
 from model.layer_specs import vit_block_spec
 from model.packing_params import packed_params
-from model.rope import axial_cos_sin, multi_axis_cos_sin
+from model.rope import axial_cos_sin, block_rotary, multi_axis_cos_sin
 from model.vision_geometry import frame_group_cu_seqlens, patch_rows_cols
 
 
@@ -56,7 +56,7 @@ class VisionTransformer(MegatronModule):
         params = packed_params(frame_group_cu_seqlens(grid_thw).to(x.device))
         taps = _LayerTaps(self.blocks.layers, self.vcfg.deepstack)
         with taps:
-            out = self.blocks(x[:, None], attention_mask=None, rotary_pos_cos=cos, rotary_pos_sin=sin,
+            out = self.blocks(x[:, None], attention_mask=None, rotary_pos_emb=block_rotary(cos, sin),
                               packed_seq_params=params)
         return out[:, 0], taps.outputs
 

@@ -104,6 +104,7 @@ class VLM(MegatronModule):
         if self.deepstack_injection is not None:
             rows = (batch.input_ids == self.cfg.vision_token_id).nonzero()[:, 0]
             self.deepstack_injection.set(rows if deep else None, deep)
+            embeds = self.deepstack_injection.join(embeds)
         if torch.is_grad_enabled() and not embeds.requires_grad:
             # Everything below the LM is frozen (DSA warm-up): Megatron's reentrant activation
             # recomputation only builds a backward when its input requires grad, and the

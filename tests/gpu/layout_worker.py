@@ -147,7 +147,7 @@ def layouts(args) -> None:
     world = int(os.environ["WORLD_SIZE"])
     results = []
     for name, cp, ep, vit in _layout_specs(args.layouts):
-        if dist.get_rank() == 0:
+        if int(os.environ.get("RANK", "0")) == 0:
             print(f"layout {name}: cp {cp}, ep {ep}, ViT {vit}", flush=True)
         layout = Layout.for_world(world, cp, ep)
         groups = init_layout(layout, seed=1234)

@@ -44,11 +44,10 @@ def test_documents_and_pixels_only_affect_their_own_document(pg):
             from model.handoff import place_vision_tokens
             emb = place_vision_tokens(emb, vis, b.input_ids, CFG.vision_token_id)
             from model.packing_params import packed_params
-            from model.rope import multi_axis_cos_sin
+            from model.rope import block_rotary, multi_axis_cos_sin
             cos, sin = multi_axis_cos_sin(b.position_ids, CFG.lm.mrope_section, CFG.lm.head_dim,
                                           CFG.lm.rope_theta)
-            return model.language.decoder(emb, attention_mask=None, rotary_pos_cos=cos,
-                                          rotary_pos_sin=sin,
+            return model.language.decoder(emb, attention_mask=None, rotary_pos_emb=block_rotary(cos, sin),
                                           packed_seq_params=packed_params(b.cu_seqlens))[:, 0]
 
     base = hidden(batch)
