@@ -81,10 +81,13 @@ def plan_vision(batch, lp: LocalPack, vision_token_id: int, vcfg, mode: ViTMode)
 
 def _run_vit(model, batch, groups: list[FrameGroup]) -> torch.Tensor:
     """Rows of `VLM.vision_tokens` for `groups`, in order; an empty result still hangs on the
-    graph so that every rank takes part in the all-to-all's backward."""
+    graph so that every rank takes part in the all-to-all's backward, and has the dtype the
+    other ranks' rows have (NCCL counts elements: a float32 receive buffer against bfloat16
+    sends waits for bytes that never come; this hung the first bf16 run with the `owner` ViT)."""
     if not groups:
         anchor = sum(p.sum() for p in model.merger.parameters()) * 0.0
-        return anchor + torch.zeros(0, model.vision_row_width, device=batch.pixel_patches.device)
+        return anchor + torch.zeros(0, model.vision_row_width, device=batch.pixel_patches.device,
+                                    dtype=anchor.dtype)
     patches = torch.cat([batch.pixel_patches[g.patch_start:g.patch_start + g.patches] for g in groups])
     grid = torch.tensor([(1, g.rows, g.cols) for g in groups], dtype=torch.int32)
     return model.vision_tokens(patches, grid)
@@ -111,7 +114,8 @@ def place_vision(model, batch, lp: LocalPack, embeds: torch.Tensor, plan: Vision
             ids_s = plan.tokens_run_by(s)
             from_each.append(ids_s[plan.token_owner[ids_s] == me])
         ids = torch.cat(from_each)
-        recv = all_to_all(tokens[order.to(dev, non_blocking=True)], send,
+        # one dtype on every rank (see _run_vit): the LM's
+        recv = all_to_all(tokens[order.to(dev, non_blocking=True)].to(embeds.dtype), send,
                           [int(x.numel()) for x in from_each], group, events)
     local = torch.searchsorted(lp.rows[me], plan.token_pos[ids]).to(dev, non_blocking=True)
     tokens = model.take_vision_rows(recv, local)

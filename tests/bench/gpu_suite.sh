@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.
 # shellcheck disable=SC2086
 python3 -m pytest ${GPU_TESTS:-tests/gpu} -v -rA --durations=0 -p no:cacheprovider --timeout "$SUITE_S" \
   > "$OUT/pytest_gpu.txt" 2>&1
-echo "pytest exit $?"; grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/pytest_gpu.txt" | tail -15
+echo "pytest exit $?"; pkill -9 -f tests.gpu.layout_worker; grep -E "PASSED|FAILED|ERROR|passed|failed" "$OUT/pytest_gpu.txt" | tail -15
 if [ "$#" -gt 0 ]; then
   python3 tests/bench/bench_parallel.py --out /tmp/bp "$@" > "$OUT/bench_parallel.txt" 2>&1
   echo "bench_parallel exit $?"; grep -E "^\|" "$OUT/bench_parallel.txt" | tail -12

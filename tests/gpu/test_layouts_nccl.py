@@ -51,9 +51,11 @@ def _run(cmd: list[str], env: dict, log: Path, timeout: int | None = None) -> No
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
             code = f"killed after {timeout} s"
+        finally:  # also when pytest's own timeout interrupts the wait: no ranks left on the GPUs
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     tail = log.read_text()[-8000:]
     assert code == 0, f"{' '.join(cmd[:6])}... exit {code}\n{tail}"
 
