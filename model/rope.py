@@ -70,7 +70,17 @@ def block_rotary(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [S, H, D] by cos/sin [S, D] (half-split layout), in float32, back to x's dtype."""
+    """Rotate x [S, H, D] by cos/sin [S, D] (half-split layout), in float32, back to x's dtype:
+    one Triton pass on a GPU (model/rope_kernel.py), PyTorch elsewhere."""
+    if x.is_cuda:
+        from model.rope_kernel import rotary_kernel
+
+        return rotary_kernel(x, cos, sin)
+    return rotary_reference(x, cos, sin)
+
+
+def rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """apply_rotary in plain PyTorch: the CPU path and the kernel's reference."""
     xf = x.float()
     x1, x2 = xf.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)
