@@ -109,10 +109,11 @@ def _check_video_layout(data_dir: str, preset_name: str) -> None:
                        f"was trained with {wanted!r}; run preprocess again with --preset {preset_name}")
 
 
-def _run(cfg, run_dir: str, force: bool, workers: int) -> int:
+def _run(cfg, run_dir: str, force: bool, args) -> int:
     from jobs.steps.train_loop import flush_print, train
 
-    summary = train(cfg, Path(run_dir), force=force, workers=workers, log=flush_print)
+    summary = train(cfg, Path(run_dir), force=force, workers=args.workers,
+                    jpeg_on_device=args.jpeg_on_device, log=flush_print)
     done = len(summary["losses"])
     flush_print(f"train: {done} steps run now (from step {summary['start_step']}) of {cfg.steps}; "
                 f"metrics in {Path(run_dir) / 'metrics.jsonl'}, checkpoints in "
@@ -151,7 +152,7 @@ def run_train(args) -> int:
     code = _relaunch(args, _argv_without_launch(args.argv))
     if code is not None:
         return code
-    return _run(config_from_args(args), args.run, args.force, args.workers)
+    return _run(config_from_args(args), args.run, args.force, args)
 
 
 def run_resume(args) -> int:
@@ -160,7 +161,7 @@ def run_resume(args) -> int:
     code = _relaunch(args, _argv_without_launch(args.argv))
     if code is not None:
         return code
-    return _run(stored_config(Path(args.run)), args.run, False, args.workers)
+    return _run(stored_config(Path(args.run)), args.run, False, args)
 
 
 def register(sub) -> None:
@@ -205,13 +206,20 @@ def register(sub) -> None:
     p.add_argument("--vit-layout", choices=["balanced", "owner", "replicated"], default="balanced",
                    help="where the ViT's frame groups run under context parallel")
     _launch_options(p)
-    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="data loader processes")
+    _loader_options(p)
     p.set_defaults(func=run_train)
     r = sub.add_parser("resume", help="continue a training run with its stored config")
     r.add_argument("run", help="the run folder")
-    r.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="data loader processes")
+    _loader_options(r)
     _launch_options(r)
     r.set_defaults(func=run_resume)
+
+
+def _loader_options(p) -> None:
+    """How packs are loaded (not part of the run's config: a resume may change them)."""
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="data loader processes")
+    p.add_argument("--jpeg-on-device", action="store_true",
+                   help="decode JPEG frames on the GPU (nvJPEG) instead of in the loader processes")
 
 
 def _launch_options(p) -> None:

@@ -107,7 +107,7 @@ def model_config(cfg: TrainConfig):
 class _Session:
     """Model, trainer and data of one process of a run."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, workers: int):
+    def __init__(self, cfg: TrainConfig, run_dir: Path, workers: int, jpeg_on_device: bool = False):
         from model import megatron_compat
         from model.attention import CoreChoice
         from model.build import BuildOptions, init_megatron
@@ -115,6 +115,7 @@ class _Session:
         from parallel.layout import Layout
 
         self.cfg, self.run_dir, self.workers = cfg, run_dir, workers
+        self.jpeg_on_device = jpeg_on_device
         self.on_gpu = not megatron_compat.needed()
         self.groups = None
         if cfg.cp > 1 or cfg.ep > 1:
@@ -165,7 +166,7 @@ class _Session:
         v = self.model_cfg.vision  # the model's patch geometry (an imported model's own)
         geometry = PatchGeometry(v.patch, v.temporal_patch, v.merge)
         real = PackDataset(data["plan"], data["dataset"], vision_token_id=self.model_cfg.vision_token_id,
-                           geometry=geometry)
+                           geometry=geometry, jpeg_on_device=self.jpeg_on_device)
         if "retrieval" not in data:
             return real
         from jobs.steps.train_retrieval import RetrievalMix, RetrievalSpec
@@ -175,8 +176,13 @@ class _Session:
 
 
 def train(cfg: TrainConfig, run_dir: Path, *, force: bool = False, workers: int = 0,
-          log=print) -> dict:
-    """Run (or resume) training in `run_dir`; returns a summary of this invocation."""
+          jpeg_on_device: bool = False, log=print) -> dict:
+    """Run (or resume) training in `run_dir`; returns a summary of this invocation.
+
+    `workers` and `jpeg_on_device` say how packs are loaded, not what they hold, so they are not
+    part of the run's config and may change between a run and its resume: with
+    `jpeg_on_device` JPEG frames reach the trainer's device compressed and are decoded there
+    (nvJPEG; shards/gpu_jpeg.py), for when loader cores are scarce."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -184,16 +190,17 @@ def train(cfg: TrainConfig, run_dir: Path, *, force: bool = False, workers: int 
     try:
         if rank0:
             check_run_config(run_dir, cfg, force)
-        return _train(cfg, run_dir, workers, log, rank0)
+        return _train(cfg, run_dir, workers, log, rank0, jpeg_on_device)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool) -> dict:
+def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool,
+           jpeg_on_device: bool = False) -> dict:
     from jobs.steps.train_data import batches
 
-    s = _Session(cfg, run_dir, workers)
+    s = _Session(cfg, run_dir, workers, jpeg_on_device)
     start = s.ckpts.latest(log) or 0  # the newest intact checkpoint; damaged ones are named
     # The checkpoint at `start` was written by the trainer of step start-1's stage.
     trainer = s.build_trainer(cfg.stage_at(start - 1 if start else 0))

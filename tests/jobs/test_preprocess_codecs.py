@@ -79,3 +79,30 @@ def test_the_zstd_default_keeps_the_config_hash_of_datasets_made_before_codecs()
     config = EncodeConfig().job_config()
     assert "frame_codec" not in config and "jpeg_quality" not in config
     assert EncodeConfig(frame_codec="jpeg").job_config()["frame_codec"] == "jpeg"
+
+
+def test_training_with_jpeg_decoded_on_the_device_matches_the_workers(corpus, tmp_path, monkeypatch):
+    """`longshot train --jpeg-on-device`: JPEG frames cross the loader process compressed and are
+    decoded by the batch's move to the trainer's device (here the CPU, Pillow; nvJPEG on a GPU):
+    the same losses as frames decoded in the loader worker."""
+    data = tmp_path / "ds"
+    assert longshot(_args(corpus, data, "--frame-codec", "jpeg")) == 0
+    assert longshot(["pack", str(data), "--seq-len", "2048", "--no-progress"]) == 0
+    from shards import gpu_jpeg
+
+    decoded_here = []  # frames decoded by the move to the device (the real decoder, counted)
+    real_decode = gpu_jpeg.decode_frames
+    monkeypatch.setattr(gpu_jpeg, "decode_frames",
+                        lambda frames, *a, **k: decoded_here.append(len(frames)) or real_decode(frames, *a, **k))
+    losses = {}
+    for name, extra in (("workers", []), ("device", ["--jpeg-on-device"])):
+        run = tmp_path / name
+        assert longshot(["train", "--run", str(run), "--data", str(data), "--packs", str(data / "packs"),
+                         "--tokenizer", str(corpus / "tokenizer.json"), "--steps", "3", "--save-every", "3",
+                         "--workers", "1", *extra]) == 0
+        losses[name] = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+        if name == "workers":
+            assert not decoded_here
+    assert sum(decoded_here) > 0, "--jpeg-on-device decoded no frame at the move to the device"
+    assert len(losses["workers"]) == 3
+    assert losses["device"] == losses["workers"]
