@@ -15,6 +15,8 @@ Stages (each a plain `longshot` command, printed before it runs; logs and metric
          on four GPUs (context parallel 2 x data parallel 2: the checkpoint is resharded).
   keye:  the keye-30b-a3b shape cut to --keye-layers LM layers, DSA block, on four GPUs with
          context parallel 2 x expert parallel 2, from the same shards.
+  grow:  a one-GPU run killed after step KILL_AFTER, resumed on two GPUs (data parallel 2: the
+         checkpoint resharded over more ranks).
   ray:   the `train` run's first steps again with `--launcher ray` (a local Ray on this machine).
 """
 from __future__ import annotations
@@ -102,27 +104,32 @@ def _rank_pid(rank: int, marker: str) -> int | None:
     return None
 
 
-def stage_kill(w: Path, out: Path, steps: int) -> None:
-    run = w / "run_killed"
-    cmd = longshot(*train_args(w, run, steps, *SMALL), "--nproc", "2")
-    print("$ " + " ".join(cmd) + "   (rank 1 is SIGKILLed after step %d)" % KILL_AFTER, flush=True)
-    log = open(out / "kill.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_for(2), cwd=ROOT)
+def run_and_kill(cmd: list[str], run: Path, rank: int, log_path: Path, gpus: int) -> None:
+    """Runs `cmd`; once step KILL_AFTER is logged, SIGKILLs the process of `rank`; reports what
+    the launcher said and the newest checkpoint."""
+    print("$ " + " ".join(cmd) + f"   (rank {rank} is SIGKILLed after step {KILL_AFTER})", flush=True)
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env_for(gpus), cwd=ROOT)
     metrics = run / "metrics.jsonl"
     while proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= KILL_AFTER:
-            pid = _rank_pid(1, str(run))
+            pid = _rank_pid(rank, str(run))
             if pid:
                 os.kill(pid, signal.SIGKILL)
-                print(f"  killed rank 1 (pid {pid}) after step {KILL_AFTER}", flush=True)
+                print(f"  killed rank {rank} (pid {pid}) after step {KILL_AFTER}", flush=True)
                 break
         time.sleep(0.2)
     proc.wait(timeout=300)
     log.close()
     print(f"  launcher exit {proc.returncode}; its last lines:\n    "
-          + "\n    ".join((out / "kill.log").read_text().splitlines()[-8:]), flush=True)
+          + "\n    ".join(log_path.read_text().splitlines()[-8:]), flush=True)
     latest = (run / "checkpoints" / "latest").read_text().strip()
     print(f"  latest checkpoint: step {latest}", flush=True)
+
+
+def stage_kill(w: Path, out: Path, steps: int) -> None:
+    run = w / "run_killed"
+    run_and_kill(longshot(*train_args(w, run, steps, *SMALL), "--nproc", "2"), run, 1, out / "kill.log", 2)
     shutil.copytree(run, w / "run_killed_4gpu")
     sh(longshot("resume", str(run), "--nproc", "2", "--workers", "4"), out / "resume_2gpu.log", env_for(2))
     shutil.copy(run / "metrics.jsonl", out / "metrics_resumed_2gpu.jsonl")
@@ -132,6 +139,16 @@ def stage_kill(w: Path, out: Path, steps: int) -> None:
         shutil.copy(w / "run_killed_4gpu" / "metrics.jsonl", out / "metrics_resumed_4gpu.jsonl")
     else:
         print("  resume on four GPUs skipped: this machine has fewer", flush=True)
+
+
+def stage_grow(w: Path, out: Path, steps: int) -> None:
+    """A run started on one GPU, killed, resumed on two (data parallel 2): the distributed
+    checkpoint is resharded over the new ranks and training goes on (two packs a step)."""
+    run = w / "run_grow"
+    run_and_kill(longshot(*train_args(w, run, steps, "--preset", "small"), "--nproc", "1"), run, 0,
+                 out / "grow_1gpu.log", 1)
+    sh(longshot("resume", str(run), "--nproc", "2", "--workers", "4"), out / "grow_resume_2gpu.log", env_for(2))
+    shutil.copy(run / "metrics.jsonl", out / "metrics_grow.jsonl")
 
 
 def gpu_count() -> int:
@@ -187,6 +204,8 @@ def run_stage(name: str, w: Path, out: Path, args) -> None:
     elif name == "keye":
         stage_keye(w, out, 4, args.keye_layers)
         shutil.copy(w / "run_keye" / "metrics.jsonl", out / "metrics_keye.jsonl")
+    elif name == "grow":
+        stage_grow(w, out, args.steps)
     elif name == "ray":
         stage_ray(w, out, 3)
         shutil.copy(w / "run_ray" / "metrics.jsonl", out / "metrics_ray.jsonl")
