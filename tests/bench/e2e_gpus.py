@@ -113,7 +113,7 @@ def run_and_kill(cmd: list[str], run: Path, rank: int, log_path: Path, gpus: int
     metrics = run / "metrics.jsonl"
     while proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= KILL_AFTER:
-            pid = _rank_pid(rank, str(run))
+            pid = proc.pid if gpus == 1 else _rank_pid(rank, str(run))  # one GPU: no launcher, no RANK
             if pid:
                 os.kill(pid, signal.SIGKILL)
                 print(f"  killed rank {rank} (pid {pid}) after step {KILL_AFTER}", flush=True)
