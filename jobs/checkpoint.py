@@ -268,19 +268,20 @@ class Checkpoints:
         set_rng_state(load_plain(rng_file, allow=_legacy_numpy_globals() if legacy else ()))
         return loaded, train_state
 
-    def load_model_only(self, path: Path, sharded_model_state: dict, log=print) -> dict:
+    def load_model_only(self, path: Path, sharded_model_state: dict, log=print, verified: bool = False) -> dict:
         """Model weights of another run's checkpoint (to start a new stage from it). Collective.
-        The folder is verified when it has a manifest and loaded safely either way: the
-        manifest says nothing about who wrote it."""
+        The folder is verified when it has a manifest (unless the caller just did: `verified`)
+        and loaded safely either way: the manifest says nothing about who wrote it."""
         from megatron.core import dist_checkpointing
 
         path = Path(path)
         if not (path / "metadata.json").is_file():
             raise BadInput(f"{path}: not a checkpoint folder (no metadata.json)")
-        verdict = verify(path)
-        if verdict.state == DAMAGED:
-            raise DamagedCheckpoint(f"checkpoint {verdict.describe()}")
-        if verdict.state == UNVERIFIED and _rank() == 0:
-            log(f"note: {path} has no {verdict.file}; its files are not verified")
+        if not verified:
+            verdict = verify(path)
+            if verdict.state == DAMAGED:
+                raise DamagedCheckpoint(f"checkpoint {verdict.describe()}")
+            if verdict.state == UNVERIFIED and _rank() == 0:
+                log(f"note: {path} has no {verdict.file}; its files are not verified")
         with megatron_loading(path):
             return dist_checkpointing.load({"model": sharded_model_state}, str(path))["model"]

@@ -61,15 +61,13 @@ def _dtype(choice: str, source: dict) -> torch.dtype:
 
 
 def export_hf(run_dir: Path, out: Path, *, dtype: str = "source", force: bool = False) -> int:
-    from jobs.checkpoint import Checkpoints
-    from jobs.steps.train_loop import init_checkpoint
+    from jobs.steps.train_loop import load_init_weights
     from model.build import BuildOptions, build_vlm, init_megatron
     from model.hf_config import export_config, family
     from model.hf_names import check_coverage, rules_for
 
     cfg, source = run_model(run_dir)
-    ckpt = init_checkpoint(run_dir)
-    if ckpt == run_dir:
+    if not (run_dir / "checkpoints" / "latest").exists() and not (run_dir / "metadata.json").is_file():
         raise BadInput(f"{run_dir}: no checkpoint to export (no checkpoints/latest)")
     if out.exists():
         if not force:
@@ -79,7 +77,7 @@ def export_hf(run_dir: Path, out: Path, *, dtype: str = "source", force: bool = 
     # bf16 exports load into a bf16 model: half the host memory of fp32
     build_dtype = torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
     model = build_vlm(cfg, init_megatron(), opts=BuildOptions(dtype=build_dtype))
-    model.load_state_dict(Checkpoints(run_dir).load_model_only(ckpt, model.sharded_state_dict()))
+    model.load_state_dict(load_init_weights(run_dir, model.sharded_state_dict()))
     params = {n: p.detach().cpu() for n, p in model.named_parameters()}
     rules = rules_for(cfg, family(source), parameter_names=tuple(params))
     every_source_name = {n for r in rules for n in r.hf}

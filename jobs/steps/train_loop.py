@@ -210,9 +210,8 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool,
         trainer.scheduler.load_state_dict(state["scheduler"])
         log(f"resumed from {s.ckpts.path(start)} (step {start}, stage {trainer.stage})")
     elif cfg.init_from:
-        weights = s.ckpts.load_model_only(init_checkpoint(Path(cfg.init_from)),
-                                          trainer.model.sharded_state_dict(),
-                                          log=log if rank0 else lambda msg: None)
+        weights = load_init_weights(Path(cfg.init_from), trainer.model.sharded_state_dict(),
+                                    log=log if rank0 else lambda msg: None)
         trainer.model.load_state_dict(weights)
         # With bf16 the optimizer holds fp32 master copies made when it was built: refresh them,
         # or the first update writes the freshly initialised weights back into the model.
@@ -257,10 +256,15 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool,
     return summary
 
 
-def init_checkpoint(path: Path) -> Path:
-    """--init-from names a checkpoint (iter_NNNNNNN), or a run or `import-hf` folder: its latest."""
-    step = Checkpoints(path).latest()
-    return Checkpoints(path).path(step) if step is not None else path
+def load_init_weights(source: Path, sharded_model_state: dict, log=print) -> dict:
+    """Model weights from what --init-from names: a checkpoint (iter_NNNNNNN), or a run or
+    `import-hf` folder (its newest intact checkpoint). Collective. Each checkpoint is hashed
+    once: choosing the newest intact one already verified it."""
+    ckpts = Checkpoints(Path(source))
+    step = ckpts.latest(log)
+    if step is not None:
+        return ckpts.load_model_only(ckpts.path(step), sharded_model_state, log, verified=True)
+    return ckpts.load_model_only(Path(source), sharded_model_state, log)
 
 
 def flush_print(msg: str) -> None:

@@ -45,14 +45,12 @@ def hf_logits(folder: Path, input_ids: torch.Tensor) -> torch.Tensor:
 def imported_model(init_dir: Path):
     """The imported model built from `--preset from-hf:DIR` and loaded the way `train
     --init-from DIR` loads it."""
-    from jobs.checkpoint import Checkpoints
-    from jobs.steps.train_loop import init_checkpoint
+    from jobs.steps.train_loop import load_init_weights
     from model.build import build_vlm, init_megatron
     from model.presets import preset
 
     model = build_vlm(preset(f"from-hf:{init_dir}"), init_megatron())
-    model.load_state_dict(Checkpoints(init_dir).load_model_only(init_checkpoint(init_dir),
-                                                                model.sharded_state_dict()))
+    model.load_state_dict(load_init_weights(init_dir, model.sharded_state_dict()))
     return model.eval()
 
 

@@ -237,3 +237,19 @@ def test_two_ranks_agree_on_the_fallback_when_only_rank_1_file_is_damaged(tmp_pa
     assert out.stdout.count("iter_0000004: damaged: rng/rank_1.pt") == 1, out.stdout[-2000:]
     assert out.stdout.count(f"resumed from {folder / 'checkpoints' / 'iter_0000002'}") == 2
     assert numbers(read_metrics(folder)) == numbers(read_metrics(straight2))
+
+
+def test_init_from_a_run_hashes_its_checkpoint_once(straight, monkeypatch):
+    """`--init-from RUN` picks the newest intact checkpoint (which verifies it) and loads it
+    without hashing it again: the files of a 30B checkpoint are read once, not twice."""
+    import jobs.checkpoint as checkpoint
+    from jobs.steps.train_loop import load_init_weights, model_config, stored_config
+    from model.build import build_vlm, init_megatron
+
+    hashed = []
+    real_verify = checkpoint.verify
+    monkeypatch.setattr(checkpoint, "verify", lambda folder: hashed.append(folder) or real_verify(folder))
+    model = build_vlm(model_config(stored_config(straight)), init_megatron())
+    weights = load_init_weights(straight, model.sharded_state_dict(), log=lambda msg: None)
+    assert [p.name for p in map(type(straight), hashed)] == [NEWEST]
+    model.load_state_dict(weights)

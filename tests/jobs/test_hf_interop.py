@@ -64,13 +64,12 @@ def test_unsupported_architecture_is_refused_with_the_field(tmp_path, capsys):
 
 
 def _checkpoint_tensors(init_dir) -> dict:
-    from jobs.checkpoint import Checkpoints
-    from jobs.steps.train_loop import init_checkpoint
+    from jobs.steps.train_loop import load_init_weights
     from model.build import build_vlm, init_megatron
     from model.presets import preset
 
     model = build_vlm(preset(f"from-hf:{init_dir}"), init_megatron())
-    return Checkpoints(init_dir).load_model_only(init_checkpoint(init_dir), model.sharded_state_dict())
+    return load_init_weights(init_dir, model.sharded_state_dict())
 
 
 def test_export_reimports_bit_identical_and_loads_in_transformers(tmp_path):
