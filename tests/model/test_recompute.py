@@ -11,9 +11,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from model.attention import CoreChoice
 from model.build import BuildOptions, build_vlm, init_megatron
 from model.megatron_compat import compute_device
 from model.presets import preset
+from model.training import configure_core
 from tests.model.vlm_batches import make_batch
 
 
@@ -25,25 +27,39 @@ def _qwen3_vl_like():
     return replace(cfg, vision=vision, lm=replace(cfg.lm, mrope_section=(4, 2, 2), mrope_layout="interleaved"))
 
 
-@pytest.mark.parametrize("shape", ["tiny", "qwen3-vl-like"])
-def test_recomputation_gives_the_same_loss_and_gradients(shape):
-    cfg = preset("tiny") if shape == "tiny" else _qwen3_vl_like()
+# documents long enough that DSA's top-16 selection is sparse
+DOCS = ((60, (2, 4, 4)), (40, None), (30, (1, 3, 2)))
+
+
+@pytest.mark.parametrize("shape,stage", [("tiny", "dense"), ("tiny", "warmup"), ("tiny", "sparse"),
+                                         ("qwen3-vl-like", "dense"), ("qwen3-vl-like", "sparse")])
+def test_recomputation_gives_the_same_loss_and_gradients(shape, stage):
+    """Dense attention, DSA's indexer warm-up (only the indexers learn; their gradients are
+    injected inside the recomputed backward) and DSA sparse."""
+    cfg = (preset("tiny") if shape == "tiny" else _qwen3_vl_like()).with_overrides(attention="dsa")
     pg = init_megatron(seed=3)
-    batch = make_batch(cfg.lm.vocab, cfg.vision_token_id, seed=4).to(compute_device())
+    batch = make_batch(cfg.lm.vocab, cfg.vision_token_id, seed=4, docs=DOCS).to(compute_device())
     results = []
     for recompute in (False, True):
         torch.manual_seed(7)
-        model = build_vlm(cfg, pg, opts=BuildOptions(dtype=torch.float32, recompute=recompute))
+        core = CoreChoice()
+        configure_core(core, stage, cfg.lm.dsa, on_gpu=False)
+        model = build_vlm(cfg, pg, core, opts=BuildOptions(dtype=torch.float32, recompute=recompute))
         if results:
-            model.load_state_dict(results[0][2])
+            model.load_state_dict(results[0][3])
+        for name, p in model.named_parameters():  # as the trainer of the stage sets them
+            p.requires_grad_(stage != "warmup" or ".indexer." in name)
         out = model(batch)
-        out.objective().backward()
+        out.objective(stage).backward()
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((out.ce.detach(), grads, model.state_dict()))
-    (ce_a, grads_a, _), (ce_b, grads_b, _) = results
+        results.append((out.ce.detach(), out.indexer.detach(), grads, model.state_dict()))
+    (ce_a, idx_a, grads_a, _), (ce_b, idx_b, grads_b, _) = results
     torch.testing.assert_close(ce_b, ce_a)
-    assert set(grads_a) == set(grads_b)
-    if cfg.vision.deepstack:
+    torch.testing.assert_close(idx_b, idx_a)
+    assert set(grads_a) == set(grads_b) and grads_a
+    if stage == "warmup":
+        assert all(".indexer." in n for n in grads_a)
+    elif cfg.vision.deepstack:
         assert any(n.startswith("deepstack.") for n in grads_a)
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
