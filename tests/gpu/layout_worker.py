@@ -3,6 +3,7 @@
     python -m tests.gpu.layout_worker reference --pack PACK.pt --out REF.pt           # one GPU
     torchrun --nproc-per-node N -m tests.gpu.layout_worker layouts --pack PACK.pt \\
         --ref REF.pt --out RESULTS.json --layouts cp2:balanced,ep2,cp2ep2:owner,...
+    (either with --deepstack: the model with Qwen3-VL's DeepStack taps)
 
 ``reference``: the one-GPU run: builds the model (bf16, DSA), saves its initial weights, trains
 STAGES on the pack and records, per step, the losses and the gradient norm.
@@ -28,11 +29,16 @@ STAGES = ("warmup", "sparse", "sparse")
 LR = 2e-4
 
 
-def _model_cfg(pack):
+def _model_cfg(pack, deepstack: bool = False):
+    """The small preset; with `deepstack`, Qwen3-VL's DeepStack on top: merged outputs of ViT
+    layers 1, 3 and 5 added after LM layers 0, 1 and 2 (they travel with the merged tokens in
+    the hand-off, as extra columns of the same rows)."""
+    from dataclasses import replace
+
     from model.presets import preset
 
-    vocab = int(pack["vocab"])
-    return preset("small", vocab=vocab, vision_token_id=int(pack["vision_token_id"]))
+    cfg = preset("small", vocab=int(pack["vocab"]), vision_token_id=int(pack["vision_token_id"]))
+    return replace(cfg, vision=replace(cfg.vision, deepstack=(1, 3, 5))) if deepstack else cfg
 
 
 def _batch(pack):
@@ -81,7 +87,7 @@ def reference(args) -> None:
     from model.training import configure_core
 
     pack = torch.load(args.pack, weights_only=True)
-    cfg, batch = _model_cfg(pack), _batch(pack)
+    cfg, batch = _model_cfg(pack, args.deepstack), _batch(pack)
     _PG["lm"] = init_megatron(seed=1234)
     core = CoreChoice()
     built = {}
@@ -143,7 +149,7 @@ def layouts(args) -> None:
 
     pack = torch.load(args.pack, weights_only=True)
     ref = torch.load(args.ref, weights_only=True)
-    cfg, batch = _model_cfg(pack), _batch(pack)
+    cfg, batch = _model_cfg(pack, args.deepstack), _batch(pack)
     world = int(os.environ["WORLD_SIZE"])
     results = []
     for name, cp, ep, vit in _layout_specs(args.layouts):
@@ -210,6 +216,7 @@ def main() -> None:
     p.add_argument("--ref")
     p.add_argument("--out", required=True)
     p.add_argument("--layouts", default="")
+    p.add_argument("--deepstack", action="store_true", help="the small preset with DeepStack taps")
     args = p.parse_args()
     (reference if args.mode == "reference" else layouts)(args)
 

@@ -65,20 +65,30 @@ def _log(tmp: Path, name: str) -> Path:
     return Path(root) / name if root else tmp / name
 
 
+def _reference(real_pack, folder: Path, *extra: str) -> dict:
+    out = folder / "ref.pt"
+    _run([sys.executable, "-m", "tests.gpu.layout_worker", "reference", "--pack", str(real_pack["path"]),
+          "--out", str(out), *extra], _env("0"), _log(folder, f"layouts_reference{''.join(extra)}.log"))
+    return {"path": out, "steps": torch.load(out, weights_only=True)["steps"], "extra": extra}
+
+
 @pytest.fixture(scope="module")
 def reference(real_pack, tmp_path_factory) -> dict:
-    out = tmp_path_factory.mktemp("ref") / "ref.pt"
-    _run([sys.executable, "-m", "tests.gpu.layout_worker", "reference", "--pack", str(real_pack["path"]),
-          "--out", str(out)], _env("0"), _log(out.parent, "layouts_reference.log"))
-    return {"path": out, "steps": torch.load(out, weights_only=True)["steps"]}
+    return _reference(real_pack, tmp_path_factory.mktemp("ref"))
+
+
+@pytest.fixture(scope="module")
+def deepstack_reference(real_pack, tmp_path_factory) -> dict:
+    return _reference(real_pack, tmp_path_factory.mktemp("ref_deepstack"), "--deepstack")
 
 
 def _layout_results(real_pack, reference, tmp_path, world: int, layouts: list[str]) -> list[dict]:
     out = tmp_path / f"layouts{world}.json"
+    extra = reference["extra"]
     _run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={world}",
           "-m", "tests.gpu.layout_worker", "layouts", "--pack", str(real_pack["path"]),
-          "--ref", str(reference["path"]), "--out", str(out), "--layouts", ",".join(layouts)],
-         _env(",".join(map(str, range(world)))), _log(tmp_path, f"layouts_{world}gpu.log"))
+          "--ref", str(reference["path"]), "--out", str(out), "--layouts", ",".join(layouts), *extra],
+         _env(",".join(map(str, range(world)))), _log(tmp_path, f"layouts_{world}gpu{''.join(extra)}.log"))
     return json.loads(out.read_text())
 
 
@@ -106,7 +116,8 @@ def _check(rows: list[dict], want: list[dict]) -> list[str]:
 def test_layouts_on_two_gpus_match_one(real_pack, reference, tmp_path):
     rows = _layout_results(real_pack, reference, tmp_path, 2, LAYOUTS_2)
     print(json.dumps({"reference": reference["steps"], "layouts": rows}, indent=1))
-    assert not _check(rows, reference["steps"])
+    problems = _check(rows, reference["steps"])
+    assert not problems, "\n".join(problems)
 
 
 @pytest.mark.skipif(GPUS < 4, reason="needs 4 GPUs")
@@ -114,6 +125,16 @@ def test_layouts_on_four_gpus_match_one(real_pack, reference, tmp_path):
     rows = _layout_results(real_pack, reference, tmp_path, 4, LAYOUTS_4)
     print(json.dumps({"reference": reference["steps"], "layouts": rows}, indent=1))
     problems = _check(rows, reference["steps"])
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
+def test_deepstack_layouts_on_two_gpus_match_one(real_pack, deepstack_reference, tmp_path):
+    """Qwen3-VL's DeepStack features ride the hand-off with their tokens (extra columns of the
+    same rows) and are added by the LM layers of the rank that owns the positions."""
+    rows = _layout_results(real_pack, deepstack_reference, tmp_path, 2, ["cp2:balanced", "cp2:owner"])
+    print(json.dumps({"reference": deepstack_reference["steps"], "layouts": rows}, indent=1))
+    problems = _check(rows, deepstack_reference["steps"])
     assert not problems, "\n".join(problems)
 
 
