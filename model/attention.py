@@ -59,6 +59,11 @@ class CoreChoice:
     # every layer (and the recomputation in backward) shares them, so a plan's host reads
     # happen once per pack, not once per layer.
     plans: dict = field(default_factory=dict)
+    # The DSA warm-up: the backbone is frozen, so nothing needs the backbone's backward except
+    # reaching each layer's injected indexer gradient. Instead each layer backpropagates its own
+    # indexer loss right where it is computed (the loss reads the hidden state detached: the
+    # backward stays inside the indexer), and the backbone runs forward only, with no graph.
+    local_indexer_grads: bool = False
 
 
 @dataclass
@@ -208,6 +213,17 @@ class PackedSelfAttention(MegatronModule):
                                               plans=self.core.plans)
             self.indexer_loss = loss.detach() * rows.share  # summed over the context ranks
             weight = weight * rows.share * rows.grad_scale
-        if loss.requires_grad:
+        if self.core.local_indexer_grads:
+            self._indexer_backward_now(loss, weight)
+        elif loss.requires_grad:
             out = _InjectLossGrad.apply(out, loss, weight)
         return out
+
+    def _indexer_backward_now(self, loss: torch.Tensor, weight: float) -> None:
+        if loss.requires_grad:
+            torch.autograd.backward(loss, torch.full_like(loss, weight))
+        elif self.training and not torch.is_grad_enabled() and any(
+                p.requires_grad for p in self.indexer.parameters()):
+            # Megatron's reentrant recomputation runs layers without autograd in forward
+            raise RuntimeError("the DSA warm-up backpropagates each layer's indexer loss during "
+                               "forward; build the warm-up model without activation recomputation")

@@ -54,11 +54,12 @@ class StepResult:
 def configure_core(core: CoreChoice, stage: Stage, dsa_settings, on_gpu: bool) -> None:
     """Point every layer's shared core at the stage's attention."""
     if stage == "dense":
-        core.kind, core.dsa = "dense", None
+        core.kind, core.dsa, core.local_indexer_grads = "dense", None, False
         return
     from model.dsa.config import DSAConfig
 
     core.kind = "dsa"
+    core.local_indexer_grads = stage == "warmup"
     core.backend = "triton" if on_gpu else "reference"
     core.dsa = DSAConfig(index_heads=dsa_settings.index_heads, index_dim=dsa_settings.index_dim,
                          topk=dsa_settings.topk, granularity=dsa_settings.granularity,
@@ -70,6 +71,10 @@ class Trainer:
                  pg_collection=None, start_step: int = 0):
         self.model = model
         self.stage = stage
+        if stage == "warmup" and model.language.decoder.config.recompute_granularity is not None:
+            raise ValueError("the DSA warm-up trains only the indexers, layer by layer in forward: "
+                             "build its model without activation recomputation (it keeps no "
+                             "activations for a backward anyway)")
         for name, p in model.named_parameters():
             p.requires_grad_(stage != "warmup" or ".indexer." in name)
         bf16 = model.config.bf16
@@ -99,7 +104,7 @@ class Trainer:
         self.optimizer.zero_grad()
         self.model.train()
         out = self.ddp(batch)
-        out.objective(self.stage).backward()
+        out.backward(self.stage)
         self.ddp.finish_grad_sync()
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         ok, grad_norm, _ = self.optimizer.step()

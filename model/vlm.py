@@ -4,9 +4,10 @@ Losses of one packed sequence:
 - ce: mean next-token cross entropy over the positions with a label (answer text);
 - aux: the MoE load-balancing term (its gradient is added by Megatron's router itself);
 - indexer: the DSA indexer's KL, mean over layers, times its coefficient (trains the indexer
-  only; its gradient is injected inside each attention layer, see model/attention.py).
-`objective(stage)` is what backward runs on: ce, or ce x 0 in the DSA warm-up (the backward pass
-then only carries the indexers' gradients). `total` is ce + aux + indexer, for logging.
+  only; its gradient is injected inside each attention layer, see model/attention.py; in the
+  DSA warm-up each layer backpropagates it during forward, and nothing else trains).
+`backward(stage)` runs the step's backward: of ce, or, in the warm-up, nothing more (ce x 0 when
+something upstream still has a graph). `total` is ce + aux + indexer, for logging.
 """
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ class VLMOutput:
     def objective(self, stage: str = "sparse") -> torch.Tensor:
         ce = self.ce if self.local_objective is None else self.local_objective
         return ce * 0.0 if stage == "warmup" else ce
+
+    def backward(self, stage: str = "sparse", scale: float = 1.0) -> None:
+        """The backward of `objective(stage) * scale`. In the warm-up the indexers' gradients
+        were made during forward (model/attention.py, CoreChoice.local_indexer_grads) and the
+        frozen backbone usually kept no graph: then there is nothing left to run."""
+        objective = self.objective(stage)
+        if stage == "warmup" and not objective.requires_grad:
+            return
+        (objective * scale if scale != 1.0 else objective).backward()
 
     @property
     def total(self) -> float:
@@ -105,10 +115,11 @@ class VLM(MegatronModule):
             rows = (batch.input_ids == self.cfg.vision_token_id).nonzero()[:, 0]
             self.deepstack_injection.set(rows if deep else None, deep)
             embeds = self.deepstack_injection.join(embeds)
-        if torch.is_grad_enabled() and not embeds.requires_grad:
-            # Everything below the LM is frozen (DSA warm-up): Megatron's reentrant activation
-            # recomputation only builds a backward when its input requires grad, and the
-            # indexers' gradients are injected inside that backward.
+        if torch.is_grad_enabled() and not embeds.requires_grad and not self.core.local_indexer_grads:
+            # Everything below the LM is frozen: Megatron's reentrant activation recomputation
+            # only builds a backward when its input requires grad, and the LM's own parameters
+            # (and the indexers' injected gradients) need that backward. Not in the DSA warm-up:
+            # there the backbone needs no backward at all.
             embeds = embeds.detach().requires_grad_(True)
         return embeds
 

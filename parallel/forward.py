@@ -64,7 +64,7 @@ class ParallelForward:
             embeds = place_vision(model, batch, lp, embeds, plan, group, self.handoff_events)
         if model.deepstack_injection is not None:
             embeds = model.deepstack_injection.join(embeds)
-        if torch.is_grad_enabled() and not embeds.requires_grad:  # see VLM.forward
+        if torch.is_grad_enabled() and not embeds.requires_grad and not model.core.local_indexer_grads:  # see VLM._lm_input
             embeds = embeds.detach().requires_grad_(True)
         # Stays set after forward: recomputation in backward runs the attention again.
         model.core.plans = {}  # a new pack: new DSA plans

@@ -14,7 +14,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -140,7 +140,9 @@ class _Session:
         from model.training import OptimSettings, Trainer, configure_core
 
         configure_core(self.core, stage, self.model_cfg.lm.dsa, self.on_gpu)
-        model = build_vlm(self.model_cfg, self.pg, self.core, self.opts,
+        # the warm-up keeps no activations for a backward: nothing to recompute (model/attention.py)
+        opts = replace(self.opts, recompute=self.opts.recompute and stage != "warmup")
+        model = build_vlm(self.model_cfg, self.pg, self.core, opts,
                           vit_pg_collection=self.groups.vit if self.groups else None)
         if self.groups is not None and self.cfg.cp > 1:
             from parallel.forward import ParallelForward

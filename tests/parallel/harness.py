@@ -59,7 +59,7 @@ def reference(cfg, stage: str, batches: list, seed: int = 5) -> dict:
     ces, idx, aux = [], [], []
     for b in batches:
         out = model(b)
-        (out.objective(stage) / len(batches)).backward()
+        out.backward(stage, scale=1.0 / len(batches))
         ces.append(out.ce.item())
         idx.append(out.indexer.item())
         aux.append(out.aux.item())

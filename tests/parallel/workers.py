@@ -50,7 +50,7 @@ def equality_worker(rank: int, world: int, path: str) -> None:
             model, pg_collection=groups.lm)
         ddp.zero_grad_buffer()
         out = ddp(data["batches"][groups.dp_rank])
-        out.objective(stage).backward()
+        out.backward(stage)
         ddp.finish_grad_sync()
         what = f"{layout} {stage} vit={case['vit']} rank {rank}"
         want_ce = ref["ce"][groups.dp_rank]
