@@ -66,13 +66,14 @@ def worker(args) -> None:
     cfg = _config(args)
     groups = init_layout(Layout.for_world(world, cp, ep), seed=1234)
     core = CoreChoice()
-    configure_core(core, "sparse", cfg.lm.dsa, on_gpu)
+    configure_core(core, args.stage, cfg.lm.dsa, on_gpu)
     dtype = torch.bfloat16 if on_gpu else torch.float32
-    model = build_vlm(cfg, groups.lm, core, BuildOptions(dtype=dtype, recompute=on_gpu, expert_parallel=ep),
+    recompute = on_gpu and args.stage != "warmup"  # the warm-up keeps no activations (model/attention.py)
+    model = build_vlm(cfg, groups.lm, core, BuildOptions(dtype=dtype, recompute=recompute, expert_parallel=ep),
                       vit_pg_collection=groups.vit)
     if cp > 1:
         model.parallel = ParallelForward(groups, vit_mode=vit)
-    trainer = Trainer(model, OptimSettings(lr=1e-4, lr_warmup_steps=0), 1000, "sparse", groups.lm)
+    trainer = Trainer(model, OptimSettings(lr=1e-4, lr_warmup_steps=0), 1000, args.stage, groups.lm)
     packs = SyntheticPacks(SyntheticSpec(packs=8, seq_len=args.seq_len, vocab=cfg.lm.vocab,
                                          vision_token_id=cfg.vision_token_id, docs_per_pack=args.docs,
                                          grid=tuple(args.grid)))
@@ -101,7 +102,11 @@ def worker(args) -> None:
         _profile_step(trainer, packs[groups.dp_rank].to(device), Path(args.out) / f"profile_{args.tag}.txt")
     dt = sorted(times)[len(times) // 2]
     tokens = batch.num_tokens * groups.layout.dp  # one pack per data-parallel replica per step
-    flops = model_flops(cfg, batch.host or batch, "dsa", cfg.lm.dsa.granularity) * groups.layout.dp
+    if args.stage == "warmup":  # the backbone's forward only (dense attention); the KL not counted
+        flops = model_flops(cfg, batch.host or batch, "dense", None) / 3 * groups.layout.dp
+    else:
+        flops = model_flops(cfg, batch.host or batch, "dsa" if args.stage == "sparse" else "dense",
+                            cfg.lm.dsa.granularity) * groups.layout.dp
     plan = model.parallel.last_vision_plan if model.parallel else None
     # every rank's share of the hand-off, the slowest rank's counts (it holds the others up)
     share = torch.tensor([sum(handoff) / max(sum(times), 1e-9)], device=device)
@@ -109,7 +114,7 @@ def worker(args) -> None:
     dist.all_reduce(share, op=dist.ReduceOp.MAX)
     dist.all_reduce(mem, op=dist.ReduceOp.MAX)
     if dist.get_rank() == 0:
-        row = {"layout": name, "world": world, "cp": cp, "ep": ep, "dp": groups.layout.dp, "vit": vit,
+        row = {"layout": name if args.stage == "sparse" else f"{name} [{args.stage}]", "world": world, "cp": cp, "ep": ep, "dp": groups.layout.dp, "vit": vit,
                "seq_len": args.seq_len, "preset": args.preset, "tokens_per_step": tokens, "step_time_s": dt,
                "tokens_per_s": tokens / dt, "tokens_per_s_per_gpu": tokens / dt / world,
                "model_tflops_per_gpu": flops / dt / world / 1e12,
@@ -195,7 +200,7 @@ def run_row(args, world: int, spec: str, tag: str) -> dict:
            str(Path(__file__).resolve()), "--worker", "--spec", spec, "--row-out", str(row_out), "--tag", tag,
            "--seq-len", str(args.seq_len), "--docs", str(args.docs), "--grid", *map(str, args.grid),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--preset", args.preset,
-           "--layers", str(args.layers), "--out", args.out] + (["--profile-step"] if tag in args.profile_tags else [])
+           "--layers", str(args.layers), "--stage", args.stage, "--out", args.out] + (["--profile-step"] if tag in args.profile_tags else [])
     env = {**os.environ, "OMP_NUM_THREADS": "1" if args.dry_run else "4", "NCCL_NVLS_ENABLE": "0",
            "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -215,6 +220,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--layouts", default=DEFAULT_LAYOUTS, help="WORLD:SPEC,... (see the docstring)")
+    p.add_argument("--stage", choices=["sparse", "warmup", "dense"], default="sparse",
+                   help="DSA sparse training, the indexer warm-up (forward only; TFLOP/s counts the "
+                   "dense forward), or dense attention")
     p.add_argument("--profile", default="", help="WORLD:SPEC rows to profile one more step of")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--out", default=str(ROOT / "tests" / "bench" / "out" / "parallel"))
