@@ -58,4 +58,19 @@ pack ray ray ray-*.dist-info \
 # nvJPEG decode of JPEG frames (tests/bench/bench_gpu_jpeg.py, tests/gpu/test_gpu_jpeg.py): torchvision
 # built for this venv's torch (2.14.1+cu130); carry it only where the machine's torch is the same.
 if [ -d torchvision ]; then pack gpudecode torchvision torchvision-*.dist-info torchvision.libs; fi
+# torchtitan for the side-by-side of tests/bench/bench_torchtitan.py (issue 15): not a longshot
+# dependency, so its wheels (and the few it imports that the machine lacks) come from the package
+# index, unpacked without their other dependencies (datasets, wandb: the model code needs none).
+if [ "${TITAN:-1}" = 1 ]; then
+    wheels="$(mktemp -d)"
+    if "$ROOT/.venv/bin/python" -m pip download -q --no-deps -d "$wheels" torchtitan==0.3.0 spmd_types==0.2.3 \
+            tyro docstring_parser einops torch_checkpointing 2>/dev/null; then
+        mkdir -p "$wheels/site" && for w in "$wheels"/*.whl; do
+            "$ROOT/.venv/bin/python" -m zipfile -e "$w" "$wheels/site"; done
+        (cd "$wheels/site" && pack titan torchtitan spmd_types tyro docstring_parser einops torch_checkpointing)
+    else
+        echo "torchtitan wheels not found on the package index: titan.tar.xz not written" >&2
+    fi
+    rm -rf "$wheels"
+fi
 ls -l "$OUT_DIR"/*.tar.xz

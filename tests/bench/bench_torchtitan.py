@@ -1,0 +1,145 @@
+"""The same MoE LM in longshot and in torchtitan, side by side on one GPU (issue 15).
+
+    python tests/bench/bench_torchtitan.py [--layers 4] [--seq-len 32768] [--steps 3] [--warmup 2]
+        [--attention varlen|flex]
+
+The shape is keye-30b-a3b's LM, which is Qwen3-30B-A3B's (hidden 2048, 32 query / 4 KV heads of
+128, 128 experts of width 768, top-8, vocab 151,936), cut to --layers layers; no ViT, one document
+of --seq-len tokens, dense causal attention, bf16 parameters and compute, no recomputation. Each
+row times forward + backward of the next-token loss (optimizer steps excluded: the frameworks'
+optimizers differ, the model code is what is compared):
+
+- longshot: model/lm.py's Megatron-core TransformerBlock, our packed attention (torch SDPA),
+  Megatron's router and token dispatcher, model/grouped_experts.py;
+- torchtitan 0.3.0: its Qwen3 MoE decoder built from the 30B-A3B layer config (varlen
+  FlashAttention or FlexAttention, its grouped-mm experts and local token dispatcher), unwrapped
+  (no FSDP, no compile).
+
+Model TFLOP/s counts the same FLOPs for both (model/flops.py on a text-only pack). torchtitan is
+not a longshot dependency: tests/bench/pack_device_deps.sh packs it (titan.tar.xz) for the lent
+machines. When it does not import or run on the machine's torch, its row says why.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def _time(step, steps: int, warmup: int) -> tuple[float, float]:
+    """(median seconds of one fwd+bwd, peak GiB)."""
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2], torch.cuda.max_memory_allocated() / 2**30
+
+
+def longshot_step(cfg, ids: torch.Tensor):
+    from model.attention import CoreChoice
+    from model.build import BuildOptions, build_vlm, init_megatron
+
+    model = build_vlm(cfg, init_megatron(seed=1), CoreChoice(), BuildOptions(dtype=torch.bfloat16))
+    lm = model.language.train()
+    s = ids.shape[0]
+    positions = torch.arange(s, device=ids.device)[None].expand(len(cfg.lm.mrope_section), s).contiguous()
+    cu = torch.tensor([0, s], dtype=torch.int32, device=ids.device)
+    labels = torch.cat([ids[1:], ids.new_full((1,), -100)])
+
+    def step():
+        lm.zero_grad(set_to_none=True)
+        out = lm(lm.embed(ids), positions, cu, labels)
+        (out.ce_sum / out.n_labels).backward()
+    return step
+
+
+def torchtitan_step(cfg, ids: torch.Tensor, attention: str):
+    from torchtitan.models.common import CosSinRoPE, Embedding, Linear
+    from torchtitan.models.qwen3 import _EMBEDDING_INIT, _LINEAR_INIT, _build_qwen3_moe_layers, _qwen3_norm
+    from torchtitan.models.qwen3.model import Qwen3Model
+
+    lm = cfg.lm
+    config = Qwen3Model.Config(
+        vocab_size=lm.vocab, dim=lm.hidden, norm=_qwen3_norm(lm.hidden),
+        tok_embeddings=Embedding.Config(num_embeddings=lm.vocab, embedding_dim=lm.hidden, param_init=_EMBEDDING_INIT),
+        lm_head=Linear.Config(in_features=lm.hidden, out_features=lm.vocab, param_init=_LINEAR_INIT),
+        layers=_build_qwen3_moe_layers(
+            n_layers=lm.layers, dim=lm.hidden, n_heads=lm.heads, n_kv_heads=lm.kv_heads, head_dim=lm.head_dim,
+            moe_hidden_dim=lm.expert_ffn, num_experts=lm.experts, top_k=lm.topk, attn_backend=attention,
+            moe_comm_backend="standard",
+            rope=CosSinRoPE.Config(dim=lm.head_dim, max_seq_len=ids.shape[0], theta=lm.rope_theta)))
+    with torch.device("cuda"):
+        model = config.build()
+        model.init_states()
+    model = model.to(torch.bfloat16).train()
+    tokens = ids[None]
+    positions = torch.arange(ids.shape[0], device=ids.device)[None]
+    masks = model.get_attention_masks(positions)
+    labels = torch.cat([ids[1:], ids.new_full((1,), -100)])
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        logits = model(tokens, positions, masks)
+        F.cross_entropy(logits[0].float(), labels, ignore_index=-100).backward()
+    return step
+
+
+def flops(cfg, s: int) -> float:
+    from model.flops import model_flops
+
+    text_only = SimpleNamespace(
+        num_tokens=s, pixel_patches=torch.zeros(0, 1), cu_seqlens=torch.tensor([0, s]),
+        labels=torch.cat([torch.zeros(s - 1, dtype=torch.long), torch.tensor([-100])]),
+        video_grid_thw=torch.zeros(0, 3, dtype=torch.long))
+    return model_flops(cfg, text_only, "dense", None)
+
+
+def main() -> None:
+    from model.presets import preset
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--seq-len", type=int, default=32_768)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--attention", choices=["varlen", "flex"], default="varlen",
+                   help="torchtitan's attention backend (varlen: FlashAttention over documents)")
+    a = p.parse_args()
+    cfg = preset("keye-30b-a3b", layers=a.layers)
+    ids = torch.randint(0, cfg.lm.vocab, (a.seq_len,), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    work = flops(cfg, a.seq_len)
+    rows = []
+    for name, make in (("longshot", lambda: longshot_step(cfg, ids)),
+                       (f"torchtitan 0.3.0 ({a.attention})", lambda: torchtitan_step(cfg, ids, a.attention))):
+        try:
+            dt, peak = _time(make(), a.steps, a.warmup)
+            rows.append(f"| {name} | {a.layers} | {a.seq_len:,} | {dt:.3f} | {a.seq_len / dt:,.0f} | "
+                        f"{work / dt / 1e12:.0f} | {peak:.1f} |")
+        except Exception as exc:  # say why, and still print the other row
+            traceback.print_exc()
+            rows.append(f"| {name} | {a.layers} | {a.seq_len:,} | did not run: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:160] if str(exc) else ''} | | | |")
+        torch.cuda.empty_cache()
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}; keye-30b-a3b LM cut to {a.layers} "
+          f"layers, one document, fwd+bwd, bf16")
+    print("| framework | layers | tokens | fwd+bwd s | tokens/s | model TFLOP/s | peak GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
