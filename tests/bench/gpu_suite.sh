@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call (the run tool, carry [".cache/encdeps/core.tar.xz"]) that unpacks the packages
+# One device call (the run tool, carry [".cache/encdeps/core.tar.xz", ...]) that unpacks the packages
 # the lent GPU machines lack, runs the GPU test suite (tests/gpu, or the tests named in $GPU_TESTS)
 # and then, in the time the call has left, the benchmark rows given as arguments. What it prints,
 # and the GPU tests' worker logs, land in $OUT.
@@ -9,7 +9,9 @@ set -uo pipefail
 SUITE_S="${1:-420}"; shift || true
 [ "${1:-}" = "--" ] && shift
 OUT="${OUT:-/tmp/gpu_suite_out}"; mkdir -p "$OUT/logs"
-python3 -c "import glob,tarfile; [tarfile.open(f).extractall('/tmp/site', filter='tar') for f in glob.glob('.cache/encdeps/core.tar.xz') + glob.glob('.cache/hfdeps/*.tar.xz')]"
+# every archive the call carried (core, and titan/ray/hfdeps when named in carry); never
+# gpudecode.tar.xz, whose torchvision is built for this checkout's torch, not the machine's
+python3 -c "import glob,tarfile; [tarfile.open(f).extractall('/tmp/site', filter='tar') for f in glob.glob('.cache/encdeps/*.tar.xz') + glob.glob('.cache/hfdeps/*.tar.xz') if 'gpudecode' not in f]"
 export PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export GPU_TEST_LOGS="$OUT/logs" GPU_LAYOUT_TIMEOUT=$((SUITE_S - 40))
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
