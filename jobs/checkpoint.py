@@ -30,7 +30,8 @@ import torch
 import torch.distributed as dist
 
 from jobs.atomic import atomic_write_bytes, fsync_dir
-from jobs.checkpoint_manifest import DAMAGED, INTACT, UNVERIFIED, Verdict, from_rank0, verify, write_manifest
+from jobs.checkpoint_manifest import (DAMAGED, INTACT, UNVERIFIED, Verdict, check_sizes, from_rank0, verify,
+                                      write_manifest)
 from jobs.cli import BadInput
 from jobs.safe_load import load_plain, megatron_loading
 
@@ -121,11 +122,11 @@ def _in_process_write_queue() -> None:
         filesystem_async._results_queue = queue.Queue()
 
 
-def check_folder(folder: Path) -> Verdict:
-    """Collective: verify a checkpoint folder against its manifest. A folder without one is
-    `unverified` only in the layout written before manifests (train_state.pt); in today's
-    layout a missing manifest is damage."""
-    verdict = verify(folder)
+def check_folder(folder: Path, quick: bool = False) -> Verdict:
+    """Collective: verify a checkpoint folder against its manifest (`quick`: its files' sizes
+    only, one process). A folder without one is `unverified` only in the layout written before
+    manifests (train_state.pt); in today's layout a missing manifest is damage."""
+    verdict = check_sizes(folder) if quick else verify(folder)
     if verdict.state != UNVERIFIED:
         return verdict
     if (Path(folder) / LEGACY_TRAIN_STATE).exists():
@@ -203,9 +204,10 @@ class Checkpoints:
                 f"from a copy, or move {self.root} away to train from step 0")
         return None
 
-    def verdicts(self) -> list[Verdict]:
-        """Every committed checkpoint's state, oldest first (for `longshot status`)."""
-        return [check_folder(self.path(step)) for step in self.steps()]
+    def verdicts(self, quick: bool = False) -> list[Verdict]:
+        """Every committed checkpoint's state, oldest first (for `longshot status`); `quick`
+        compares file sizes instead of hashing every byte."""
+        return [check_folder(self.path(step), quick) for step in self.steps()]
 
     def save(self, step: int, sharded_state: dict, train_state: dict) -> Path:
         """Collective: every rank calls it with its sharded state; rank 0's train_state is kept

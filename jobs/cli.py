@@ -45,7 +45,7 @@ def resolve_chat_format(spec: str | None, tokenizer_path: str | None):
 def _cmd_status(args) -> int:
     from jobs.status import status_text
 
-    print(status_text(Path(args.dir)))
+    print(status_text(Path(args.dir), quick=args.quick))
     return 0
 
 
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("status", help="show the state of every job in a folder")
     p.add_argument("dir", help="an output folder of any step")
+    p.add_argument("--quick", action="store_true",
+                   help="check checkpoints by their files' sizes, not by hashing every byte")
     p.set_defaults(func=_cmd_status)
     for register in _registrars():
         register(sub)

@@ -16,7 +16,7 @@ def find_job_folders(root: Path, depth: int = 3) -> list[Path]:
             if state.is_dir()]
 
 
-def describe_folder(folder: Path) -> list[str]:
+def describe_folder(folder: Path, quick: bool = False) -> list[str]:
     lines = []
     busy = FolderLock(folder).is_held_by_other()
     holder = FolderLock(folder).holder() if busy else None
@@ -28,7 +28,7 @@ def describe_folder(folder: Path) -> list[str]:
         meta = json.loads(meta_path.read_text())
         if not (state_dir / "units.jsonl").exists() and meta["config"].get("steps") is not None:
             lines.append(_describe_training(folder, meta, busy))
-            lines.extend(_describe_checkpoints(folder))
+            lines.extend(_describe_checkpoints(folder, quick))
             continue
         units_path = state_dir / "units.jsonl"
         total = len(units_path.read_text().splitlines()) if units_path.exists() else 0
@@ -73,23 +73,24 @@ def _describe_training(folder: Path, meta: dict, busy: bool) -> str:
     return text
 
 
-def _describe_checkpoints(folder: Path) -> list[str]:
+def _describe_checkpoints(folder: Path, quick: bool = False) -> list[str]:
     """Each checkpoint verified against its checksums: intact, or damaged and which file.
-    This reads every byte of every kept checkpoint (about 1.5-4 GB/s per core for the CRC)."""
+    This reads every byte of every kept checkpoint (about 1.5-4 GB/s per core for the CRC);
+    `quick` compares the files' sizes with the manifest instead (a listing, no reads)."""
     from jobs.checkpoint import Checkpoints
 
     lines = []
-    for v in Checkpoints(folder).verdicts():
+    for v in Checkpoints(folder).verdicts(quick):
         detail = f": {v.file}: {v.reason}" if v.file else ""
         lines.append(f"    checkpoint {v.folder.name}  {v.state}{detail}")
     return lines
 
 
-def status_text(root: Path) -> str:
+def status_text(root: Path, quick: bool = False) -> str:
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such folder")
     folders = find_job_folders(root)
     if not folders:
         return f"{root}: no longshot job has run here (no .longshot folder found)"
-    return "\n".join(line for f in folders for line in describe_folder(f))
+    return "\n".join(line for f in folders for line in describe_folder(f, quick))

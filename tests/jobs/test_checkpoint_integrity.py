@@ -253,3 +253,18 @@ def test_init_from_a_run_hashes_its_checkpoint_once(straight, monkeypatch):
     weights = load_init_weights(straight, model.sharded_state_dict(), log=lambda msg: None)
     assert [p.name for p in map(type(straight), hashed)] == [NEWEST]
     model.load_state_dict(weights)
+
+
+@pytest.mark.parametrize("damage, caught", [("truncated", True), ("deleted", True), ("flipped byte", False)])
+def test_quick_status_compares_sizes_without_reading(straight, tmp_path, damage, caught):
+    """`longshot status --quick`: a listing against the manifest's sizes. It names a truncated or
+    deleted file; a flipped byte keeps the size, so only the full status (hashing) names it."""
+    folder = copy_of(straight, tmp_path)
+    DAMAGE[damage](folder / "checkpoints" / NEWEST / "__0_0.distcp")
+    quick = status_text(folder, quick=True)
+    assert f"checkpoint {PREVIOUS}  sizes match (not hashed)" in quick, quick
+    if caught:
+        assert f"checkpoint {NEWEST}  damaged: __0_0.distcp" in quick, quick
+    else:
+        assert f"checkpoint {NEWEST}  sizes match (not hashed)" in quick, quick
+    assert f"checkpoint {NEWEST}  damaged: __0_0.distcp" in status_text(folder)
