@@ -111,31 +111,29 @@ def _check(rows: list[dict], want: list[dict]) -> list[str]:
     return bad
 
 
-@pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
-@pytest.mark.skipif(GPUS >= 4, reason="4 GPUs: the 4-GPU test covers these layouts with data parallel 2")
-def test_layouts_on_two_gpus_match_one(real_pack, reference, tmp_path):
-    rows = _layout_results(real_pack, reference, tmp_path, 2, LAYOUTS_2)
+def _assert_layouts_match(real_pack, reference, tmp_path, world: int, layouts: list[str]) -> None:
+    rows = _layout_results(real_pack, reference, tmp_path, world, layouts)
     print(json.dumps({"reference": reference["steps"], "layouts": rows}, indent=1))
     problems = _check(rows, reference["steps"])
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
+@pytest.mark.skipif(GPUS >= 4, reason="4 GPUs: the 4-GPU test covers these layouts with data parallel 2")
+def test_layouts_on_two_gpus_match_one(real_pack, reference, tmp_path):
+    _assert_layouts_match(real_pack, reference, tmp_path, 2, LAYOUTS_2)
 
 
 @pytest.mark.skipif(GPUS < 4, reason="needs 4 GPUs")
 def test_layouts_on_four_gpus_match_one(real_pack, reference, tmp_path):
-    rows = _layout_results(real_pack, reference, tmp_path, 4, LAYOUTS_4)
-    print(json.dumps({"reference": reference["steps"], "layouts": rows}, indent=1))
-    problems = _check(rows, reference["steps"])
-    assert not problems, "\n".join(problems)
+    _assert_layouts_match(real_pack, reference, tmp_path, 4, LAYOUTS_4)
 
 
 @pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
 def test_deepstack_layouts_on_two_gpus_match_one(real_pack, deepstack_reference, tmp_path):
     """Qwen3-VL's DeepStack features ride the hand-off with their tokens (extra columns of the
     same rows) and are added by the LM layers of the rank that owns the positions."""
-    rows = _layout_results(real_pack, deepstack_reference, tmp_path, 2, ["cp2:balanced", "cp2:owner"])
-    print(json.dumps({"reference": deepstack_reference["steps"], "layouts": rows}, indent=1))
-    problems = _check(rows, deepstack_reference["steps"])
-    assert not problems, "\n".join(problems)
+    _assert_layouts_match(real_pack, deepstack_reference, tmp_path, 2, ["cp2:balanced", "cp2:owner"])
 
 
 def test_reference_trains(reference):
