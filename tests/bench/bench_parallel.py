@@ -1,7 +1,7 @@
 """Parallel layouts over NCCL: speed and scaling against one GPU (issue 13).
 
     PYTHONUNBUFFERED=1 python tests/bench/bench_parallel.py [--seq-len 262144] [--preset small]
-        [--layouts 1:cp1,2:cp2,2:cp2:replicated,2:ep2,4:cp2ep2] [--steps 2] [--warmup 1]
+        [--layouts 1:cp1,2:cp2,2:cp2:replicated,2:ep2,4:cp2ep2] [--steps 3] [--warmup 1]
         [--profile 2:cp2] [--out DIR]
     python tests/bench/bench_parallel.py --dry-run     # gloo processes on the CPU: runs, not speed
 
@@ -12,7 +12,8 @@ tests/gpu/layout_worker.py (cpN, epN, cpNepM, optionally :balanced|owner|replica
 the ranks beyond cp are data parallel, each replica its own pack. --preset keye-cut is the
 keye-30b-a3b shape (hidden, heads, KV heads, experts, top-k, expert width) with --layers layers.
 
-Per row: tokens/s (all GPUs, and per GPU), model TFLOP/s per GPU (model/flops.py), step time,
+Per row: tokens/s (all GPUs, and per GPU), model TFLOP/s per GPU (model/flops.py), step time
+(median of --steps, with ± half the min-max range of the timed steps as a share of it),
 peak memory, ViT load max/mean, the share of the step spent in the ViT hand-off's all-to-alls,
 and speed-up over the first row of the same --seq-len. --profile WORLD:SPEC also writes a
 torch.profiler table of one step of that row (top kernels by CUDA time) under --out.
@@ -101,6 +102,7 @@ def worker(args) -> None:
     if args.profile_step and on_gpu:
         _profile_step(trainer, packs[groups.dp_rank].to(device), Path(args.out) / f"profile_{args.tag}.txt")
     dt = sorted(times)[len(times) // 2]
+    spread = (max(times) - min(times)) / dt if len(times) > 1 else 0.0  # how noisy the median is
     tokens = batch.num_tokens * groups.layout.dp  # one pack per data-parallel replica per step
     if args.stage == "warmup":  # the backbone's forward only (dense attention); the KL not counted
         flops = model_flops(cfg, batch.host or batch, "dense", None) / 3 * groups.layout.dp
@@ -115,7 +117,7 @@ def worker(args) -> None:
     dist.all_reduce(mem, op=dist.ReduceOp.MAX)
     if dist.get_rank() == 0:
         row = {"layout": name if args.stage == "sparse" else f"{name} [{args.stage}]", "world": world, "cp": cp, "ep": ep, "dp": groups.layout.dp, "vit": vit,
-               "seq_len": args.seq_len, "preset": args.preset, "tokens_per_step": tokens, "step_time_s": dt,
+               "seq_len": args.seq_len, "preset": args.preset, "tokens_per_step": tokens, "step_time_s": dt, "step_spread": spread,
                "tokens_per_s": tokens / dt, "tokens_per_s_per_gpu": tokens / dt / world,
                "model_tflops_per_gpu": flops / dt / world / 1e12,
                "vit_max_over_mean": plan.imbalance() if plan else 1.0, "handoff_share": float(share),
@@ -171,7 +173,7 @@ def _profile_step(trainer, batch, path: Path) -> None:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| preset | seq | layout | GPUs | step s | tokens/s | tokens/s/GPU | model TFLOP/s/GPU | speed-up | "
+    lines = ["| preset | seq | layout | GPUs | step s (spread) | tokens/s | tokens/s/GPU | model TFLOP/s/GPU | speed-up | "
              "ViT max/mean | hand-off | peak GiB | host syncs/step |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     base = {}
@@ -183,7 +185,8 @@ def table(rows: list[dict]) -> str:
         key = (r["preset"], r["seq_len"])
         base.setdefault(key, r["tokens_per_s"])
         mem = f"{r['peak_mem_gib']:.1f}" if r.get("peak_mem_gib") is not None else "-"
-        lines.append(f"| {r['preset']} | {r['seq_len']:,} | {r['layout']} | {r['world']} | {r['step_time_s']:.3f} | "
+        lines.append(f"| {r['preset']} | {r['seq_len']:,} | {r['layout']} | {r['world']} | {r['step_time_s']:.3f} "
+                     f"(±{50 * r.get('step_spread', 0.0):.0f}%) | "
                      f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s_per_gpu']:,.0f} | "
                      f"{r['model_tflops_per_gpu']:.0f} | {r['tokens_per_s'] / base[key]:.2f}x | "
                      f"{r['vit_max_over_mean']:.3f} | {100 * r['handoff_share']:.1f}% | {mem} | "
@@ -217,7 +220,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=4, help="LM layers of --preset keye-cut")
     p.add_argument("--docs", type=int, default=3, help="documents (videos) per synthetic pack")
     p.add_argument("--grid", type=int, nargs=2, default=(16, 16), help="merged rows, cols of each video")
-    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3, help="timed steps (the median is reported)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--layouts", default=DEFAULT_LAYOUTS, help="WORLD:SPEC,... (see the docstring)")
     p.add_argument("--stage", choices=["sparse", "warmup", "dense"], default="sparse",
