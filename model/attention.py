@@ -220,10 +220,13 @@ class PackedSelfAttention(MegatronModule):
         return out
 
     def _indexer_backward_now(self, loss: torch.Tensor, weight: float) -> None:
+        from megatron.core.tensor_parallel.random import is_checkpointing
+
         if loss.requires_grad:
             torch.autograd.backward(loss, torch.full_like(loss, weight))
-        elif self.training and not torch.is_grad_enabled() and any(
-                p.requires_grad for p in self.indexer.parameters()):
-            # Megatron's reentrant recomputation runs layers without autograd in forward
+        elif is_checkpointing() and any(p.requires_grad for p in self.indexer.parameters()):
+            # Megatron's reentrant recomputation runs layers without autograd in forward: the
+            # indexers would silently get no gradient (a forward under no_grad elsewhere, e.g.
+            # an evaluation, wants none and passes)
             raise RuntimeError("the DSA warm-up backpropagates each layer's indexer loss during "
                                "forward; build the warm-up model without activation recomputation")
