@@ -18,6 +18,8 @@ Stages (each a plain `longshot` command, printed before it runs; logs and metric
   grow:  a one-GPU run killed after step KILL_AFTER, resumed on two GPUs (data parallel 2: the
          checkpoint resharded over more ranks).
   ray:   the `train` run's first steps again with `--launcher ray` (a local Ray on this machine).
+  jpeg:  the data stage's inputs preprocessed again with `--frame-codec jpeg`, then the `train`
+         run on them with `--jpeg-on-device` (nvJPEG on the GPUs instead of the loader workers).
 """
 from __future__ import annotations
 
@@ -75,8 +77,25 @@ def stage_data(w: Path, out: Path) -> None:
     sh(longshot("pack", str(w / "data"), "--seq-len", str(SEQ)), out / "pack.log")
 
 
-def train_args(w: Path, run: Path, steps: int, *extra: str) -> list[str]:
-    return ["train", "--run", str(run), "--data", str(w / "data"), "--packs", str(w / "data" / "packs"),
+def stage_jpeg(w: Path, out: Path, steps: int) -> None:
+    """The same inputs stored as JPEG q93 frames, then trained with the frames decoded on the
+    GPUs (nvJPEG) instead of in the loader workers: bytes on disk and tokens/s against zstd."""
+    made = w / "inputs"
+    sh(longshot("preprocess", "--manifest", str(made / "videos" / "manifest.jsonl"), "--tokenizer",
+                str(made / "tokenizer.json"), "--out", str(w / "data_jpeg"), "--executor", "ray",
+                "--workers", str(max(2, (os.cpu_count() or 4) - 4)), "--frame-codec", "jpeg"),
+       out / "preprocess_jpeg.log", check=False)
+    sh(longshot("pack", str(w / "data_jpeg"), "--seq-len", str(SEQ)), out / "pack_jpeg.log")
+    sh(longshot("stats", str(w / "data_jpeg")), out / "stats_jpeg.log", check=False)
+    run = w / "run_jpeg"
+    args = train_args(w, run, steps, *SMALL, data=w / "data_jpeg")
+    sh(longshot(*args, "--nproc", "2", "--jpeg-on-device"), out / "train_jpeg_on_device.log", env_for(2))
+    shutil.copy(run / "metrics.jsonl", out / "metrics_jpeg_on_device.jsonl")
+
+
+def train_args(w: Path, run: Path, steps: int, *extra: str, data: Path | None = None) -> list[str]:
+    data = data or w / "data"
+    return ["train", "--run", str(run), "--data", str(data), "--packs", str(data / "packs"),
             "--tokenizer", str(w / "inputs" / "tokenizer.json"), "--steps", str(steps),
             "--attention", "dsa", "--dsa-granularity", "block", "--recompute", "--lr", "1e-4",
             "--lr-warmup-steps", "2", "--save-every", "2", "--workers", "4", *extra]
@@ -204,6 +223,8 @@ def run_stage(name: str, w: Path, out: Path, args) -> None:
     elif name == "keye":
         stage_keye(w, out, 4, args.keye_layers)
         shutil.copy(w / "run_keye" / "metrics.jsonl", out / "metrics_keye.jsonl")
+    elif name == "jpeg":
+        stage_jpeg(w, out, args.steps)
     elif name == "grow":
         stage_grow(w, out, args.steps)
     elif name == "ray":
