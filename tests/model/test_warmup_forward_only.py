@@ -20,10 +20,10 @@ DOCS = ((60, (2, 4, 4)), (40, None), (30, (1, 3, 2)))  # long enough that top-16
 CFG = preset("tiny").with_overrides(attention="dsa")
 
 
-def _warmup_model(pg, local: bool, state=None, recompute: bool = False):
+def _warmup_model(pg, local: bool, state=None, recompute: bool = False, backend: str = "reference"):
     core = CoreChoice()
     configure_core(core, "warmup", CFG.lm.dsa, on_gpu=False)
-    core.local_indexer_grads = local
+    core.local_indexer_grads, core.backend = local, backend
     torch.manual_seed(7)
     model = build_vlm(CFG, pg, core, opts=BuildOptions(dtype=torch.float32, recompute=recompute))
     if state is not None:
@@ -33,16 +33,17 @@ def _warmup_model(pg, local: bool, state=None, recompute: bool = False):
     return model
 
 
-def test_layer_by_layer_indexer_gradients_equal_the_injected_ones():
+@pytest.mark.parametrize("backend", ["reference", "triton"])  # triton: the kernels, interpreted on a CPU
+def test_layer_by_layer_indexer_gradients_equal_the_injected_ones(backend):
     pg = init_megatron(seed=3)
     batch = make_batch(CFG.lm.vocab, CFG.vision_token_id, seed=4, docs=DOCS).to(compute_device())
-    injected = _warmup_model(pg, local=False)
+    injected = _warmup_model(pg, local=False, backend=backend)
     out = injected(batch)
     assert out.ce.requires_grad  # this path needs the whole backward to reach the injections
     out.objective("warmup").backward()
     want = {n: p.grad.clone() for n, p in injected.named_parameters() if p.grad is not None}
 
-    local = _warmup_model(pg, local=True, state=injected.state_dict())
+    local = _warmup_model(pg, local=True, state=injected.state_dict(), backend=backend)
     out_local = local(batch)
     assert not out_local.ce.requires_grad, "the warm-up's backbone kept a graph"
     got = {n: p.grad.clone() for n, p in local.named_parameters() if p.grad is not None}
