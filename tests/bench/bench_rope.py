@@ -61,6 +61,17 @@ def main() -> None:
     # a step: forward, recomputed forward (one more forward) and backward of every layer
     per_step = lambda ms: ms * lm.layers * 1.5 / 1e3  # noqa: E731  (fwd+bwd measured; + one forward ~ half)
     print(f"| all, per layer | | {tot_ref:.2f} | {tot_ker:.2f} | {tot_ref / tot_ker:.1f}x | |")
+    # rows per program (model/rope_kernel.py BLOCK_T): q, the largest tensor, at each
+    import model.rope_kernel as rk
+
+    default, sweep = rk.BLOCK_T, []
+    x = torch.randn(t, lm.heads, d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    grad = torch.randn_like(x)
+    for rows in (8, 16, 32, 64):
+        rk.BLOCK_T = rows
+        sweep.append(f"{rows}: {_time(lambda: torch.autograd.grad(rotary_kernel(x, cos, sin), x, grad)):.2f} ms")
+    rk.BLOCK_T = default
+    print(f"\nq fwd+bwd by rows per program (default {default}): " + ", ".join(sweep))
     print(f"\nper training step ({lm.layers} layers, recomputation): PyTorch ~{per_step(tot_ref):.2f} s, "
           f"Triton ~{per_step(tot_ker):.2f} s")
 
