@@ -114,12 +114,17 @@ class VLM(MegatronModule):
         if self.deepstack_injection is not None:
             rows = (batch.input_ids == self.cfg.vision_token_id).nonzero()[:, 0]
             self.deepstack_injection.set(rows if deep else None, deep)
+        return self.finish_lm_input(embeds)
+
+    def finish_lm_input(self, embeds: torch.Tensor) -> torch.Tensor:
+        """The LM input as its backward needs it (here and under a parallel plan): DeepStack's
+        feature gradients joined to it, and a graph even when everything below the LM is frozen,
+        because Megatron's reentrant activation recomputation only builds a backward when its
+        input requires grad and the LM's own parameters (and the indexers' injected gradients)
+        need that backward. Not in the DSA warm-up: there the backbone needs no backward."""
+        if self.deepstack_injection is not None:
             embeds = self.deepstack_injection.join(embeds)
         if torch.is_grad_enabled() and not embeds.requires_grad and not self.core.local_indexer_grads:
-            # Everything below the LM is frozen: Megatron's reentrant activation recomputation
-            # only builds a backward when its input requires grad, and the LM's own parameters
-            # (and the indexers' injected gradients) need that backward. Not in the DSA warm-up:
-            # there the backbone needs no backward at all.
             embeds = embeds.detach().requires_grad_(True)
         return embeds
 

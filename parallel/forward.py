@@ -62,10 +62,7 @@ class ParallelForward:
             plan = plan_vision(batch, lp, model.cfg.vision_token_id, model.cfg.vision, self.vit_mode)
             self.last_vision_plan = plan
             embeds = place_vision(model, batch, lp, embeds, plan, group, self.handoff_events)
-        if model.deepstack_injection is not None:
-            embeds = model.deepstack_injection.join(embeds)
-        if torch.is_grad_enabled() and not embeds.requires_grad and not model.core.local_indexer_grads:  # see VLM._lm_input
-            embeds = embeds.detach().requires_grad_(True)
+        embeds = model.finish_lm_input(embeds)
         # Stays set after forward: recomputation in backward runs the attention again.
         model.core.plans = {}  # a new pack: new DSA plans
         model.core.rows = QueryRows(
