@@ -61,14 +61,15 @@ def _dtype(choice: str, source: dict) -> torch.dtype:
 
 
 def export_hf(run_dir: Path, out: Path, *, dtype: str = "source", force: bool = False) -> int:
+    from jobs.checkpoint import Checkpoints
     from jobs.steps.train_loop import load_init_weights
     from model.build import BuildOptions, build_vlm, init_megatron
     from model.hf_config import export_config, family
     from model.hf_names import check_coverage, rules_for
 
     cfg, source = run_model(run_dir)
-    if not (run_dir / "checkpoints" / "latest").exists() and not (run_dir / "metadata.json").is_file():
-        raise BadInput(f"{run_dir}: no checkpoint to export (no checkpoints/latest)")
+    if not Checkpoints(run_dir).steps() and not (run_dir / "metadata.json").is_file():
+        raise BadInput(f"{run_dir}: no checkpoint to export (nothing in {run_dir / 'checkpoints'})")
     if out.exists():
         if not force:
             raise BadInput(f"{out} exists: choose another --out or pass --force to replace it")
