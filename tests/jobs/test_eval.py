@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from itertools import pairwise
 
 import numpy as np
@@ -18,6 +16,7 @@ import pytest
 from PIL import Image
 
 from jobs.cli import main as longshot
+from tests.jobs.helpers import kill_when
 from pipeline.sample_videos import sample_clips
 from pipeline.text import train_tokenizer
 
@@ -104,16 +103,7 @@ def done_units(out):
 
 def test_killed_then_rerun_gives_the_uninterrupted_results(setup, tmp_path):
     cmd = [sys.executable, "-m", "jobs.cli", *eval_args(setup, tmp_path / "killed", "--arms", "dense,block")]
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while done_units(tmp_path / "killed") < 3:
-            assert proc.poll() is None, "the evaluation ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_when(cmd, ENV, lambda: done_units(tmp_path / "killed") >= 3, timeout=120)
     assert not (tmp_path / "killed" / "results.parquet").exists()
     seed = json.loads((tmp_path / "killed" / ".longshot" / "eval" / "job.json").read_text())["config"]["seed"]
     res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300, check=False)

@@ -5,12 +5,11 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 from jobs.steps.train_metrics import read_metrics
+from tests.jobs.helpers import kill_when
 
 STEPS = 8
 # DSA with a 3-step indexer warm-up: the kill may land in either stage, or across the switch.
@@ -45,17 +44,8 @@ def test_sigkill_then_resume_gives_identical_losses(tmp_path):
 
     killed = tmp_path / "killed"
     kill_after = random.Random().randint(3, 6)  # a random step: metrics of a later step exist
-    proc = subprocess.Popen(longshot("train", "--run", str(killed), *ARGS), env=ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 240
-        while len(read_metrics(killed)) < kill_after:
-            assert proc.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
+    kill_when(longshot("train", "--run", str(killed), *ARGS), ENV,
+              lambda: len(read_metrics(killed)) >= kill_after, timeout=240)
     latest = int((killed / "checkpoints" / "latest").read_text())
     assert latest < STEPS
     out = run("resume", str(killed))
