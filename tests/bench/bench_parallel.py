@@ -2,7 +2,7 @@
 
     PYTHONUNBUFFERED=1 python tests/bench/bench_parallel.py [--seq-len 262144] [--preset small]
         [--layouts 1:cp1,2:cp2,2:cp2:replicated,2:ep2,4:cp2ep2] [--steps 3] [--warmup 1]
-        [--profile 2:cp2] [--out DIR]
+        [--profile 2:cp2] [--stage sparse|warmup|dense] [--experts grouped|loop] [--no-recompute] [--out DIR]
     python tests/bench/bench_parallel.py --dry-run     # gloo processes on the CPU: runs, not speed
 
 Every row is its own torchrun of WORLD ranks (the one-GPU reference too: nothing stays on a GPU
@@ -55,6 +55,7 @@ def worker(args) -> None:
     from model.attention import CoreChoice
     from model.build import BuildOptions, build_vlm
     from model.flops import model_flops
+    from model.grouped_experts import GroupedExperts
     from model.training import OptimSettings, Trainer, configure_core
     from parallel.forward import ParallelForward
     from parallel.groups import init_layout
@@ -68,8 +69,10 @@ def worker(args) -> None:
     groups = init_layout(Layout.for_world(world, cp, ep), seed=1234)
     core = CoreChoice()
     configure_core(core, args.stage, cfg.lm.dsa, on_gpu)
+    GroupedExperts.use_grouped = args.experts == "grouped"
     dtype = torch.bfloat16 if on_gpu else torch.float32
-    recompute = on_gpu and args.stage != "warmup"  # the warm-up keeps no activations (model/attention.py)
+    # the warm-up keeps no activations (model/attention.py)
+    recompute = on_gpu and args.stage != "warmup" and args.recompute
     model = build_vlm(cfg, groups.lm, core, BuildOptions(dtype=dtype, recompute=recompute, expert_parallel=ep),
                       vit_pg_collection=groups.vit)
     if cp > 1:
@@ -116,7 +119,9 @@ def worker(args) -> None:
     dist.all_reduce(share, op=dist.ReduceOp.MAX)
     dist.all_reduce(mem, op=dist.ReduceOp.MAX)
     if dist.get_rank() == 0:
-        row = {"layout": name if args.stage == "sparse" else f"{name} [{args.stage}]", "world": world, "cp": cp, "ep": ep, "dp": groups.layout.dp, "vit": vit,
+        tags = [t for t in (args.stage != "sparse" and args.stage, args.experts == "loop" and "experts loop",
+                            not recompute and args.stage != "warmup" and "no recompute") if t]
+        row = {"layout": name + (f" [{', '.join(tags)}]" if tags else ""), "world": world, "cp": cp, "ep": ep, "dp": groups.layout.dp, "vit": vit,
                "seq_len": args.seq_len, "preset": args.preset, "tokens_per_step": tokens, "step_time_s": dt, "step_spread": spread,
                "tokens_per_s": tokens / dt, "tokens_per_s_per_gpu": tokens / dt / world,
                "model_tflops_per_gpu": flops / dt / world / 1e12,
@@ -203,7 +208,9 @@ def run_row(args, world: int, spec: str, tag: str) -> dict:
            str(Path(__file__).resolve()), "--worker", "--spec", spec, "--row-out", str(row_out), "--tag", tag,
            "--seq-len", str(args.seq_len), "--docs", str(args.docs), "--grid", *map(str, args.grid),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--preset", args.preset,
-           "--layers", str(args.layers), "--stage", args.stage, "--out", args.out] + (["--profile-step"] if tag in args.profile_tags else [])
+           "--layers", str(args.layers), "--stage", args.stage, "--experts", args.experts, "--out", args.out]
+    cmd += ["--profile-step"] if tag in args.profile_tags else []
+    cmd += [] if args.recompute else ["--no-recompute"]
     env = {**os.environ, "OMP_NUM_THREADS": "1" if args.dry_run else "4", "NCCL_NVLS_ENABLE": "0",
            "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -226,6 +233,10 @@ def main() -> None:
     p.add_argument("--stage", choices=["sparse", "warmup", "dense"], default="sparse",
                    help="DSA sparse training, the indexer warm-up (forward only; TFLOP/s counts the "
                    "dense forward), or dense attention")
+    p.add_argument("--experts", choices=["grouped", "loop"], default="grouped",
+                   help="MoE experts as grouped GEMMs, or Megatron's SequentialMLP loop (the before of issue 15)")
+    p.add_argument("--no-recompute", dest="recompute", action="store_false",
+                   help="keep activations (default: recompute every layer in the backward)")
     p.add_argument("--profile", default="", help="WORLD:SPEC rows to profile one more step of")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--out", default=str(ROOT / "tests" / "bench" / "out" / "parallel"))

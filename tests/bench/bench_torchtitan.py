@@ -1,7 +1,7 @@
 """The same MoE LM in longshot and in torchtitan, side by side on one GPU (issue 15).
 
     python tests/bench/bench_torchtitan.py [--layers 4] [--seq-len 32768] [--steps 3] [--warmup 2]
-        [--attention varlen|flex]
+        [--attention varlen|flex] [--skip-layer]
 
 The shape is keye-30b-a3b's LM, which is Qwen3-30B-A3B's (hidden 2048, 32 query / 4 KV heads of
 128, 128 experts of width 768, top-8, vocab 151,936), cut to --layers layers; no ViT, one document
@@ -14,6 +14,14 @@ optimizers differ, the model code is what is compared):
 - torchtitan 0.3.0: its Qwen3 MoE decoder built from the 30B-A3B layer config (varlen
   FlashAttention or FlexAttention, its grouped-mm experts and local token dispatcher), unwrapped
   (no FSDP, no compile).
+
+- longshot with its experts as Megatron's SequentialMLP loop (`GroupedExperts.use_grouped = False`):
+  the "before" of issue 15, same weights and code otherwise.
+
+A second table times the MoE layer alone at the same shape (Megatron's MoELayer: router, token
+dispatcher, experts; --seq-len tokens, fwd+bwd), grouped GEMM against the loop. Its TFLOP/s count
+the router and the top-k expert matmuls (6 x tokens x (hidden x experts + top-k x 3 x hidden x
+expert width)).
 
 Model TFLOP/s counts the same FLOPs for both (model/flops.py on a text-only pack). torchtitan is
 not a longshot dependency: tests/bench/pack_device_deps.sh packs it (titan.tar.xz) for the lent
@@ -49,9 +57,17 @@ def _time(step, steps: int, warmup: int) -> tuple[float, float]:
     return sorted(times)[len(times) // 2], torch.cuda.max_memory_allocated() / 2**30
 
 
-def longshot_step(cfg, ids: torch.Tensor):
+def _experts_as(grouped: bool) -> None:
+    from model.grouped_experts import GroupedExperts
+
+    GroupedExperts.use_grouped = grouped
+
+
+def longshot_step(cfg, ids: torch.Tensor, grouped: bool = True):
     from model.attention import CoreChoice
     from model.build import BuildOptions, build_vlm, init_megatron
+
+    _experts_as(grouped)
 
     model = build_vlm(cfg, init_megatron(seed=1), CoreChoice(), BuildOptions(dtype=torch.bfloat16))
     lm = model.language.train()
@@ -98,6 +114,35 @@ def torchtitan_step(cfg, ids: torch.Tensor, attention: str):
     return step
 
 
+def moe_layer_step(cfg, tokens: int, grouped: bool):
+    """fwd+bwd of one Megatron MoELayer at the LM's shape (what issue 15 asks to see alone)."""
+    from megatron.core.process_groups_config import ProcessGroupCollection
+
+    from model.build import init_megatron
+    from model.layer_specs import moe_spec
+    from model.megatron_configs import lm_transformer_config
+
+    init_megatron(seed=1)
+    _experts_as(grouped)
+    tcfg = lm_transformer_config(cfg.lm, dtype=torch.bfloat16, init_std=0.02, cpu_init=False)
+    layer = moe_spec(cfg.lm.experts)(tcfg, layer_number=1,
+                                     pg_collection=ProcessGroupCollection.use_mpu_process_groups()).cuda()
+    x0 = torch.randn(tokens, 1, cfg.lm.hidden, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn_like(x0)
+
+    def step():
+        layer.zero_grad(set_to_none=True)
+        x = x0.detach().requires_grad_(True)
+        y, _ = layer(x)
+        y.backward(dy)
+    return step
+
+
+def moe_layer_flops(cfg, tokens: int) -> float:
+    lm = cfg.lm
+    return 6.0 * tokens * (lm.hidden * lm.experts + lm.topk * 3 * lm.hidden * lm.expert_ffn)
+
+
 def flops(cfg, s: int) -> float:
     from model.flops import model_flops
 
@@ -116,6 +161,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=32_768)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--skip-layer", action="store_true", help="skip the MoE-layer-alone table")
     p.add_argument("--attention", choices=["varlen", "flex"], default="varlen",
                    help="torchtitan's attention backend (varlen: FlashAttention over documents)")
     a = p.parse_args()
@@ -124,6 +170,7 @@ def main() -> None:
     work = flops(cfg, a.seq_len)
     rows = []
     for name, make in (("longshot", lambda: longshot_step(cfg, ids)),
+                       ("longshot, experts as a loop (before)", lambda: longshot_step(cfg, ids, grouped=False)),
                        (f"torchtitan 0.3.0 ({a.attention})", lambda: torchtitan_step(cfg, ids, a.attention))):
         try:
             dt, peak = _time(make(), a.steps, a.warmup)
@@ -139,6 +186,27 @@ def main() -> None:
     print("| framework | layers | tokens | fwd+bwd s | tokens/s | model TFLOP/s | peak GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     print("\n".join(rows))
+    if not a.skip_layer:
+        layer_table(cfg, a)
+
+
+def layer_table(cfg, a) -> None:
+    work, rows = moe_layer_flops(cfg, a.seq_len), []
+    for name, grouped in (("grouped GEMM", True), ("SequentialMLP loop", False)):
+        try:
+            dt, peak = _time(moe_layer_step(cfg, a.seq_len, grouped), a.steps, a.warmup)
+            rows.append(f"| {name} | {a.seq_len:,} | {dt * 1e3:.2f} | {work / dt / 1e12:.0f} | {peak:.1f} |")
+        except Exception as exc:  # say why, and still print the other row
+            traceback.print_exc()
+            rows.append(f"| {name} | {a.seq_len:,} | did not run: {type(exc).__name__} | | |")
+        torch.cuda.empty_cache()
+    lm = cfg.lm
+    print(f"\nMoE layer alone ({lm.experts} experts, top-{lm.topk}, hidden {lm.hidden}, expert width "
+          f"{lm.expert_ffn}), fwd+bwd")
+    print("| experts | tokens | fwd+bwd ms | TFLOP/s | peak GiB |")
+    print("| --- | --- | --- | --- | --- |")
+    print("\n".join(rows))
+    _experts_as(True)
 
 
 if __name__ == "__main__":
