@@ -11,7 +11,8 @@ optimizers differ, the model code is what is compared):
 
 - longshot: model/lm.py's Megatron-core TransformerBlock, our packed attention (torch SDPA),
   Megatron's router and token dispatcher, model/grouped_experts.py;
-- torchtitan 0.3.0: its Qwen3 MoE decoder built from the 30B-A3B layer config (varlen
+- torchtitan (0.3's config API, or 0.2's model args; 0.2.2 is the release that runs on torch
+  2.11): its Qwen3 MoE decoder built from the 30B-A3B layer config (varlen
   FlashAttention or FlexAttention, its grouped-mm experts and local token dispatcher), unwrapped
   (no FSDP, no compile).
 
@@ -83,7 +84,20 @@ def longshot_step(cfg, ids: torch.Tensor, grouped: bool = True):
     return step
 
 
+def torchtitan_version() -> str:
+    from importlib.metadata import version
+
+    return version("torchtitan")
+
+
 def torchtitan_step(cfg, ids: torch.Tensor, attention: str):
+    """torchtitan's Qwen3 MoE model at our LM's shape: 0.3's config API, else 0.2's model args."""
+    if torchtitan_version().startswith("0.2."):
+        return _torchtitan_02_step(cfg, ids, attention)
+    return _torchtitan_03_step(cfg, ids, attention)
+
+
+def _torchtitan_03_step(cfg, ids: torch.Tensor, attention: str):
     from torchtitan.models.common import CosSinRoPE, Embedding, Linear
     from torchtitan.models.qwen3 import _EMBEDDING_INIT, _LINEAR_INIT, _build_qwen3_moe_layers, _qwen3_norm
     from torchtitan.models.qwen3.model import Qwen3Model
@@ -110,6 +124,59 @@ def torchtitan_step(cfg, ids: torch.Tensor, attention: str):
     def step():
         model.zero_grad(set_to_none=True)
         logits = model(tokens, positions, masks)
+        F.cross_entropy(logits[0].float(), labels, ignore_index=-100).backward()
+    return step
+
+
+def _import_torchtitan_02_model():
+    """torchtitan 0.2's Qwen3 model modules without its trainer: the package's __init__ and its
+    train-spec protocol import the Hugging Face `datasets` stack and TensorBoard (data loading and
+    logging, which this bench never runs and the GPU image lacks). Where those are missing, empty
+    stand-ins that raise if anything in them is called take their place."""
+    import importlib.util
+    import types
+
+    def unavailable(*_a, **_k):
+        raise RuntimeError("not installed: bench_torchtitan runs no data loading or logging")
+
+    def stand_in(name: str, **attrs) -> None:
+        module = types.ModuleType(name)
+        module.__dict__.update(attrs)
+        sys.modules.setdefault(name, module)
+
+    if importlib.util.find_spec("datasets") is None:
+        stand_in("datasets", Dataset=type("Dataset", (), {}), load_dataset=unavailable)
+        stand_in("datasets.distributed", split_dataset_by_node=unavailable)
+    if importlib.util.find_spec("tensorboard") is None:
+        stand_in("torch.utils.tensorboard", SummaryWriter=unavailable)
+    from torchtitan.models.moe import MoEArgs
+    from torchtitan.models.qwen3.model.args import Qwen3ModelArgs
+    from torchtitan.models.qwen3.model.model import Qwen3Model
+    return MoEArgs, Qwen3ModelArgs, Qwen3Model
+
+
+def _torchtitan_02_step(cfg, ids: torch.Tensor, attention: str):
+    MoEArgs, Qwen3ModelArgs, Qwen3Model = _import_torchtitan_02_model()
+    lm = cfg.lm
+    # the 30B-A3B entry of torchtitan 0.2's qwen3 configs, at our --layers and --seq-len
+    args = Qwen3ModelArgs(
+        vocab_size=lm.vocab, max_seq_len=ids.shape[0], head_dim=lm.head_dim, dim=lm.hidden, n_layers=lm.layers,
+        n_heads=lm.heads, n_kv_heads=lm.kv_heads, qk_norm=True, rope_theta=lm.rope_theta, moe_enabled=True,
+        moe_inter_dim=lm.expert_ffn, attn_type=attention, attn_mask_type="block_causal",
+        moe_args=MoEArgs(num_experts=lm.experts, num_shared_experts=0, top_k=lm.topk, score_func="softmax",
+                         route_norm=True, route_scale=1.0, score_before_experts=False))
+    with torch.device("cuda"):
+        model = Qwen3Model(args)
+        model.init_weights(buffer_device=torch.device("cuda"))
+    model = model.to(torch.bfloat16).train()
+    tokens = ids[None]
+    # one document: no token equals the end-of-document id
+    masks = model.get_attention_masks(tokens, SimpleNamespace(eos_id=-1))
+    labels = torch.cat([ids[1:], ids.new_full((1,), -100)])
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        logits = model(tokens, masks)
         F.cross_entropy(logits[0].float(), labels, ignore_index=-100).backward()
     return step
 
@@ -143,6 +210,13 @@ def moe_layer_flops(cfg, tokens: int) -> float:
     return 6.0 * tokens * (lm.hidden * lm.experts + lm.topk * 3 * lm.hidden * lm.expert_ffn)
 
 
+def _titan_label() -> str:
+    try:
+        return torchtitan_version()
+    except Exception:  # noqa: BLE001 - not installed: the row says why when it runs
+        return "(not installed)"
+
+
 def flops(cfg, s: int) -> float:
     from model.flops import model_flops
 
@@ -171,7 +245,7 @@ def main() -> None:
     rows = []
     for name, make in (("longshot", lambda: longshot_step(cfg, ids)),
                        ("longshot, experts as a loop (before)", lambda: longshot_step(cfg, ids, grouped=False)),
-                       (f"torchtitan 0.3.0 ({a.attention})", lambda: torchtitan_step(cfg, ids, a.attention))):
+                       (f"torchtitan {_titan_label()} ({a.attention})", lambda: torchtitan_step(cfg, ids, a.attention))):
         try:
             dt, peak = _time(make(), a.steps, a.warmup)
             rows.append(f"| {name} | {a.layers} | {a.seq_len:,} | {dt:.3f} | {a.seq_len / dt:,.0f} | "

@@ -60,14 +60,18 @@ pack ray ray ray-*.dist-info \
 if [ -d torchvision ]; then pack gpudecode torchvision torchvision-*.dist-info torchvision.libs; fi
 # torchtitan for the side-by-side of tests/bench/bench_torchtitan.py (issue 15): not a longshot
 # dependency, so its wheels (and the few it imports that the machine lacks) come from the package
-# index, unpacked without their other dependencies (datasets, wandb: the model code needs none).
+# index, unpacked without their other dependencies (datasets, wandb, tensorboard: the model code
+# needs none). TITAN_VERSION picks the release: 0.3.0 needs a newer torch than the lent machines'
+# 2.11 (its FSDP imports fail there), 0.2.2 runs on it.
 if [ "${TITAN:-1}" = 1 ]; then
     wheels="$(mktemp -d)"
-    if "$ROOT/.venv/bin/python" -m pip download -q --no-deps -d "$wheels" torchtitan==0.3.0 spmd_types==0.2.3 \
-            tyro docstring_parser einops torch_checkpointing 2>/dev/null; then
+    if "$ROOT/.venv/bin/python" -m pip download -q --no-deps -d "$wheels" "torchtitan==${TITAN_VERSION:-0.2.2}" \
+            spmd_types==0.2.3 torchdata tyro docstring_parser typeguard shtab einops torch_checkpointing 2>/dev/null; then
         mkdir -p "$wheels/site" && for w in "$wheels"/*.whl; do
             "$ROOT/.venv/bin/python" -m zipfile -e "$w" "$wheels/site"; done
-        (cd "$wheels/site" && pack titan torchtitan spmd_types tyro docstring_parser einops torch_checkpointing)
+        # shellcheck disable=SC2211  # the glob names the one dist-info folder (importlib.metadata reads it)
+        (cd "$wheels/site" && pack titan torchtitan torchtitan-*.dist-info spmd_types torchdata tyro \
+            docstring_parser typeguard shtab einops torch_checkpointing)
     else
         echo "torchtitan wheels not found on the package index: titan.tar.xz not written" >&2
     fi
