@@ -166,15 +166,12 @@ def _count_syncs(trainer, batch, path: Path | None = None) -> int:
 
 
 def _profile_step(trainer, batch, path: Path) -> None:
-    from torch.profiler import ProfilerActivity, profile
+    from tests.bench.profiling import profile_table
 
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        trainer.step(batch)
-        torch.cuda.synchronize()
+    text = profile_table(lambda: trainer.step(batch))
     if int(os.environ.get("RANK", "0")) == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40))
+        path.write_text(text)
 
 
 def table(rows: list[dict]) -> str:

@@ -165,7 +165,7 @@ def _torchtitan_02_step(cfg, ids: torch.Tensor, attention: str):
         moe_inter_dim=lm.expert_ffn, attn_type=attention, attn_mask_type="block_causal",
         moe_args=MoEArgs(num_experts=lm.experts, num_shared_experts=0, top_k=lm.topk, score_func="softmax",
                          route_norm=True, route_scale=1.0, score_before_experts=False))
-    with torch.device("cuda"):
+    with torch.device("cuda"), torch.no_grad():  # as its trainer does: initialisation is not autograd work
         model = Qwen3Model(args)
         model.init_weights(buffer_device=torch.device("cuda"))
     model = model.to(torch.bfloat16).train()
@@ -236,6 +236,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--skip-layer", action="store_true", help="skip the MoE-layer-alone table")
+    p.add_argument("--profile", default="", help="write the top kernels of one more longshot step to this file")
     p.add_argument("--attention", choices=["varlen", "flex"], default="varlen",
                    help="torchtitan's attention backend (varlen: FlashAttention over documents)")
     a = p.parse_args()
@@ -247,7 +248,12 @@ def main() -> None:
                        ("longshot, experts as a loop (before)", lambda: longshot_step(cfg, ids, grouped=False)),
                        (f"torchtitan {_titan_label()} ({a.attention})", lambda: torchtitan_step(cfg, ids, a.attention))):
         try:
-            dt, peak = _time(make(), a.steps, a.warmup)
+            step = make()
+            dt, peak = _time(step, a.steps, a.warmup)
+            if a.profile and name == "longshot":
+                from tests.bench.profiling import profile_table
+
+                Path(a.profile).write_text(profile_table(step))
             rows.append(f"| {name} | {a.layers} | {a.seq_len:,} | {dt:.3f} | {a.seq_len / dt:,.0f} | "
                         f"{work / dt / 1e12:.0f} | {peak:.1f} |")
         except Exception as exc:  # say why, and still print the other row

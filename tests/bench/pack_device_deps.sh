@@ -69,9 +69,10 @@ if [ "${TITAN:-1}" = 1 ]; then
             spmd_types==0.2.3 torchdata tyro docstring_parser typeguard shtab einops torch_checkpointing 2>/dev/null; then
         mkdir -p "$wheels/site" && for w in "$wheels"/*.whl; do
             "$ROOT/.venv/bin/python" -m zipfile -e "$w" "$wheels/site"; done
-        # shellcheck disable=SC2211  # the glob names the one dist-info folder (importlib.metadata reads it)
-        (cd "$wheels/site" && pack titan torchtitan torchtitan-*.dist-info spmd_types torchdata tyro \
-            docstring_parser typeguard shtab einops torch_checkpointing)
+        # every wheel's dist-info too: importlib.metadata must find what it can import (pytest's
+        # jaxtyping plugin on the machine asks typeguard's version once typeguard is importable)
+        (cd "$wheels/site" && pack titan torchtitan spmd_types torchdata tyro docstring_parser typeguard \
+            shtab einops torch_checkpointing ./*.dist-info)
     else
         echo "torchtitan wheels not found on the package index: titan.tar.xz not written" >&2
     fi
