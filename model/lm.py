@@ -25,6 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.attention import CoreChoice
 from model.config import LMConfig
+from model.cross_entropy import cross_entropy
 from model.layer_specs import lm_block_spec
 from model.packing_params import packed_params
 from model.rope import block_rotary, multi_axis_cos_sin
@@ -80,6 +81,8 @@ class MoELanguageModel(MegatronModule):
 
     def _head_ce(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits, _ = self.output_layer(rows)
+        if self.tp_group is None or self.tp_group.size() == 1:  # the whole vocabulary is here
+            return cross_entropy(logits, targets).sum()
         return tensor_parallel.vocab_parallel_cross_entropy(
             logits.float(), targets[:, None], tp_group=self.tp_group).sum()
 

@@ -4,9 +4,12 @@ Megatron-core's local attention neither takes packed sequences nor avoids the fu
 matrix, so longshot runs its own: the LM's dense core (causal within each document) and the
 ViT's attention (bidirectional within each frame group). Consecutive segments of equal length
 (the frame groups of one video, equal-length documents) go to the kernel as one batch; a
-segment longer than `chunk` queries is cut into query chunks that each see their causal key
-prefix, bounding memory at O(chunk x segment) per head. torch's SDPA picks the flash or memory-
-efficient kernel on a GPU and the math kernel on the CPU; GQA is passed through, not expanded.
+segment longer than `chunk` queries is cut, on the CPU, into query chunks that each see their
+causal key prefix, bounding the math kernel's memory at O(chunk x segment) per head. On a GPU a
+segment goes whole to torch's SDPA (flash / cuDNN, O(segment) memory at any length): there a
+chunk's causal prefix needs an explicit mask, which the fused kernels cannot skip, so chunks cost
+a quarter more attention work and several times the backward time (issue 15's profile: the
+backward at 3.1x the forward at 32K). GQA is passed through, not expanded.
 """
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     outs = []
     for start, length, count in _runs_of_equal_length(cu):
         end = start + length * count
-        if length <= chunk:
+        if length <= chunk or q.is_cuda:
             shape = (count, length)
             outs.append(_sdpa(q[start:end].unflatten(0, shape), k[start:end].unflatten(0, shape),
                               v[start:end].unflatten(0, shape), scale, causal).flatten(0, 1))

@@ -31,6 +31,7 @@ machines. When it does not import or run on the machine's torch, its row says wh
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 import traceback
@@ -38,7 +39,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
@@ -123,9 +123,17 @@ def _torchtitan_03_step(cfg, ids: torch.Tensor, attention: str):
 
     def step():
         model.zero_grad(set_to_none=True)
-        logits = model(tokens, positions, masks)
-        F.cross_entropy(logits[0].float(), labels, ignore_index=-100).backward()
+        _loss(model(tokens, positions, masks)[0], labels).backward()
     return step
+
+
+def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """torchtitan's full [S, vocab] logits through longshot's loss kernel (model/cross_entropy.py):
+    the loss kernel is then not what the rows compare, and its trainer's float32 copy of 32K x 152K
+    logits (20 GB, and as much again for its gradient) would not fit beside the model on one GPU."""
+    from model.cross_entropy import cross_entropy
+
+    return cross_entropy(logits, labels).sum() / int((labels != -100).sum())
 
 
 def _import_torchtitan_02_model():
@@ -176,8 +184,7 @@ def _torchtitan_02_step(cfg, ids: torch.Tensor, attention: str):
 
     def step():
         model.zero_grad(set_to_none=True)
-        logits = model(tokens, masks)
-        F.cross_entropy(logits[0].float(), labels, ignore_index=-100).backward()
+        _loss(model(tokens, masks)[0], labels).backward()
     return step
 
 
@@ -260,7 +267,10 @@ def main() -> None:
             traceback.print_exc()
             rows.append(f"| {name} | {a.layers} | {a.seq_len:,} | did not run: {type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:160] if str(exc) else ''} | | | |")
+        step = None  # this row's model goes before the next one is built
+        gc.collect()
         torch.cuda.empty_cache()
+    _experts_as(True)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}; keye-30b-a3b LM cut to {a.layers} "
           f"layers, one document, fwd+bwd, bf16")
     print("| framework | layers | tokens | fwd+bwd s | tokens/s | model TFLOP/s | peak GiB |")
