@@ -82,7 +82,7 @@ class MoELanguageModel(MegatronModule):
     def _head_ce(self, rows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits, _ = self.output_layer(rows)
         if self.tp_group is None or self.tp_group.size() == 1:  # the whole vocabulary is here
-            return cross_entropy(logits, targets).sum()
+            return cross_entropy(logits.flatten(0, -2), targets).sum()
         return tensor_parallel.vocab_parallel_cross_entropy(
             logits.float(), targets[:, None], tp_group=self.tp_group).sum()
 

@@ -60,6 +60,8 @@ def speed(args, pg) -> list[dict]:
           f"{int((batch.labels != -100).sum())} labeled", flush=True)
     rows = []
     for name, stage, gran in CORES:
+        if name not in args.cores.split(","):
+            continue
         try:
             if gran is None:
                 configure_core(core, "dense", cfg.lm.dsa, True)
@@ -164,6 +166,8 @@ def main() -> int:
     ap.add_argument("--quality-pretrain", type=int, default=40)
     ap.add_argument("--quality-warmup", type=int, default=20)
     ap.add_argument("--quality-steps", type=int, default=60)
+    ap.add_argument("--cores", default=",".join(c[0] for c in CORES),
+                    help="attention cores of the speed part (comma-separated: dense,dsa-token,dsa-block)")
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_train_out"))
