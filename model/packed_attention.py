@@ -92,8 +92,9 @@ def packed_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_p
     The context-parallel form of the LM's dense core: a rank holds some query rows q [Tq, Hq, D]
     (sorted global positions `q_pos`, their documents' first positions `q_doc`) and the
     gathered key table k, v [T, Hkv, D] (row = global position); row i sees keys
-    q_doc[i] .. q_pos[i]. Rows are taken in runs of consecutive positions of one document, each
-    run in query chunks against its causal key prefix.
+    q_doc[i] .. q_pos[i]. Rows are taken in runs of consecutive positions of one document: on a
+    GPU each run in one fused call (lower-right causal), on the CPU in query chunks against
+    their causal key prefix with an explicit mask.
     """
     scale = softmax_scale if softmax_scale is not None else q.shape[-1] ** -0.5
     # host_pos: the same positions already on the host (no wait for the GPU in every layer)
@@ -103,6 +104,10 @@ def packed_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_p
         if i < len(pos) and pos[i] == pos[i - 1] + 1 and doc[i] == doc[i - 1]:
             continue
         d0 = doc[start]
+        if q.is_cuda:  # the whole run at once: its last query sees its last key (lower right)
+            outs.append(_lower_right(q[start:i], k[d0:pos[i - 1] + 1], v[d0:pos[i - 1] + 1], scale))
+            start = i
+            continue
         for a in range(start, i, chunk):
             b = min(i, a + chunk)
             kend = pos[b - 1] + 1
@@ -111,3 +116,21 @@ def packed_attention_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_p
             outs.append(_sdpa(q[None, a:b], k[None, d0:kend], v[None, d0:kend], scale, True, mask)[0])
         start = i
     return torch.cat(outs, dim=0) if outs else q.new_zeros(q.shape)
+
+
+def _lower_right(q, k, v, scale):
+    """Causal attention of the last len(q) positions of k's span: q [L, Hq, D] against k, v
+    [M >= L, Hkv, D], with no mask in memory. A run starting at its document's start is the usual
+    causal square; otherwise torch's lower-right CausalBias, whose fused path takes equal heads,
+    so GQA's keys are repeated for it (M x Hq x D, freed after the call)."""
+    from torch.nn.attention.bias import causal_lower_right
+
+    if q.shape[0] == k.shape[0]:
+        return _sdpa(q[None], k[None], v[None], scale, True)[0]
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    bias = causal_lower_right(q.shape[0], k.shape[0])
+    out = F.scaled_dot_product_attention(q[None].transpose(1, 2), k[None].transpose(1, 2),
+                                         v[None].transpose(1, 2), attn_mask=bias, scale=scale)
+    return out.transpose(1, 2)[0]

@@ -24,3 +24,26 @@ def test_whole_segments_on_the_gpu_match_the_chunked_cpu_path(causal):
         grads[dev] = [out.float().cpu()] + [x.grad.float().cpu() for x in xs]
     for got, want in zip(grads["cuda"], grads["cpu"]):
         assert float((got - want).norm() / want.norm()) < 2e-2
+
+
+def test_context_parallel_rows_on_the_gpu_match_the_masked_cpu_path():
+    """A rank's rows as the balanced CP split leaves them (a document's first and last quarters,
+    the second starting mid-document) against the gathered key table: the GPU's lower-right
+    fused calls against the CPU's masked chunks."""
+    from model.packed_attention import packed_attention_rows
+
+    g = torch.Generator().manual_seed(5)
+    t, hq, hkv, d = 4000, 8, 2, 128
+    q_pos = torch.cat([torch.arange(0, 500), torch.arange(1000, 1300), torch.arange(3000, 4000)])
+    q_doc = torch.cat([torch.zeros(500), torch.zeros(300), torch.full((1000,), 2500)]).long()
+    q = torch.randn(len(q_pos), hq, d, generator=g)
+    k, v = (torch.randn(t, hkv, d, generator=g) for _ in range(2))
+    dy = torch.randn(len(q_pos), hq, d, generator=g)
+    grads = {}
+    for dev, dtype in (("cuda", torch.bfloat16), ("cpu", torch.float32)):
+        xs = [x.to(dev, dtype).requires_grad_() for x in (q, k, v)]
+        out = packed_attention_rows(*xs, q_pos.to(dev), q_doc.to(dev), chunk=256)
+        out.backward(dy.to(dev, dtype))
+        grads[dev] = [out.float().cpu()] + [x.grad.float().cpu() for x in xs]
+    for got, want in zip(grads["cuda"], grads["cpu"]):
+        assert float((got - want).norm() / want.norm()) < 2e-2

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from model.packed_attention import packed_attention
+from model.packed_attention import _lower_right, _sdpa, packed_attention
 from model.rope import apply_rotary, multi_axis_cos_sin
 from model.vision_geometry import frame_group_cu_seqlens, patch_rows_cols
 
@@ -37,6 +37,22 @@ def test_packed_attention_is_exact_for_any_chunking():
             torch.testing.assert_close(got, want)
             for a, b in zip(torch.autograd.grad(got.square().sum(), (q, k, v)), g_want):
                 torch.testing.assert_close(a, b)
+
+
+def test_lower_right_runs_equal_the_masked_prefix():
+    """The GPU's mask-free form of a context-parallel run (queries that end a key span, GQA keys)
+    gives what the explicit causal mask gives, forward and gradients (on the CPU torch
+    materialises the lower-right bias, an independent path from ours)."""
+    g = torch.Generator().manual_seed(2)
+    q = torch.randn(50, 8, 16, generator=g, requires_grad=True)
+    k, v = (torch.randn(120, 2, 16, generator=g, requires_grad=True) for _ in range(2))
+    got = _lower_right(q, k, v, 0.25)
+    mask = torch.arange(120)[None] <= torch.arange(70, 120)[:, None]
+    want = _sdpa(q[None], k[None], v[None], 0.25, True, mask)[0]
+    torch.testing.assert_close(got, want)
+    for a, b in zip(torch.autograd.grad(got.square().sum(), (q, k, v)),
+                    torch.autograd.grad(want.square().sum(), (q, k, v))):
+        torch.testing.assert_close(a, b)
 
 
 def test_documents_do_not_see_each_other():
