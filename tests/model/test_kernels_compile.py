@@ -1,0 +1,129 @@
+"""Every Triton kernel longshot launches compiles for Hopper (sm_90), checked on a machine with no
+GPU.
+
+Why: the CPU suite runs the kernels under TRITON_INTERPRET, which executes the Python of a kernel
+with numpy and so accepts code that Triton's compiler rejects (a type that does not unify across
+a loop, an unsupported op, a constexpr used as a value). Such a kernel passes every CPU test and
+then fails on the first GPU step. Here the kernels run once under the interpreter, as a training
+step on the GPU launches them (bf16 inputs, the head dim and DSA shapes of the presets, sparse
+and warm-up stages, forward and backward); each launch's argument types and constexpr values are
+recorded, and a separate process without the interpreter compiles every recorded
+specialisation to a Hopper cubin with Triton's own compiler (ptxas included in its wheel).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
+           torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
+
+
+def _arg_type(value):
+    if isinstance(value, torch.Tensor):
+        return "*" + _DTYPES[value.dtype]
+    if isinstance(value, bool):
+        return "i1"
+    if isinstance(value, int):
+        return "i32" if -2**31 <= value < 2**31 else "i64"
+    if isinstance(value, float):
+        return "fp32"
+    raise TypeError(f"no Triton type for {type(value).__name__}")
+
+
+def _record_launches(monkeypatch) -> list[dict]:
+    """Patches the interpreter's launch so that each kernel call is also written down as
+    (module, name, signature, constexprs, launch options)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    launches: list[dict] = []
+    run = InterpretedFunction.run
+
+    def recording_run(self, *args, grid, warmup, **kwargs):
+        params = inspect.signature(self.fn).parameters
+        options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+        bound = dict(zip(params, args)) | {k: v for k, v in kwargs.items() if k in params}
+        signature, constexprs = {}, {}
+        for name, p in params.items():
+            value = bound.get(name, p.default)
+            if "constexpr" in str(p.annotation):
+                signature[name], constexprs[name] = "constexpr", value
+            else:
+                signature[name] = _arg_type(value)
+        launches.append({"module": self.fn.__module__, "name": self.fn.__name__, "signature": signature,
+                         "constexprs": constexprs, "options": options})
+        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
+
+    monkeypatch.setattr(InterpretedFunction, "run", recording_run)
+    return launches
+
+
+def _training_launches():
+    """What one layer's forward and backward launch on a GPU, at small sizes."""
+    from model.cross_entropy import cross_entropy_kernel
+    from model.dsa import DSAConfig, dsa_attention
+    from model.rope import multi_axis_cos_sin
+    from model.rope_kernel import rotary_kernel
+
+    g = torch.Generator().manual_seed(0)
+    t, hq, hkv, d, hi = 192, 4, 2, 128, 2
+    bf = lambda *s: torch.randn(*s, generator=g).to(torch.bfloat16).requires_grad_()  # noqa: E731
+    cu = torch.tensor([0, 130, t], dtype=torch.int32)
+    for stage, gran in (("sparse", "block"), ("sparse", "token"), ("warmup", "block")):
+        cfg = DSAConfig(index_heads=hi, index_dim=d, topk=32, granularity=gran, block_q=64, stage=stage)
+        q, k, v = bf(t, hq, d), bf(t, hkv, d), bf(t, hkv, d)
+        qi, ki, wi = bf(t, hi, d), bf(t, d), bf(t, hi)
+        out, loss = dsa_attention(q, k, v, qi, ki, wi, cu, cfg)
+        (out.float().square().sum() + loss).backward()
+    pos = torch.randint(0, 1000, (3, t), generator=g)
+    cos, sin = multi_axis_cos_sin(pos, (24, 20, 20), d, 1e6, "interleaved")
+    rotary_kernel(bf(t, hq, d), cos, sin).float().sum().backward()
+    logits = bf(8, 1000)
+    cross_entropy_kernel(logits, torch.randint(0, 1000, (8,), generator=g)).sum().backward()
+
+
+COMPILE = """
+import importlib, json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+failed = []
+for spec in json.load(open(sys.argv[1])):
+    fn = getattr(importlib.import_module(spec["module"]), spec["name"])
+    try:
+        triton.compile(ASTSource(fn=fn, signature=spec["signature"], constexprs=spec["constexprs"]),
+                       target=GPUTarget("cuda", 90, 32), options=spec["options"])
+    except Exception as exc:  # every kernel's failure, not just the first
+        failed.append(spec["name"] + ": " + str(exc).strip().splitlines()[-1][:300])
+print(json.dumps(failed))
+"""
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="records launches through the interpreter")
+def test_every_launched_kernel_compiles_for_hopper(monkeypatch, tmp_path):
+    launches = _record_launches(monkeypatch)
+    _training_launches()
+    unique = {json.dumps(s, sort_keys=True): s for s in launches}
+    names = {s["name"] for s in unique.values()}
+    # the kernels of each part of a training step were launched (and so will be compiled)
+    for must in ("_attn_fwd_kernel", "_attn_bwd_kernel", "_kl_kernel", "_rotate", "_ce_forward", "_ce_backward"):
+        assert must in names, (must, sorted(names))
+    specs = tmp_path / "launches.json"
+    specs.write_text(json.dumps(list(unique.values())))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", COMPILE, str(specs)], env=env, capture_output=True,
+                          text=True, timeout=900, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not failed, "\n".join(failed)
