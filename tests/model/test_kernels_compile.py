@@ -67,10 +67,12 @@ def _record_launches(monkeypatch) -> list[dict]:
     return launches
 
 
-def _training_launches():
-    """What one layer's forward and backward launch on a GPU, at small sizes."""
+def _training_launches(monkeypatch):
+    """What one layer's forward and backward launch on a GPU, at small sizes (token selection's
+    sampled-pivot filter samples 64 keys instead of 2,048, so that rows this short reach it)."""
     from model.cross_entropy import cross_entropy_kernel
     from model.dsa import DSAConfig, dsa_attention
+    from model.dsa.kernels import topk as topk_mod
     from model.rope import multi_axis_cos_sin
     from model.rope_kernel import rotary_kernel
 
@@ -78,8 +80,9 @@ def _training_launches():
     t, hq, hkv, d, hi = 192, 4, 2, 128, 2
     bf = lambda *s: torch.randn(*s, generator=g).to(torch.bfloat16).requires_grad_()  # noqa: E731
     cu = torch.tensor([0, 130, t], dtype=torch.int32)
+    monkeypatch.setitem(topk_mod.CONFIG, "sample", 64)
     for stage, gran in (("sparse", "block"), ("sparse", "token"), ("warmup", "block")):
-        cfg = DSAConfig(index_heads=hi, index_dim=d, topk=32, granularity=gran, block_q=64, stage=stage)
+        cfg = DSAConfig(index_heads=hi, index_dim=d, topk=32 if gran == "block" else 8, granularity=gran, block_q=64, stage=stage)
         q, k, v = bf(t, hq, d), bf(t, hkv, d), bf(t, hkv, d)
         qi, ki, wi = bf(t, hi, d), bf(t, d), bf(t, hi)
         out, loss = dsa_attention(q, k, v, qi, ki, wi, cu, cfg)
@@ -112,11 +115,12 @@ print(json.dumps(failed))
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="records launches through the interpreter")
 def test_every_launched_kernel_compiles_for_hopper(monkeypatch, tmp_path):
     launches = _record_launches(monkeypatch)
-    _training_launches()
+    _training_launches(monkeypatch)
     unique = {json.dumps(s, sort_keys=True): s for s in launches}
     names = {s["name"] for s in unique.values()}
     # the kernels of each part of a training step were launched (and so will be compiled)
-    for must in ("_attn_fwd_kernel", "_attn_bwd_kernel", "_kl_kernel", "_rotate", "_ce_forward", "_ce_backward"):
+    for must in ("_attn_fwd_kernel", "_attn_bwd_kernel", "_kl_kernel", "_scores_kernel", "_topk_kernel",
+                 "_sample_kernel", "_filter_kernel", "_rotate", "_ce_forward", "_ce_backward"):
         assert must in names, (must, sorted(names))
     specs = tmp_path / "launches.json"
     specs.write_text(json.dumps(list(unique.values())))
