@@ -33,6 +33,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from jobs.known_warnings import filter_known_warnings  # noqa: E402
+
+filter_known_warnings()  # Megatron's import-time fallback notes, as the CLI drops them (its ranks too)
+
 DEFAULT_LAYOUTS = "1:cp1,2:cp2,2:cp2:replicated,2:ep2"
 DRY_LAYOUTS = "8:cp4ep8,8:cp4ep8:replicated,8:cp2ep4:owner"
 

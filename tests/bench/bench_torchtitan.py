@@ -42,6 +42,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from jobs.known_warnings import filter_known_warnings  # noqa: E402
+
+filter_known_warnings()  # Megatron's import-time fallback notes, as the CLI drops them (its ranks too)
+
 
 def _time(step, steps: int, warmup: int) -> tuple[float, float]:
     """(median seconds of one fwd+bwd, peak GiB)."""

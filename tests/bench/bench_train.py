@@ -34,6 +34,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from jobs.known_warnings import filter_known_warnings  # noqa: E402
+
+filter_known_warnings()  # Megatron's import-time fallback notes, as the CLI drops them (its ranks too)
+
 from jobs.steps.train_data import SyntheticPacks, SyntheticSpec
 from model.attention import CoreChoice
 from model.build import BuildOptions, build_vlm, init_megatron
