@@ -15,6 +15,12 @@ from itertools import pairwise
 import torch
 
 
+def moe_matmul_params(lm) -> int:
+    """Matmul parameters one token meets in an MoE layer: its top-k experts' three projections
+    and the router."""
+    return lm.topk * 3 * lm.hidden * lm.expert_ffn + lm.hidden * lm.experts
+
+
 def model_flops(cfg, batch, core_kind: str, granularity: str | None) -> float:
     lm, v = cfg.lm, cfg.vision
     s = batch.num_tokens
@@ -24,8 +30,7 @@ def model_flops(cfg, batch, core_kind: str, granularity: str | None) -> float:
     # LM matmuls per token: qkv + out projections, indexer projections, routed experts (top-k), router
     attn_proj = lm.hidden * (lm.heads + 2 * lm.kv_heads) * lm.head_dim + lm.heads * lm.head_dim * lm.hidden
     indexer_proj = lm.hidden * (lm.dsa.index_heads * lm.dsa.index_dim + lm.dsa.index_dim + lm.dsa.index_heads)
-    experts = lm.topk * 3 * lm.hidden * lm.expert_ffn + lm.hidden * lm.experts
-    per_layer = attn_proj + experts + (indexer_proj if core_kind == "dsa" else 0)
+    per_layer = attn_proj + moe_matmul_params(lm) + (indexer_proj if core_kind == "dsa" else 0)
     flops = 6 * per_layer * lm.layers * s
     flops += 6 * lm.hidden * lm.vocab * int((batch.labels != -100).sum())
     # ViT and merger

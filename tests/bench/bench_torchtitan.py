@@ -14,8 +14,7 @@ optimizers differ, the model code is what is compared):
 - torchtitan (0.3's config API, or 0.2's model args; 0.2.2 is the release that runs on torch
   2.11): its Qwen3 MoE decoder built from the 30B-A3B layer config (varlen
   FlashAttention or FlexAttention, its grouped-mm experts and local token dispatcher), unwrapped
-  (no FSDP, no compile).
-
+  (no FSDP, no compile);
 - longshot with its experts as Megatron's SequentialMLP loop (`GroupedExperts.use_grouped = False`):
   the "before" of issue 15, same weights and code otherwise.
 
@@ -217,8 +216,9 @@ def moe_layer_step(cfg, tokens: int, grouped: bool):
 
 
 def moe_layer_flops(cfg, tokens: int) -> float:
-    lm = cfg.lm
-    return 6.0 * tokens * (lm.hidden * lm.experts + lm.topk * 3 * lm.hidden * lm.expert_ffn)
+    from model.flops import moe_matmul_params
+
+    return 6.0 * tokens * moe_matmul_params(cfg.lm)
 
 
 def _titan_label() -> str:

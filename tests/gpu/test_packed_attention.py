@@ -9,6 +9,22 @@ import torch
 from model.packed_attention import packed_attention
 
 
+def _gpu_and_cpu(attend, inputs, dy):
+    """{device: [out, *input grads]} of attend(*inputs) in bf16 on the GPU and float32 on the CPU."""
+    grads = {}
+    for dev, dtype in (("cuda", torch.bfloat16), ("cpu", torch.float32)):
+        xs = [x.to(dev, dtype).requires_grad_() for x in inputs]
+        out = attend(dev, *xs)
+        out.backward(dy.to(dev, dtype))
+        grads[dev] = [out.float().cpu()] + [x.grad.float().cpu() for x in xs]
+    return grads
+
+
+def _assert_close(grads):
+    for got, want in zip(grads["cuda"], grads["cpu"]):
+        assert float((got - want).norm() / want.norm()) < 2e-2
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_whole_segments_on_the_gpu_match_the_chunked_cpu_path(causal):
     g = torch.Generator().manual_seed(3)
@@ -16,14 +32,8 @@ def test_whole_segments_on_the_gpu_match_the_chunked_cpu_path(causal):
     t, hq, hkv, d = int(cu[-1]), 8, 2, 128
     q, k, v = (torch.randn(t, h, d, generator=g) for h in (hq, hkv, hkv))
     dy = torch.randn(t, hq, d, generator=g)
-    grads = {}
-    for dev, dtype in (("cuda", torch.bfloat16), ("cpu", torch.float32)):
-        xs = [x.to(dev, dtype).requires_grad_() for x in (q, k, v)]
-        out = packed_attention(*xs, cu.to(dev), causal=causal, chunk=512)
-        out.backward(dy.to(dev, dtype))
-        grads[dev] = [out.float().cpu()] + [x.grad.float().cpu() for x in xs]
-    for got, want in zip(grads["cuda"], grads["cpu"]):
-        assert float((got - want).norm() / want.norm()) < 2e-2
+    _assert_close(_gpu_and_cpu(lambda dev, *x: packed_attention(*x, cu.to(dev), causal=causal, chunk=512),
+                               (q, k, v), dy))
 
 
 def test_context_parallel_rows_on_the_gpu_match_the_masked_cpu_path():
@@ -39,11 +49,5 @@ def test_context_parallel_rows_on_the_gpu_match_the_masked_cpu_path():
     q = torch.randn(len(q_pos), hq, d, generator=g)
     k, v = (torch.randn(t, hkv, d, generator=g) for _ in range(2))
     dy = torch.randn(len(q_pos), hq, d, generator=g)
-    grads = {}
-    for dev, dtype in (("cuda", torch.bfloat16), ("cpu", torch.float32)):
-        xs = [x.to(dev, dtype).requires_grad_() for x in (q, k, v)]
-        out = packed_attention_rows(*xs, q_pos.to(dev), q_doc.to(dev), chunk=256)
-        out.backward(dy.to(dev, dtype))
-        grads[dev] = [out.float().cpu()] + [x.grad.float().cpu() for x in xs]
-    for got, want in zip(grads["cuda"], grads["cpu"]):
-        assert float((got - want).norm() / want.norm()) < 2e-2
+    _assert_close(_gpu_and_cpu(lambda dev, *x: packed_attention_rows(*x, q_pos.to(dev), q_doc.to(dev), chunk=256),
+                               (q, k, v), dy))
