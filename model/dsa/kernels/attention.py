@@ -44,13 +44,14 @@ def _tile_keys(t, nt_sel, SEL, sel_row, n_sel, lo, hi, BN: tl.constexpr):
 
 
 @triton.jit
-def _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_kt, s_kh, s_vt, s_vh,
-              prec: tl.constexpr, MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
-    """One online-softmax step over a tile of BN keys (rows kidx of the global key table).
+def _tile_logits(q, K, V, kidx, km, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec: tl.constexpr,
+                 MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
+    """(K tile, V tile, base-2 logits with -inf where a key is masked) for BN keys (rows kidx of the
+    global key table).
 
     ``MASK_K``: some of the tile's keys are padding (``km``); ``CAUSAL``: apply key <= query
-    position. Full tiles of a selected list need neither (see the forward kernel), which keeps
-    the predicate and select work out of the loop that carries most of the FLOPs.
+    position. Full tiles of a selected list need neither (see the kernel), which keeps the
+    predicate and select work out of the loop that carries most of the FLOPs.
     """
     kofs = kidx.to(tl.int64)
     kp = K + kofs[:, None] * s_kt + hk * s_kh + dd[None, :]
@@ -67,6 +68,15 @@ def _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_k
         s = tl.where(km[None, :] & (kidx[None, :] <= pos[:, None]), s, float("-inf"))
     elif MASK_K:
         s = tl.where(km[None, :], s, float("-inf"))
+    return kk, vv, s
+
+
+@triton.jit
+def _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_kt, s_kh, s_vt, s_vh,
+              prec: tl.constexpr, MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
+    """One online-softmax step over a key tile."""
+    kk, vv, s = _tile_logits(q, K, V, kidx, km, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
+                             MASK_K, CAUSAL, EVEN_D)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
@@ -79,34 +89,19 @@ def _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_k
 def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale, scale_log2,
               s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
-    """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV with atomics.
-
-    ``MASK_K`` and ``CAUSAL`` as in :func:`_fwd_tile`; padded rows (``rv``) always get P = 0.
-    """
-    kofs = kidx.to(tl.int64)
-    kp = K + kofs[:, None] * s_kt + hk * s_kh + dd[None, :]
-    vp = V + kofs[:, None] * s_vt + hk * s_vh + dd[None, :]
-    dkp = kofs[:, None] * s_dkt + hk * s_dkh + dd[None, :]
-    if MASK_K or not EVEN_D:
-        cm = km[:, None] & dm[None, :]
-        kk = tl.load(kp, mask=cm, other=0.0)
-        vv = tl.load(vp, mask=cm, other=0.0)
-    else:
-        kk = tl.load(kp)
-        vv = tl.load(vp)
-    s = tl.dot(q, tl.trans(kk), input_precision=prec) * scale_log2
-    ok = rv[:, None]
-    if CAUSAL:
-        ok = ok & km[None, :] & (kidx[None, :] <= pos[:, None])
-    elif MASK_K:
-        ok = ok & km[None, :]
-    p = tl.where(ok, tl.exp2(s - lse2[:, None]), 0.0)
+    """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV with atomics; padded
+    rows (``rv``) get P = 0."""
+    kk, vv, s = _tile_logits(q, K, V, kidx, km, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
+                             MASK_K, CAUSAL, EVEN_D)
+    p = tl.where(rv[:, None], tl.exp2(s - lse2[:, None]), 0.0)
     dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec)
     dp = tl.dot(do, tl.trans(vv), input_precision=prec)
     ds = p * (dp - delta[:, None])
     dq += tl.dot(ds.to(kk.dtype), kk, input_precision=prec)
     dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale
+    dkp = kidx.to(tl.int64)[:, None] * s_dkt + hk * s_dkh + dd[None, :]
     if MASK_K or not EVEN_D:
+        cm = km[:, None] & dm[None, :]
         tl.atomic_add(DK + dkp, dk, mask=cm, sem="relaxed")
         tl.atomic_add(DV + dkp, dv, mask=cm, sem="relaxed")
     else:
@@ -139,24 +134,50 @@ def _owner_rows(QPOS, own_q0, own_nq, o, hk, hg, G, D: tl.constexpr, DP: tl.cons
 
 
 @triton.jit
-def _attn_fwd_kernel(
-    Q, K, V, O, LSE, QPOS, own_q0, own_nq, SEL, SEL_N, rng_lo, rng_hi,
-    scale_log2, G,
-    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, stride_sel,
+def _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, sm_scale,
+               scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
+               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr):
+    """One key tile in either direction: ``acc`` is the output rows (forward, with the online
+    softmax's m_i, l_i) or the dQ rows (backward, m_i and l_i passed through)."""
+    if BWD:
+        acc = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, acc, sm_scale,
+                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D)
+    else:
+        m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
+                                  s_kt, s_kh, s_vt, s_vh, prec, MASK_K, CAUSAL, EVEN_D)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _attn_kernel(
+    Q, K, V, O, LSE, DO, DELTA, DQ, DK, DV, QPOS, own_q0, own_nq, SEL, SEL_N, rng_lo, rng_hi,
+    sm_scale, scale_log2, G,
+    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, s_dkt, s_dkh, stride_sel,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
-    BN: tl.constexpr, IEEE: tl.constexpr,
+    BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr,
 ):
+    """Forward (``BWD`` false: writes O, LSE) or backward (reads DO, LSE, DELTA; writes DQ, adds DK,
+    DV) of one owner's rows, walking its keys in one order: full list tiles (no mask), the
+    partial list tile, then the contiguous range (causal). O, DO and DQ share the strides s_ot, s_oh
+    (the launcher makes them contiguous like q)."""
     o = tl.program_id(0)
     hk = tl.program_id(1)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
     EVEN_D: tl.constexpr = D == DP
     rv, qrow, head, pos, dd, dm = _owner_rows(QPOS, own_q0, own_nq, o, hk, tl.program_id(2), G,
                                               D, DP, QB, HPP)
-    q = tl.load(Q + qrow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
-                mask=rv[:, None] & dm[None, :], other=0.0)
+    rm = rv[:, None] & dm[None, :]
+    q = tl.load(Q + qrow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :], mask=rm, other=0.0)
+    orow = qrow[:, None] * s_ot + head[:, None] * s_oh + dd[None, :]
     m_i = tl.full([QB * HPP], -1.0e30, tl.float32)
     l_i = tl.zeros([QB * HPP], tl.float32)
     acc = tl.zeros([QB * HPP, DP], tl.float32)
+    if BWD:
+        do = tl.load(DO + orow, mask=rm, other=0.0)
+        lse2 = tl.load(LSE + qrow * s_lt + head, mask=rv, other=0.0) * 1.4426950408889634
+        delta = tl.load(DELTA + qrow * s_lt + head, mask=rv, other=0.0)
+    else:
+        do, lse2, delta = q, m_i, l_i  # unused by the forward step
     n_sel = 0
     if HAS_SEL:
         n_sel = tl.load(SEL_N + o)
@@ -169,70 +190,26 @@ def _attn_fwd_kernel(
     n_full = (n_sel // BN) * BN
     for j in range(0, n_full, BN):
         kidx = tl.load(SEL + sel_row + j + offs)
-        m_i, l_i, acc = _fwd_tile(q, K, V, kidx, offs < BN, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
-                                  s_kt, s_kh, s_vt, s_vh, prec, False, False, EVEN_D)
+        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, offs < BN, pos, hk, dd, dm,
+                                   m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
+                                   prec, False, False, EVEN_D, BWD)
     if n_full < n_sel:
         km = n_full + offs < n_sel
         kidx = tl.load(SEL + sel_row + n_full + offs, mask=km, other=0)
-        m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
-                                  s_kt, s_kh, s_vt, s_vh, prec, True, False, EVEN_D)
+        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm,
+                                   m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
+                                   prec, True, False, EVEN_D, BWD)
     for j in range(lo, hi, BN):  # the contiguous range: the block's own keys, or the dense prefix
         kidx = j + offs
-        km = kidx < hi
-        m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
-                                  s_kt, s_kh, s_vt, s_vh, prec, True, True, EVEN_D)
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
-    tl.store(O + qrow[:, None] * s_ot + head[:, None] * s_oh + dd[None, :], out.to(O.dtype.element_ty),
-             mask=rv[:, None] & dm[None, :])
-    lse = (m_i + tl.log2(l_safe)) * 0.6931471805599453
-    tl.store(LSE + qrow * s_lt + head, lse, mask=rv)
-
-
-@triton.jit
-def _attn_bwd_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ, DK, DV, QPOS, own_q0, own_nq, SEL, SEL_N, rng_lo, rng_hi,
-    sm_scale, scale_log2, G,
-    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_dot, s_doh, s_lt, s_dqt, s_dqh, s_dkt, s_dkh, stride_sel,
-    HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
-    BN: tl.constexpr, IEEE: tl.constexpr,
-):
-    o = tl.program_id(0)
-    hk = tl.program_id(1)
-    prec: tl.constexpr = "ieee" if IEEE else "tf32"
-    EVEN_D: tl.constexpr = D == DP
-    rv, qrow, head, pos, dd, dm = _owner_rows(QPOS, own_q0, own_nq, o, hk, tl.program_id(2), G,
-                                              D, DP, QB, HPP)
-    rm = rv[:, None] & dm[None, :]
-    q = tl.load(Q + qrow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :], mask=rm, other=0.0)
-    do = tl.load(DO + qrow[:, None] * s_dot + head[:, None] * s_doh + dd[None, :], mask=rm, other=0.0)
-    lse2 = tl.load(LSE + qrow * s_lt + head, mask=rv, other=0.0) * 1.4426950408889634
-    delta = tl.load(DELTA + qrow * s_lt + head, mask=rv, other=0.0)
-    dq = tl.zeros([QB * HPP, DP], tl.float32)
-    n_sel = 0
-    if HAS_SEL:
-        n_sel = tl.load(SEL_N + o)
-    lo = tl.load(rng_lo + o)
-    hi = tl.load(rng_hi + o)
-    sel_row = o.to(tl.int64) * stride_sel
-    offs = tl.arange(0, BN)
-    n_full = (n_sel // BN) * BN  # list tiles: as in the forward
-    for j in range(0, n_full, BN):
-        kidx = tl.load(SEL + sel_row + j + offs)
-        dq = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, offs < BN, pos, hk, dd, dm, dq, sm_scale,
-                       scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, False, False, EVEN_D)
-    if n_full < n_sel:
-        km = n_full + offs < n_sel
-        kidx = tl.load(SEL + sel_row + n_full + offs, mask=km, other=0)
-        dq = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale,
-                       scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, True, False, EVEN_D)
-    for j in range(lo, hi, BN):
-        kidx = j + offs
-        km = kidx < hi
-        dq = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale,
-                       scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, True, True, EVEN_D)
-    tl.store(DQ + qrow[:, None] * s_dqt + head[:, None] * s_dqh + dd[None, :],
-             (dq * sm_scale).to(DQ.dtype.element_ty), mask=rm)
+        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, kidx < hi, pos, hk, dd, dm,
+                                   m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
+                                   prec, True, True, EVEN_D, BWD)
+    if BWD:
+        tl.store(DQ + orow, (acc * sm_scale).to(DQ.dtype.element_ty), mask=rm)
+    else:
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        tl.store(O + orow, (acc / l_safe[:, None]).to(O.dtype.element_ty), mask=rm)
+        tl.store(LSE + qrow * s_lt + head, (m_i + tl.log2(l_safe)) * 0.6931471805599453, mask=rv)
 
 
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them.
@@ -257,57 +234,47 @@ def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
     return qb, hpp
 
 
-def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
-             num_warps: int | None = None, num_stages: int | None = None):
-    c = FWD_CONFIG["token" if token else "block"]
-    block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
-    tq, hq, d = q.shape
+def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n, scale: float, token: bool,
+            block_n, num_warps, num_stages) -> None:
+    c = (BWD_CONFIG if bwd else FWD_CONFIG)["token" if token else "block"]
+    d = q.shape[2]
     hkv = k.shape[1]
-    g = hq // hkv
-    qb, hpp = launch_shape(plan.max_nq, g, token, BLOCK_ROWS["fwd"])
-    out = torch.empty_like(q)
-    lse = torch.empty((tq, hq), dtype=torch.float32, device=q.device)
+    g = q.shape[1] // hkv
+    qb, hpp = launch_shape(plan.max_nq, g, token, BLOCK_ROWS["bwd" if bwd else "fwd"])
     has_sel = sel is not None
     sel_t = sel if has_sel else plan.own_q0
     sel_n_t = sel_n if has_sel else plan.own_q0
     grid = (plan.n_owners, hkv, triton.cdiv(g, hpp))
-    _attn_fwd_kernel[grid](
-        q, k, v, out, lse, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t, plan.rng_lo, plan.rng_hi,
-        scale * 1.4426950408889634, g,
+    _attn_kernel[grid](
+        q, k, v, o, lse, do, delta, dq, dk, dv, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
+        plan.rng_lo, plan.rng_hi, scale, scale * 1.4426950408889634, g,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        out.stride(0), out.stride(1), lse.stride(0), sel_t.stride(0) if has_sel else 0,
-        HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n, IEEE=ieee(q),
-        num_warps=num_warps, num_stages=num_stages,
+        o.stride(0), o.stride(1), lse.stride(0), dk.stride(0), dk.stride(1), sel_t.stride(0) if has_sel else 0,
+        HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n or c[0], IEEE=ieee(q),
+        BWD=bwd, num_warps=num_warps or c[1], num_stages=num_stages or c[2],
     )
+
+
+def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
+             num_warps: int | None = None, num_stages: int | None = None):
+    """(out like q, lse [Tq, Hq] float32, natural log) of each owner's attention; q, k, v contiguous."""
+    out = torch.empty_like(q)
+    lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
+    _launch(False, q, k, v, out, lse, q, lse, q, k, v, plan, sel, sel_n, scale, token,
+            block_n, num_warps, num_stages)
     return out, lse
 
 
 def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
              num_warps: int | None = None, num_stages: int | None = None):
-    c = BWD_CONFIG["token" if token else "block"]
-    block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
-    tq, hq, d = q.shape
-    hkv = k.shape[1]
-    g = hq // hkv
-    qb, hpp = launch_shape(plan.max_nq, g, token, BLOCK_ROWS["bwd"])
+    """(dq, dk, dv) for the output gradient ``dout``; dk and dv are summed in float32."""
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)  # [Tq, Hq], rowsum(dO * O)
     dq = torch.empty_like(q)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
-    has_sel = sel is not None
-    sel_t = sel if has_sel else plan.own_q0
-    sel_n_t = sel_n if has_sel else plan.own_q0
-    grid = (plan.n_owners, hkv, triton.cdiv(g, hpp))
-    _attn_bwd_kernel[grid](
-        q, k, v, dout, lse, delta, dq, dk, dv, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
-        plan.rng_lo, plan.rng_hi, scale, scale * 1.4426950408889634, g,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        dout.stride(0), dout.stride(1), lse.stride(0), dq.stride(0), dq.stride(1), dk.stride(0), dk.stride(1),
-        sel_t.stride(0) if has_sel else 0,
-        HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n, IEEE=ieee(q),
-        num_warps=num_warps, num_stages=num_stages,
-    )
+    _launch(True, q, k, v, dout, lse, dout, delta, dq, dk, dv, plan, sel, sel_n, scale, token,
+            block_n, num_warps, num_stages)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
