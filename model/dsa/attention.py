@@ -16,6 +16,9 @@ q, k and v. DSA cannot see the hidden state h that the indexer projects: in spar
 model must pass q_idx, k_idx, w_idx computed from h.detach() so that the indexer loss does not
 reach the backbone (DeepSeek-V3.2's rule). In the warm-up the model freezes all but the indexer.
 
+The warm-up's dense attention on a GPU is FlashAttention-2's packed kernel (model/flash_varlen.py,
+``DSAConfig.warmup_kernel``); its log-sum-exp feeds the KL kernel as the DSA kernel's would.
+
 Backends: ``set_backend("triton" | "reference")`` picks the module-wide default; the ``backend``
 argument overrides it per call. The reference (reference.py) is plain chunked PyTorch.
 
@@ -27,6 +30,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from model import flash_varlen
 
 from . import reference as ref
 from .config import DSAConfig
@@ -86,7 +91,10 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
         out, loss = ref.attention_and_kl(q, k, v, q_idx, k_idx, w_idx, plan, sel, scale)
         return out, loss, aux
     token = cfg.granularity == "token" and not dense
-    out, lse = SparseAttention.apply(q, k, v, plan, sel, sel_n, scale, token)
+    if dense and cfg.warmup_kernel == "flash" and flash_varlen.available(q, k):
+        out, lse = flash_varlen.flash_varlen(q, k, v, plan.varlen_layout(), True, scale)
+    else:
+        out, lse = SparseAttention.apply(q, k, v, plan, sel, sel_n, scale, token)
     loss = IndexerKL.apply(q_idx, k_idx, w_idx, q.detach(), k.detach(), lse.detach(), plan, sel, sel_n, scale,
                            token)
     return out, loss, aux

@@ -48,6 +48,9 @@ class DSAConfig:
     stage: ``warmup`` = dense causal attention, the indexer trains on KL(head-mean dense attention
       || indexer); ``sparse`` = attention over the selected keys, the indexer trains on the KL over
       the selected set.
+    warmup_kernel: the warm-up's dense attention on the Triton path: ``flash`` = FlashAttention-2's
+      packed kernel (model/flash_varlen.py) where it runs (CUDA, bf16/fp16), else the DSA kernel
+      over each block's whole causal prefix (``triton``, also the choice everywhere else).
     """
 
     index_heads: int = 8
@@ -58,6 +61,7 @@ class DSAConfig:
     stage: Literal["warmup", "sparse"] = "sparse"
     block_agg: Literal["max", "sum", "pooled"] = "max"
     coarse: int = 2
+    warmup_kernel: Literal["flash", "triton"] = "flash"
 
     def __post_init__(self) -> None:
         if self.granularity not in ("token", "block"):
@@ -66,6 +70,8 @@ class DSAConfig:
             raise ValueError(f"stage must be 'warmup' or 'sparse', got {self.stage!r}")
         if self.block_agg not in ("max", "sum", "pooled"):
             raise ValueError(f"block_agg must be 'max', 'sum' or 'pooled', got {self.block_agg!r}")
+        if self.warmup_kernel not in ("flash", "triton"):
+            raise ValueError(f"warmup_kernel must be 'flash' or 'triton', got {self.warmup_kernel!r}")
         if self.coarse < 0:
             raise ValueError(f"coarse must be >= 0, got {self.coarse}")
         if self.topk < 1 or self.block_q < 1 or self.index_heads < 1 or self.index_dim < 1:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import torch
 
+from model.flash_varlen import VarlenLayout, layout_of_rows
+
 from .config import DSAConfig
 
 
@@ -42,6 +44,7 @@ class Plan:
     owner_of_row: torch.Tensor  # [Tq] owner index of each query row
 
     _host_bounds: tuple[torch.Tensor, torch.Tensor] | None = None
+    _varlen: VarlenLayout | None = None
 
     @property
     def n_owners(self) -> int:
@@ -53,6 +56,14 @@ class Plan:
         if self._host_bounds is None:
             self._host_bounds = (self.cand_lo.cpu(), self.cand_hi.cpu())
         return self._host_bounds
+
+
+    def varlen_layout(self) -> VarlenLayout:
+        """The rows as FlashAttention segments (runs of one document, each against its causal key
+        prefix), read from the device once per plan like host_bounds."""
+        if self._varlen is None:
+            self._varlen = layout_of_rows(self.q_pos.cpu(), self.q_doc.cpu(), self.q_pos.device)
+        return self._varlen
 
 
 def doc_starts_from_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:

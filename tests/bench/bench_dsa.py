@@ -480,6 +480,48 @@ def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True):
     torch.cuda.empty_cache()
 
 
+def bench_warmup(t):
+    """The indexer warm-up's per-layer work on one document of T tokens, as a warm-up step runs it
+    (model/attention.py, local_indexer_grads): the frozen backbone's attention forward without a
+    graph, then the dense KL with its indexer gradients; the dense attention from FlashAttention's
+    packed kernel (the default) or the DSA kernel over each block's causal prefix. Held to SDPA's
+    forward+backward of the same attention (bench_size's SDPA rows): the dense step's share."""
+    from dataclasses import replace
+
+    from model.flash_varlen import flash_varlen
+
+    x = inputs(t)
+    pos = torch.arange(t, dtype=torch.int32, device=DEV)
+    doc = torch.zeros(t, dtype=torch.int32, device=DEV)
+    cfg = DSAConfig(index_heads=HI, index_dim=DI, topk=K, block_q=BQ, stage="warmup")
+    plan = build_plan(pos, doc, cfg, True)
+    scale = D ** -0.5
+    fl = 4 * D * HQ * t * (t + 1) / 2
+    s = timeit(lambda: flash_varlen(x["q"], x["k"], x["v"], plan.varlen_layout(), True, scale), max_reps=5)
+    row(t, "warm-up: attention fwd, FlashAttention packed", s, flop=fl)
+    s = timeit(lambda: attn_fwd(x["q"], x["k"], x["v"], plan, None, None, scale, False), max_reps=5)
+    row(t, "warm-up: attention fwd, DSA kernel (dense range)", s, flop=fl)
+    _, lse = flash_varlen(x["q"], x["k"], x["v"], plan.varlen_layout(), True, scale)
+    s = timeit(lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, None, None,
+                                  scale, False, True), max_reps=5)
+    row(t, "warm-up: indexer KL dense (fwd+grads)", s, flop=t * (t + 1) / 2 * (2 * HQ * D + 4 * 2 * HI * DI))
+    lse = None
+    idx = [x[n].detach().clone().requires_grad_(True) for n in ("q_idx", "k_idx", "w_idx")]
+    for kernel in ("flash", "triton"):
+        c = replace(cfg, warmup_kernel=kernel)
+
+        def layer():
+            _, loss, _ = dsa_attention_rows(x["q"], x["k"], x["v"], *idx, pos, doc, c, backend="triton")
+            loss.backward()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        s = timeit(layer, max_reps=5)
+        row(t, f"warm-up layer ({kernel}): attention fwd + KL + indexer grads", s,
+            note=f"peak above inputs {(torch.cuda.max_memory_allocated() - base) / 2**30:.2f} GiB")
+    x = idx = None
+    torch.cuda.empty_cache()
+
+
 def summary(sizes):
     by = {(r["T"], r["what"]): r for r in ROWS}
     lines = []
@@ -491,6 +533,11 @@ def summary(sizes):
             if lf and lfb and sd_f and sd_fb:
                 lines.append(f"T={t} {name}: fwd {lf['ms']:.1f} ms ({sd_f['ms'] / lf['ms']:.2f}x SDPA), "
                              f"fwd+bwd {lfb['ms']:.1f} ms ({sd_fb['ms'] / lfb['ms']:.2f}x SDPA)")
+        for kernel in ("flash", "triton"):
+            w = by.get((t, f"warm-up layer ({kernel}): attention fwd + KL + indexer grads"))
+            if w and sd_fb:
+                lines.append(f"T={t} warm-up layer ({kernel}): {w['ms']:.1f} ms = {w['ms'] / sd_fb['ms']:.2f}x "
+                             f"SDPA fwd+bwd (the dense step's attention)")
     return lines
 
 
@@ -682,6 +729,7 @@ def main():
     ap.add_argument("--rules", default="pooled,max", help="block selection rules: max, sum, pooled, max+coarse2, ...")
     ap.add_argument("--check-rules", default="pooled,max+coarse2", help="block rules checked against the reference")
     ap.add_argument("--sdpa", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=1, help="time the indexer warm-up's layer work per size")
     a = ap.parse_args()
     if a.quality:
         quality()
@@ -713,6 +761,8 @@ def main():
         section(f"correctness at {a.check}", correctness, a.check, tuple(cases))
     for t in sizes:
         section(f"benchmark T={t}", bench_size, t, bw, modes, rules, bool(a.sdpa))
+        if a.warmup:
+            section(f"warm-up T={t}", bench_warmup, t)
     tab = table(meta)
     summ = summary(sizes)
     os.makedirs(a.out, exist_ok=True)
