@@ -16,6 +16,10 @@ q, k and v. DSA cannot see the hidden state h that the indexer projects: in spar
 model must pass q_idx, k_idx, w_idx computed from h.detach() so that the indexer loss does not
 reach the backbone (DeepSeek-V3.2's rule). In the warm-up the model freezes all but the indexer.
 
+Token mode with ``cfg.token_merge`` = m > 1 runs the kernels on groups of m neighbouring queries
+over the union of their selections, each query masked to its own keys (merge.py): token mode's
+result with each union row read once per group.
+
 The warm-up's dense attention on a GPU is FlashAttention-2's packed kernel (model/flash_varlen.py,
 ``DSAConfig.warmup_kernel``); its log-sum-exp feeds the KL kernel as the DSA kernel's would.
 
@@ -36,6 +40,7 @@ from model import flash_varlen
 from . import reference as ref
 from .config import DSAConfig
 from .functions import IndexerKL, SparseAttention
+from .merge import merge_selection, merged_plan
 from .plan import Plan, build_plan, doc_starts_from_cu_seqlens
 from .select import select
 
@@ -91,19 +96,24 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
         out, loss = ref.attention_and_kl(q, k, v, q_idx, k_idx, w_idx, plan, sel, scale)
         return out, loss, aux
     token = cfg.granularity == "token" and not dense
+    bits = None
+    if token and cfg.token_merge > 1:  # groups of neighbours over the union of their selections
+        plan = _plan(plans, cfg, lambda: merged_plan(aux["plan"], cfg), "merged")
+        sel, bits, sel_n = merge_selection(aux["plan"], plan, sel, sel_n)
+        token = False
     if dense and cfg.warmup_kernel == "flash" and flash_varlen.available(q, k):
         out, lse = flash_varlen.flash_varlen(q, k, v, plan.varlen_layout(), True, scale)
     else:
-        out, lse = SparseAttention.apply(q, k, v, plan, sel, sel_n, scale, token)
+        out, lse = SparseAttention.apply(q, k, v, plan, sel, sel_n, scale, token, bits)
     loss = IndexerKL.apply(q_idx, k_idx, w_idx, q.detach(), k.detach(), lse.detach(), plan, sel, sel_n, scale,
-                           token)
+                           token, bits)
     return out, loss, aux
 
 
-def _plan(plans: dict | None, cfg: DSAConfig, make) -> Plan:
+def _plan(plans: dict | None, cfg: DSAConfig, make, kind: str = "") -> Plan:
     """The plan for ``cfg``'s stage from ``plans`` (a per-pack cache; see CoreChoice.plans), made
-    and kept there on first use."""
-    key = (cfg, cfg.stage == "warmup")
+    and kept there on first use; ``kind`` names a derived plan (the merged token groups)."""
+    key = (cfg, cfg.stage == "warmup") + ((kind,) if kind else ())
     plan = plans.get(key) if plans is not None else None
     if plan is None:
         plan = make()
@@ -123,9 +133,10 @@ def dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, soft
         q_pos = torch.arange(t, device=q.device, dtype=torch.int32)
         return build_plan(q_pos, q_doc, cfg, cfg.stage == "warmup")
 
+    plans = plans if plans is not None else {}
     plan = _plan(plans, cfg, whole_pack)
     out, loss, _ = dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, plan.q_pos, plan.q_doc, cfg,
-                                      softmax_scale, backend, plans={(cfg, cfg.stage == "warmup"): plan})
+                                      softmax_scale, backend, plans=plans)
     return out, loss
 
 

@@ -48,6 +48,9 @@ class DSAConfig:
     stage: ``warmup`` = dense causal attention, the indexer trains on KL(head-mean dense attention
       || indexer); ``sparse`` = attention over the selected keys, the indexer trains on the KL over
       the selected set.
+    token_merge: ``token`` mode on the Triton path: m > 1 runs the attention and the KL on groups of
+      m neighbouring queries that read the union of their selections once, each masked to its own
+      keys (model/dsa/merge.py; same result, fewer bytes); 1 = one program per query. At most 16.
     warmup_kernel: the warm-up's dense attention on the Triton path: ``flash`` = FlashAttention-2's
       packed kernel (model/flash_varlen.py) where it runs (CUDA, bf16/fp16), else the DSA kernel
       over each block's whole causal prefix (``triton``, also the choice everywhere else).
@@ -62,6 +65,7 @@ class DSAConfig:
     block_agg: Literal["max", "sum", "pooled"] = "max"
     coarse: int = 2
     warmup_kernel: Literal["flash", "triton"] = "flash"
+    token_merge: int = 1
 
     def __post_init__(self) -> None:
         if self.granularity not in ("token", "block"):
@@ -72,6 +76,8 @@ class DSAConfig:
             raise ValueError(f"block_agg must be 'max', 'sum' or 'pooled', got {self.block_agg!r}")
         if self.warmup_kernel not in ("flash", "triton"):
             raise ValueError(f"warmup_kernel must be 'flash' or 'triton', got {self.warmup_kernel!r}")
+        if not 1 <= self.token_merge <= 16:
+            raise ValueError(f"token_merge must be in 1..16, got {self.token_merge}")
         if self.coarse < 0:
             raise ValueError(f"coarse must be >= 0, got {self.coarse}")
         if self.topk < 1 or self.block_q < 1 or self.index_heads < 1 or self.index_dim < 1:

@@ -522,6 +522,59 @@ def bench_warmup(t):
     torch.cuda.empty_cache()
 
 
+def bench_token_merge(t, merges):
+    """Token mode with m neighbouring queries merged over the union of their selections
+    (model/dsa/merge.py) against one program per query (m = 1), on video-structured indexer inputs
+    (bench_token_bytes.py counts the bytes on such selections): the merge pass, the attention
+    forward and backward, the KL, and the whole layer."""
+    from dataclasses import replace
+
+    from model.dsa.merge import merge_selection, merged_plan
+
+    x = inputs(t)
+    vq, vk, vw = (z.to(DEV, torch.bfloat16) for z in video_indexer(t, 256, HI, DI, torch.Generator().manual_seed(5)))
+    pos = torch.arange(t, dtype=torch.int32, device=DEV)
+    doc = torch.zeros(t, dtype=torch.int32, device=DEV)
+    scale = 1 / math.sqrt(D)
+    base = DSAConfig(index_heads=HI, index_dim=DI, topk=K, granularity="token", stage="sparse")
+    tplan = build_plan(pos, doc, base, dense=False)
+    tsel, tsel_n = select(vq, vk, vw, tplan, base)
+    for m in [1] + [m for m in merges if m > 1]:
+        cfg = replace(base, token_merge=m)
+        plan, sel, sel_n, bits, token = tplan, tsel, tsel_n, None, True
+        note = ""
+        if m > 1:
+            plan = merged_plan(tplan, cfg)
+            s_m = timeit(lambda: merge_selection(tplan, plan, tsel, tsel_n))
+            sel, bits, sel_n = merge_selection(tplan, plan, tsel, tsel_n)
+            token = False
+            note = f"union {sel_n.float().mean():.0f} keys/group of {m} ({int(tsel_n.sum()) / int(sel_n.sum()):.1f}x fewer rows)"
+            row(t, f"token m={m}: merge pass", s_m, note=note)
+        name = f"token m={m}"
+        s_f = timeit(lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token, bits=bits))
+        row(t, f"{name}: sparse attn fwd", s_f, flop=4 * D * HQ * int(tsel_n.sum()), note=note)
+        out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token, bits=bits)
+        dout = torch.randn_like(out)
+        s_b = timeit(lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, token,
+                                      bits=bits))
+        row(t, f"{name}: sparse attn bwd", s_b, flop=10 * D * HQ * int(tsel_n.sum()))
+        s_kl = timeit(lambda: indexer_kl(x["q"], x["k"], lse, vq, vk, vw, plan, sel, sel_n, scale, token, True,
+                                         bits=bits))
+        row(t, f"{name}: indexer KL (fwd+grads)", s_kl)
+        out = lse = dout = None
+        args = [z.detach().clone().requires_grad_(True) for z in (x["q"], x["k"], x["v"], vq, vk, vw)]
+        dout2 = torch.randn_like(x["q"])
+
+        def fwd_bwd():
+            o, loss, _ = dsa_attention_rows(*args, pos, doc, cfg, backend="triton", sel=(tsel, tsel_n))
+            torch.autograd.backward([o, loss], [dout2, torch.ones_like(loss)])
+        s_l = timeit(fwd_bwd)
+        row(t, f"{name}: DSA layer fwd+bwd (selection given)", s_l)
+        args = dout2 = None
+    x = vq = vk = vw = None
+    torch.cuda.empty_cache()
+
+
 def summary(sizes):
     by = {(r["T"], r["what"]): r for r in ROWS}
     lines = []
@@ -730,6 +783,7 @@ def main():
     ap.add_argument("--check-rules", default="pooled,max+coarse2", help="block rules checked against the reference")
     ap.add_argument("--sdpa", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1, help="time the indexer warm-up's layer work per size")
+    ap.add_argument("--token-merge", default="4,16", help="merged token groups to time per size ('' = none)")
     a = ap.parse_args()
     if a.quality:
         quality()
@@ -763,6 +817,9 @@ def main():
         section(f"benchmark T={t}", bench_size, t, bw, modes, rules, bool(a.sdpa))
         if a.warmup:
             section(f"warm-up T={t}", bench_warmup, t)
+        merges = [int(m) for m in a.token_merge.split(",") if m]
+        if merges and "token" in modes:
+            section(f"token merge T={t}", bench_token_merge, t, merges)
     tab = table(meta)
     summ = summary(sizes)
     os.makedirs(a.out, exist_ok=True)

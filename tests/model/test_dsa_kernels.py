@@ -244,3 +244,53 @@ def test_query_chunk_at_offset_matches_full_rows():
         rows = torch.cat([torch.arange(8, 16), torch.arange(28, 40)]).to(DEV)  # two chunks, as CP's 2-chunk split
         part, _, _ = dsa_attention_rows(q[rows], k, v, qi[rows], ki, wi[rows], pos[rows], doc[rows], cfg)
         assert rel(part, full[rows]) < 1e-6
+
+
+# ------------------------------------------------------------------------- merged token groups
+def test_merged_selection_is_the_union_with_each_querys_bit():
+    from model.dsa.merge import merge_selection, merged_plan
+
+    g = gen()
+    t, k, m = 70, 9, 4
+    pos, doc = rows_of([0, 13, 14, t], t)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=k, granularity="token", token_merge=m)
+    plan = build_plan(pos, doc, cfg, dense=False)
+    qi, ki, wi = (x.detach() for x in case(g, t, 2, 1)[3:])
+    sel, sel_n = select(qi, ki, wi, plan, cfg)
+    mplan = merged_plan(plan, cfg)
+    union, bits, n = merge_selection(plan, mplan, sel, sel_n, rows_per_chunk=8)  # several chunks
+    for o in range(mplan.n_owners):
+        q0, nq = int(mplan.own_q0[o]), int(mplan.own_nq[o])
+        assert nq <= m and len(set(doc[q0:q0 + nq].tolist())) == 1
+        want = {}
+        for i in range(nq):
+            for key in sel[q0 + i, : int(sel_n[q0 + i])].tolist():
+                want[key] = want.get(key, 0) | (1 << i)
+        got = union[o, : int(n[o])].tolist()
+        assert got == sorted(want), o
+        assert bits[o, : int(n[o])].tolist() == [want[key] for key in got]
+        assert (union[o, int(n[o]):] == -1).all()
+
+
+@pytest.mark.parametrize("m", [2, 4, 16])
+def test_merged_token_groups_equal_token_mode(m):
+    """Token mode over groups of m neighbours (each row masked to its own keys) against the
+    reference's token mode on the same selection: output, indexer loss and every gradient, for a
+    packed sequence and for a context-parallel chunk of rows (groups cut at the chunk borders)."""
+    g = gen()
+    t = 53
+    args = case(g, t, 8, 2)
+    pos, doc = rows_of([0, 6, 31, t], t)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=7, granularity="token", token_merge=m)
+    for rows in (torch.arange(t, device=DEV), torch.cat([torch.arange(3, 17), torch.arange(40, 50)]).to(DEV)):
+        xs = [(a[rows] if i in (0, 3, 5) else a).detach().requires_grad_() for i, a in enumerate(args)]
+        o1, l1, aux = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="triton")
+        o2, l2, _ = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="reference",
+                                       sel=(aux["sel"], aux["sel_n"]))
+        dout = torch.randn(o1.shape, generator=g, device=DEV)
+        g1 = torch.autograd.grad((o1 * dout).sum() + 3 * l1, xs)
+        g2 = torch.autograd.grad((o2 * dout).sum() + 3 * l2, xs)
+        assert rel(o1, o2) < 1e-5
+        assert abs(float(l1) - float(l2)) <= 1e-5 * abs(float(l2)) + 1e-6
+        for name, a, b in zip(["q", "k", "v", "q_idx", "k_idx", "w_idx"], g1, g2):
+            assert rel(a, b) < 1e-4, (name, rel(a, b))

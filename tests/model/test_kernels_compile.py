@@ -81,8 +81,10 @@ def _training_launches(monkeypatch):
     bf = lambda *s: torch.randn(*s, generator=g).to(torch.bfloat16).requires_grad_()  # noqa: E731
     cu = torch.tensor([0, 130, t], dtype=torch.int32)
     monkeypatch.setitem(topk_mod.CONFIG, "sample", 64)
-    for stage, gran in (("sparse", "block"), ("sparse", "token"), ("warmup", "block")):
-        cfg = DSAConfig(index_heads=hi, index_dim=d, topk=32 if gran == "block" else 8, granularity=gran, block_q=64, stage=stage)
+    for stage, gran, merge in (("sparse", "block", 1), ("sparse", "token", 1), ("sparse", "token", 16),
+                               ("warmup", "block", 1)):
+        cfg = DSAConfig(index_heads=hi, index_dim=d, topk=32 if gran == "block" else 8, granularity=gran, block_q=64,
+                        stage=stage, token_merge=merge)
         q, k, v = bf(t, hq, d), bf(t, hkv, d), bf(t, hkv, d)
         qi, ki, wi = bf(t, hi, d), bf(t, d), bf(t, hi)
         out, loss = dsa_attention(q, k, v, qi, ki, wi, cu, cfg)

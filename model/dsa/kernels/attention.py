@@ -29,29 +29,41 @@ from .common import ieee, next_pow2
 
 
 @triton.jit
-def _tile_keys(t, nt_sel, SEL, sel_row, n_sel, lo, hi, BN: tl.constexpr):
-    """Key indices and validity of tile t: list tiles first, then the contiguous range."""
+def _tile_keys(t, nt_sel, SEL, BITS, sel_row, n_sel, lo, hi, BN: tl.constexpr, HAS_BITS: tl.constexpr):
+    """Key indices, validity and query bits of tile t: list tiles first, then the contiguous range.
+    The bits (merged token owners, model/dsa/merge.py) say which of the owner's queries selected
+    each listed key; range keys and lists without bits are every query's (all bits set)."""
     offs = tl.arange(0, BN)
+    kb = tl.full([BN], -1, tl.int32)
     if t < nt_sel:
         p = t * BN + offs
         km = p < n_sel
         kidx = tl.load(SEL + sel_row + p, mask=km, other=0)
+        if HAS_BITS:
+            kb = tl.load(BITS + sel_row + p, mask=km, other=0)
     else:
         kidx = lo + (t - nt_sel) * BN + offs
         km = kidx < hi
-    return kidx, km
+    return kidx, km, kb
+
+
+@triton.jit
+def _selected_by(kb, slot):
+    """[rows, BN] bool: row r's query (slot[r], its index in the owner) selected the key."""
+    return ((kb[None, :] >> slot[:, None]) & 1) != 0
 
 
 
 @triton.jit
-def _tile_logits(q, K, V, kidx, km, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec: tl.constexpr,
-                 MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
+def _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec: tl.constexpr,
+                 MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr):
     """(K tile, V tile, base-2 logits with -inf where a key is masked) for BN keys (rows kidx of the
     global key table).
 
     ``MASK_K``: some of the tile's keys are padding (``km``); ``CAUSAL``: apply key <= query
     position. Full tiles of a selected list need neither (see the kernel), which keeps the
-    predicate and select work out of the loop that carries most of the FLOPs.
+    predicate and select work out of the loop that carries most of the FLOPs. ``BITS``: ``keep``
+    [rows, BN] masks each row to its own query's keys (merged token owners).
     """
     kofs = kidx.to(tl.int64)
     kp = K + kofs[:, None] * s_kt + hk * s_kh + dd[None, :]
@@ -68,15 +80,18 @@ def _tile_logits(q, K, V, kidx, km, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_v
         s = tl.where(km[None, :] & (kidx[None, :] <= pos[:, None]), s, float("-inf"))
     elif MASK_K:
         s = tl.where(km[None, :], s, float("-inf"))
+    if BITS:
+        s = tl.where(keep, s, float("-inf"))
     return kk, vv, s
 
 
 @triton.jit
-def _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_kt, s_kh, s_vt, s_vh,
-              prec: tl.constexpr, MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
+def _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_kt, s_kh, s_vt, s_vh,
+              prec: tl.constexpr, MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+              BITS: tl.constexpr):
     """One online-softmax step over a key tile."""
-    kk, vv, s = _tile_logits(q, K, V, kidx, km, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
-                             MASK_K, CAUSAL, EVEN_D)
+    kk, vv, s = _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
+                             MASK_K, CAUSAL, EVEN_D, BITS)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
@@ -86,13 +101,13 @@ def _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_k
 
 
 @triton.jit
-def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, dq, sm_scale, scale_log2,
+def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, dq, sm_scale, scale_log2,
               s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
-              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr):
+              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr):
     """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV with atomics; padded
     rows (``rv``) get P = 0."""
-    kk, vv, s = _tile_logits(q, K, V, kidx, km, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
-                             MASK_K, CAUSAL, EVEN_D)
+    kk, vv, s = _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
+                             MASK_K, CAUSAL, EVEN_D, BITS)
     p = tl.where(rv[:, None], tl.exp2(s - lse2[:, None]), 0.0)
     dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec)
     dp = tl.dot(do, tl.trans(vv), input_precision=prec)
@@ -134,32 +149,33 @@ def _owner_rows(QPOS, own_q0, own_nq, o, hk, hg, G, D: tl.constexpr, DP: tl.cons
 
 
 @triton.jit
-def _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, sm_scale,
+def _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, sm_scale,
                scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
-               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr):
+               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr, BITS: tl.constexpr):
     """One key tile in either direction: ``acc`` is the output rows (forward, with the online
     softmax's m_i, l_i) or the dQ rows (backward, m_i and l_i passed through)."""
     if BWD:
-        acc = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm, acc, sm_scale,
-                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D)
+        acc = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, acc, sm_scale,
+                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D, BITS)
     else:
-        m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
-                                  s_kt, s_kh, s_vt, s_vh, prec, MASK_K, CAUSAL, EVEN_D)
+        m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
+                                  s_kt, s_kh, s_vt, s_vh, prec, MASK_K, CAUSAL, EVEN_D, BITS)
     return m_i, l_i, acc
 
 
 @triton.jit
 def _attn_kernel(
-    Q, K, V, O, LSE, DO, DELTA, DQ, DK, DV, QPOS, own_q0, own_nq, SEL, SEL_N, rng_lo, rng_hi,
+    Q, K, V, O, LSE, DO, DELTA, DQ, DK, DV, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi,
     sm_scale, scale_log2, G,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, s_dkt, s_dkh, stride_sel,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
-    BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr,
+    BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr, HAS_BITS: tl.constexpr,
 ):
     """Forward (``BWD`` false: writes O, LSE) or backward (reads DO, LSE, DELTA; writes DQ, adds DK,
     DV) of one owner's rows, walking its keys in one order: full list tiles (no mask), the
     partial list tile, then the contiguous range (causal). O, DO and DQ share the strides s_ot, s_oh
-    (the launcher makes them contiguous like q)."""
+    (the launcher makes them contiguous like q). ``HAS_BITS``: SBITS holds the list's query bits
+    (merged token owners), laid out like SEL."""
     o = tl.program_id(0)
     hk = tl.program_id(1)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
@@ -187,23 +203,30 @@ def _attn_kernel(
     offs = tl.arange(0, BN)
     # The selected list: gathered key rows. Selection only offers keys before the owner's first
     # query (Plan.cand_hi), so no list key needs the causal mask; full tiles need no mask at all.
+    slot = tl.arange(0, QB * HPP) // HPP  # the row's query within the owner (its bit)
     n_full = (n_sel // BN) * BN
     for j in range(0, n_full, BN):
         kidx = tl.load(SEL + sel_row + j + offs)
-        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, offs < BN, pos, hk, dd, dm,
+        keep = kidx
+        if HAS_BITS:
+            keep = _selected_by(tl.load(SBITS + sel_row + j + offs), slot)
+        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, offs < BN, keep, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, False, False, EVEN_D, BWD)
+                                   prec, False, False, EVEN_D, BWD, HAS_BITS)
     if n_full < n_sel:
         km = n_full + offs < n_sel
         kidx = tl.load(SEL + sel_row + n_full + offs, mask=km, other=0)
-        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, pos, hk, dd, dm,
+        keep = kidx
+        if HAS_BITS:
+            keep = _selected_by(tl.load(SBITS + sel_row + n_full + offs, mask=km, other=0), slot)
+        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, True, False, EVEN_D, BWD)
+                                   prec, True, False, EVEN_D, BWD, HAS_BITS)
     for j in range(lo, hi, BN):  # the contiguous range: the block's own keys, or the dense prefix
         kidx = j + offs
-        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, kidx < hi, pos, hk, dd, dm,
+        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, kidx < hi, kidx, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, True, True, EVEN_D, BWD)
+                                   prec, True, True, EVEN_D, BWD, False)
     if BWD:
         tl.store(DQ + orow, (acc * sm_scale).to(DQ.dtype.element_ty), mask=rm)
     else:
@@ -235,7 +258,7 @@ def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
 
 
 def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n, scale: float, token: bool,
-            block_n, num_warps, num_stages) -> None:
+            block_n, num_warps, num_stages, bits=None) -> None:
     c = (BWD_CONFIG if bwd else FWD_CONFIG)["token" if token else "block"]
     d = q.shape[2]
     hkv = k.shape[1]
@@ -247,26 +270,27 @@ def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n,
     grid = (plan.n_owners, hkv, triton.cdiv(g, hpp))
     _attn_kernel[grid](
         q, k, v, o, lse, do, delta, dq, dk, dv, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
-        plan.rng_lo, plan.rng_hi, scale, scale * 1.4426950408889634, g,
+        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, scale, scale * 1.4426950408889634, g,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), lse.stride(0), dk.stride(0), dk.stride(1), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n or c[0], IEEE=ieee(q),
-        BWD=bwd, num_warps=num_warps or c[1], num_stages=num_stages or c[2],
+        BWD=bwd, HAS_BITS=bits is not None, num_warps=num_warps or c[1], num_stages=num_stages or c[2],
     )
 
 
 def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
-             num_warps: int | None = None, num_stages: int | None = None):
-    """(out like q, lse [Tq, Hq] float32, natural log) of each owner's attention; q, k, v contiguous."""
+             num_warps: int | None = None, num_stages: int | None = None, bits=None):
+    """(out like q, lse [Tq, Hq] float32, natural log) of each owner's attention; q, k, v contiguous.
+    ``bits``: the list's query bits (merged token owners, model/dsa/merge.py)."""
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
     _launch(False, q, k, v, out, lse, q, lse, q, k, v, plan, sel, sel_n, scale, token,
-            block_n, num_warps, num_stages)
+            block_n, num_warps, num_stages, bits)
     return out, lse
 
 
 def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
-             num_warps: int | None = None, num_stages: int | None = None):
+             num_warps: int | None = None, num_stages: int | None = None, bits=None):
     """(dq, dk, dv) for the output gradient ``dout``; dk and dv are summed in float32."""
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)  # [Tq, Hq], rowsum(dO * O)
@@ -274,7 +298,7 @@ def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: boo
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     _launch(True, q, k, v, dout, lse, dout, delta, dq, dk, dv, plan, sel, sel_n, scale, token,
-            block_n, num_warps, num_stages)
+            block_n, num_warps, num_stages, bits)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 

@@ -19,18 +19,19 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import _tile_keys
+from .attention import _selected_by, _tile_keys
 from .common import ieee, next_pow2
 
 
 @triton.jit
 def _kl_kernel(
-    Q, K, LSE, QI, WI, KI, QPOS, own_q0, own_nq, SEL, SEL_N, rng_lo, rng_hi,
+    Q, K, LSE, QI, WI, KI, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi,
     KL, DQI, DWI, DKI,
     scale_log2, inv_hq, G, HKV, HI, DI,
     s_qt, s_qh, s_kt, s_kh, s_lt, s_qit, s_qih, s_wt, s_kit, s_dqit, s_dqih, s_dwt, s_dkit, stride_sel,
     HAS_SEL: tl.constexpr, WITH_GRAD: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QS: tl.constexpr,
     HP: tl.constexpr, HIP: tl.constexpr, DIP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BITS: tl.constexpr,
 ):
     o = tl.program_id(0)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
@@ -70,12 +71,14 @@ def _kl_kernel(
         m_i = tl.full([QS], -1.0e30, tl.float32)
         l_i = tl.zeros([QS], tl.float32)
         for t in range(0, nt):
-            kidx, km = _tile_keys(t, nt_sel, SEL, sel_row, n_sel, lo, hi, BN)
+            kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
             kit = tl.load(KI + kidx.to(tl.int64)[None, :] * s_kit + di[:, None],
                           mask=km[None, :] & dim_[:, None], other=0.0)
             z = tl.dot(qi_, kit, input_precision=prec)
             il = tl.sum(tl.reshape(tl.maximum(z, 0.0) * wi[:, None], (QS, HIP, BN)), 1)
             ok = qv[:, None] & km[None, :] & (kidx[None, :] <= pos_q[:, None])
+            if HAS_BITS:
+                ok = ok & _selected_by(kb, s0 + qa)
             il = tl.where(ok, il, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(il, 1))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(il - m_new[:, None]), 1)
@@ -87,10 +90,12 @@ def _kl_kernel(
         dqi = tl.zeros([QS * HIP, DIP], tl.float32)
         dwi = tl.zeros([QS * HIP], tl.float32)
         for t in range(0, nt):
-            kidx, km = _tile_keys(t, nt_sel, SEL, sel_row, n_sel, lo, hi, BN)
+            kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
             kofs = kidx.to(tl.int64)
             pt = tl.zeros([QS, BN], tl.float32)
             oka = rav[:, None] & km[None, :] & (kidx[None, :] <= pos_a[:, None])
+            if HAS_BITS:
+                oka = oka & _selected_by(kb, s0 + aq)
             for hk in range(0, HKV):
                 head = hk * G + ah
                 qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
@@ -106,6 +111,8 @@ def _kl_kernel(
             z = tl.dot(qi_, kit, input_precision=prec)
             il = tl.sum(tl.reshape(tl.maximum(z, 0.0) * wi[:, None], (QS, HIP, BN)), 1)
             ok = qv[:, None] & km[None, :] & (kidx[None, :] <= pos_q[:, None])
+            if HAS_BITS:
+                ok = ok & _selected_by(kb, s0 + qa)
             a_plogp += tl.sum(tl.where(pt > 0.0, pt * tl.log(tl.where(pt > 0.0, pt, 1.0)), 0.0), 1)
             a_pi += tl.sum(tl.where(ok, pt * il, 0.0), 1)
             if WITH_GRAD:
@@ -138,8 +145,9 @@ def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
 
 
 def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, token: bool, with_grad: bool,
-               block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None):
-    """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t."""
+               block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None, bits=None):
+    """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t. ``bits``: the
+    list's query bits (merged token owners, model/dsa/merge.py)."""
     c = CONFIG["token" if token else "block"]
     block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
     tq, hq, d = q.shape
@@ -159,13 +167,14 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     sel_n_t = sel_n if has_sel else plan.own_q0
     _kl_kernel[(plan.n_owners,)](
         q, k, lse, q_idx, w_idx, k_idx, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
-        plan.rng_lo, plan.rng_hi, kl, dqi, dwi, dki,
+        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, kl, dqi, dwi, dki,
         scale * 1.4426950408889634, 1.0 / hq, g, hkv, h_i, d_i,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
         q_idx.stride(0), q_idx.stride(1), w_idx.stride(0), k_idx.stride(0),
         dqi.stride(0), dqi.stride(1), dwi.stride(0), dki.stride(0), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, WITH_GRAD=with_grad, D=d, DP=max(16, next_pow2(d)), QS=qs, HP=hp, HIP=hip,
-        DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), num_warps=num_warps, num_stages=num_stages,
+        DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), HAS_BITS=bits is not None,
+        num_warps=num_warps, num_stages=num_stages,
     )
     if not with_grad:
         return kl, None
