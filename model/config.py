@@ -58,6 +58,9 @@ class DSASettings:
     granularity: Literal["token", "block"] = "block"
     block_q: int = 64
     indexer_loss_coeff: float = 1.0
+    # token granularity: neighbouring queries per kernel program over the union of their
+    # selections (model/dsa/merge.py); a speed knob, the result is the same
+    token_merge: int = 1
 
 
 @dataclass(frozen=True)

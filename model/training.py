@@ -63,7 +63,7 @@ def configure_core(core: CoreChoice, stage: Stage, dsa_settings, on_gpu: bool) -
     core.backend = "triton" if on_gpu else "reference"
     core.dsa = DSAConfig(index_heads=dsa_settings.index_heads, index_dim=dsa_settings.index_dim,
                          topk=dsa_settings.topk, granularity=dsa_settings.granularity,
-                         block_q=dsa_settings.block_q, stage=stage)
+                         block_q=dsa_settings.block_q, stage=stage, token_merge=dsa_settings.token_merge)
 
 
 class Trainer:

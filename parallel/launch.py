@@ -23,6 +23,25 @@ def under_launcher() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def end_ranks() -> None:
+    """A rank that finished its command leaves the process groups together with the others.
+
+    Without this each rank's interpreter tears its groups down at exit on its own: rank 0 (which
+    hosts the rendezvous store) may be gone while another rank's gloo threads still talk to it,
+    and that rank then aborts ("terminate called without an active exception") after finishing
+    its work, failing the whole command. A barrier first, so no rank leaves while another is still
+    in a collective; then the groups are destroyed before interpreter shutdown."""
+    import torch.distributed as dist
+
+    if not (under_launcher() and dist.is_available() and dist.is_initialized()):
+        return
+    from megatron.core import parallel_state
+
+    dist.barrier()
+    parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
 def torchrun(nproc: int, argv: list[str]) -> int:
     """Run `python -m jobs.cli argv` as `nproc` local ranks; returns the launcher's exit code."""
     from torch.distributed.run import get_args_parser, run

@@ -67,8 +67,10 @@ def config_from_args(args) -> TrainConfig:
             data["retrieval"] = _retrieval(args, data["plan"])
     optim = {k: v for k, v in {"lr": args.lr, "min_lr": args.min_lr,
                                "lr_warmup_steps": args.lr_warmup_steps}.items() if v is not None}
-    dsa = {k: v for k, v in {"topk": args.dsa_topk, "granularity": args.dsa_granularity}.items()
-           if v is not None}
+    if args.dsa_token_merge is not None and not 1 <= args.dsa_token_merge <= 16:
+        raise BadInput(f"--dsa-token-merge {args.dsa_token_merge}: must be 1 to 16 (one bit per query of a group)")
+    dsa = {k: v for k, v in {"topk": args.dsa_topk, "granularity": args.dsa_granularity,
+                             "token_merge": args.dsa_token_merge}.items() if v is not None}
     return TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,
                        seed=args.seed, attention=args.attention,
                        dsa_warmup_steps=args.dsa_warmup_steps, dsa=dsa, optim=optim,
@@ -111,9 +113,11 @@ def _check_video_layout(data_dir: str, preset_name: str) -> None:
 
 def _run(cfg, run_dir: str, force: bool, args) -> int:
     from jobs.steps.train_loop import flush_print, train
+    from parallel.launch import end_ranks
 
     summary = train(cfg, Path(run_dir), force=force, workers=args.workers,
                     jpeg_on_device=args.jpeg_on_device, log=flush_print)
+    end_ranks()
     done = len(summary["losses"])
     flush_print(f"train: {done} steps run now (from step {summary['start_step']}) of {cfg.steps}; "
                 f"metrics in {Path(run_dir) / 'metrics.jsonl'}, checkpoints in "
@@ -192,6 +196,9 @@ def register(sub) -> None:
                    help="with --attention dsa: steps that train only the indexer on dense attention")
     p.add_argument("--dsa-topk", type=int)
     p.add_argument("--dsa-granularity", choices=["token", "block"])
+    p.add_argument("--dsa-token-merge", type=int, metavar="M",
+                   help="token granularity on a GPU: M (2-16) neighbouring queries share one gathered key list "
+                        "(the union of their selections); same result, fewer bytes read")
     p.add_argument("--lr", type=float)
     p.add_argument("--min-lr", type=float)
     p.add_argument("--lr-warmup-steps", type=int)

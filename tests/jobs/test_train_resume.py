@@ -103,3 +103,22 @@ def test_resume_on_another_number_of_ranks_reshards_and_trains_on(tmp_path):
     untrained = read_metrics(fresh)[0]["ce"]
     # the resumed steps start from the trained weights: well below a fresh model's loss
     assert got[3]["ce"] < untrained - 0.3, (got[3]["ce"], untrained)
+
+
+def test_token_merge_reaches_the_attention_config_and_bad_values_are_refused(tmp_path):
+    """--dsa-token-merge is stored with the run and becomes the DSA layers' token_merge; a value
+    the kernels cannot take (one bit per query of a group, at most 16) is refused before any work."""
+    from jobs.steps.train_loop import model_config, stored_config
+    from model.attention import CoreChoice
+    from model.training import configure_core
+
+    short = ["--synthetic", "2", "--seq-len", "96", "--steps", "1", "--workers", "0", "--attention", "dsa",
+             "--dsa-granularity", "token"]
+    bad = run("train", "--run", str(tmp_path / "bad"), *short, "--dsa-token-merge", "17", check=False)
+    assert bad.returncode == 2 and "--dsa-token-merge 17" in bad.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+    run("train", "--run", str(tmp_path / "ok"), *short, "--dsa-token-merge", "4")
+    cfg = stored_config(tmp_path / "ok")
+    core = CoreChoice()
+    configure_core(core, "sparse", model_config(cfg).lm.dsa, False)
+    assert (core.dsa.granularity, core.dsa.token_merge) == ("token", 4)
