@@ -7,8 +7,11 @@ document start, like blocks) become one owner whose list is the union of their s
 a bit mask per listed key saying which of the m queries selected it (bit i = the owner's i-th
 query). The kernels then treat the group like a block owner without a range, masking each
 query's row to its own keys: the attention, its gradients and the indexer KL are exactly token
-mode's, while each union row is read once per group (tests/bench/bench_token_bytes.py counts the
-bytes on real selections: about 11x fewer at m = 16, for 1.3x the dot FLOPs).
+mode's, while each union row is read once per group. The trade, counted by
+tests/bench/bench_token_bytes.py on video-structured selections (k = 2,048, 8K-16K tokens): m = 4
+reads 2.1-2.6x fewer bytes for 1.6-1.9x the dot FLOPs, m = 16 5.3-7.7x fewer for 2-2.9x; the
+dots run on 16 x G rows instead of G padded to 16, so which m is fastest is for the GPU to show
+(bench_dsa.py --token-merge); the default stays 1 (DSASettings.token_merge) until it has.
 """
 from __future__ import annotations
 

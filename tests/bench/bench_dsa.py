@@ -783,7 +783,7 @@ def main():
     ap.add_argument("--check-rules", default="pooled,max+coarse2", help="block rules checked against the reference")
     ap.add_argument("--sdpa", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1, help="time the indexer warm-up's layer work per size")
-    ap.add_argument("--token-merge", default="4,16", help="merged token groups to time per size ('' = none)")
+    ap.add_argument("--token-merge", default="4,8,16", help="merged token groups to time per size ('' = none)")
     a = ap.parse_args()
     if a.quality:
         quality()
