@@ -28,7 +28,6 @@ import os
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
@@ -36,9 +35,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from indexer_inputs import cases as indexer_cases  # noqa: E402
+from indexer_inputs import finish  # noqa: E402
+
 from model.dsa import DSAConfig  # noqa: E402
 from model.dsa import reference as ref  # noqa: E402
-from model.dsa.plan import build_plan, doc_starts_from_cu_seqlens  # noqa: E402
+from model.dsa.plan import build_plan  # noqa: E402
 
 E4M3_MAX = 448.0
 RULES = [("token", "max", 0), ("block", "max", 2), ("block", "max", 0), ("block", "pooled", 0)]
@@ -101,34 +103,6 @@ def _key_recall(want: torch.Tensor, got: torch.Tensor) -> torch.Tensor:
     return hits.sum(1).float() / (want >= 0).sum(1).float()
 
 
-def trained_inputs(run: str, packs: str):
-    """[(label, q_I, k_I, w, doc)] per DSA layer and pack of a trained run, and its DSAConfig."""
-    from bench_indexer_quality import Capture, load_models
-
-    from model.training import configure_core
-
-    path, _, step = run.partition(":")
-    _, trained, s = load_models([(Path(path), int(step) if step else None)])
-    label, model, _, step = trained[0]
-    cap = Capture(model)
-    all_packs = s.packs()
-    ids = [int(x) for x in packs.split(",") if x] if packs else list(range(min(2, len(all_packs))))
-    res = []
-    configure_core(s.core, "sparse", s.model_cfg.lm.dsa, s.on_gpu)
-    try:
-        for i in ids:
-            cap.layers.clear()
-            with torch.no_grad():
-                model(all_packs[i])
-            for name, got in cap.layers.items():
-                qi, ki, wi = got["idx"]
-                res.append((f"{label} pack {i} layer {name.split('layers.')[-1].split('.')[0]}", qi, ki, wi,
-                            doc_starts_from_cu_seqlens(got["cu"], qi.shape[0])))
-    finally:
-        cap.close()
-    return res, s.core.dsa
-
-
 def stats(v):
     if v.numel() == 0:
         return "n/a"
@@ -146,32 +120,18 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))))
     t0 = time.time()
-    cases = []
-    if a.run and Path(a.run.partition(":")[0]).exists():
-        inputs, cfg = trained_inputs(a.run, a.packs)
-        cases += [(label, qi, ki, wi, doc, cfg) for label, qi, ki, wi, doc in inputs]
-    from bench_dsa import video_indexer
-
-    prod = DSAConfig(index_heads=8, index_dim=64, topk=2048, block_q=64)
-    for t in (int(s) for s in a.sizes.split(",") if s):
-        qi, ki, wi = video_indexer(t, 256, gen=torch.Generator().manual_seed(t))
-        cases.append((f"video-structured synthetic, T={t}", qi, ki, wi, torch.zeros(t, dtype=torch.int32), prod))
     lines = [f"e4m3 (per-row scale) vs bf16 indexer operands; {datetime.date.today().isoformat()}, torch "
              f"{torch.__version__}, {os.cpu_count()} CPUs. Cells: mean / p5 / min over selective owners "
              "(key recall) or their queries (mass recall).", "",
              "| inputs | k, B_q | rule | key recall | mass recall | key recall, bf16 vs float32 operands |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for label, qi, ki, wi, doc, cfg in cases:
+    for label, qi, ki, wi, doc, cfg in indexer_cases(a.run, a.packs, a.sizes):
         res = recall(qi, ki, wi, doc, cfg)
         for rule, (kr, mr, kb) in res.items():
             line = f"| {label} | {cfg.topk}, {cfg.block_q} | {rule} | {stats(kr)} | {stats(mr)} | {stats(kb)} |"
             lines.append(line)
             print(line, flush=True)
-    lines += ["", f"Wall time {time.time() - t0:.0f} s."]
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
+    finish(lines, t0, a.out)
 
 
 if __name__ == "__main__":

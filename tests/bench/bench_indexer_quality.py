@@ -36,6 +36,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_dsa import QUALITY_RULES, quality_vectors  # noqa: E402
+from indexer_inputs import finish  # noqa: E402
 
 LONG_DOC = 512  # queries of documents at least this long are also reported on their own
 
@@ -275,11 +276,8 @@ def main():
                          f"| {r['kl'].get(n, float('nan')):.4f} |")
     lines += ["", "LM loss on these packs (sparse stage): " + ", ".join(f"{label} {res[label]['ce']:.4f}"
                                                                         for label in labels)
-              + f". Wall time {time.time() - t_start:.0f} s."]
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
+              + "."]
+    finish(lines, t_start, a.out)
 
 
 if __name__ == "__main__":

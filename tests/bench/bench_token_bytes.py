@@ -26,13 +26,15 @@ import datetime
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from indexer_inputs import cases as indexer_cases  # noqa: E402
+from indexer_inputs import finish  # noqa: E402
 
 from model.dsa import DSAConfig  # noqa: E402
 from model.dsa import reference as ref  # noqa: E402
@@ -80,23 +82,11 @@ def main():
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))))
     merges = [int(m) for m in a.merge.split(",")]
     t0 = time.time()
-    cases = []
-    if a.run and Path(a.run.partition(":")[0]).exists():
-        from bench_fp8_indexer import trained_inputs
-
-        inputs, cfg = trained_inputs(a.run, a.packs)
-        cases += [(label, qi, ki, wi, doc, cfg) for label, qi, ki, wi, doc in inputs]
-    from bench_dsa import video_indexer
-
-    prod = DSAConfig(index_heads=8, index_dim=64, topk=2048, granularity="token")
-    for t in (int(s) for s in a.sizes.split(",") if s):
-        qi, ki, wi = video_indexer(t, 256, gen=torch.Generator().manual_seed(t))
-        cases.append((f"video-structured synthetic, T={t}", qi, ki, wi, torch.zeros(t, dtype=torch.int32), prod))
     head = ["per query"] + [f"merged m={m}" for m in merges if m > 1] + ["KV-outer"]
     lines = [f"Token-mode forward bytes per KV head (G = {G}, D = {D}, KV tile {BN}); {datetime.date.today()}, "
              f"torch {torch.__version__}. Cells: GB, and for merged groups the FLOP ratio to per-query.", "",
              "| inputs | k | pairs / query | " + " | ".join(head) + " |", "| --- | --- | --- |" + " --- |" * len(head)]
-    for label, qi, ki, wi, doc, cfg in cases:
+    for label, qi, ki, wi, doc, cfg in indexer_cases(a.run, a.packs, a.sizes):
         cfg = DSAConfig(**{**cfg.__dict__, "granularity": "token", "stage": "sparse"})
         t = qi.shape[0]
         plan = build_plan(torch.arange(t, dtype=torch.int32), doc.to(torch.int32), cfg, dense=False)
@@ -108,11 +98,7 @@ def main():
         line = f"| {label} | {cfg.topk} | {c['pairs'] / t:.0f} | " + " | ".join(cells) + " |"
         lines.append(line)
         print(line, flush=True)
-    lines += ["", f"Wall time {time.time() - t0:.0f} s."]
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
+    finish(lines, t0, a.out)
 
 
 if __name__ == "__main__":
