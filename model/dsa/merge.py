@@ -49,10 +49,11 @@ def merge_selection(plan: Plan, mplan: Plan, sel: torch.Tensor, sel_n: torch.Ten
     valid = torch.arange(k, device=dev)[None, :] < sel_n[:, None]
     parts = []
     step = max(1, rows_per_chunk // max(1, mplan.max_nq))
+    ends = (mplan.own_q0 + mplan.own_nq).cpu()  # one device read for every chunk's row range
     for g0 in range(0, n_groups, step):
         g1 = min(n_groups, g0 + step)
-        r0 = int(mplan.own_q0[g0])
-        r1 = int(mplan.own_q0[g1 - 1] + mplan.own_nq[g1 - 1])
+        r0 = int(ends[g0 - 1]) if g0 else 0
+        r1 = int(ends[g1 - 1])
         v = valid[r0:r1]
         grp = (group_of_row[r0:r1, None] - g0).expand(-1, k)[v]
         code = grp * n_keys + sel[r0:r1].long()[v]
