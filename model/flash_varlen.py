@@ -91,7 +91,7 @@ class _FlashVarlen(torch.autograd.Function):
             q, k, v, lay.cu_q, lay.cu_k, lay.max_q, lay.max_k, 0.0, causal, False, scale=scale)
         ctx.save_for_backward(q, k, v, out, lse, rng, unused)
         ctx.lay, ctx.causal, ctx.scale = lay, causal, scale
-        lse_rows = _lse_by_row(lse, lay, q.shape[0])
+        lse_rows = _lse_by_row(lse, q.shape[0])
         ctx.mark_non_differentiable(lse_rows)
         return out, lse_rows
 
@@ -105,17 +105,13 @@ class _FlashVarlen(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
-def _lse_by_row(lse: torch.Tensor, lay: VarlenLayout, total_q: int) -> torch.Tensor:
-    """The kernel's log-sum-exp as [total_q, Hq] (the DSA kernels' layout): FlashAttention >= 2.5
-    writes [Hq, total_q]; earlier builds wrote [segments, Hq, max_q], padded."""
-    if lse.dim() == 2 and lse.shape[1] == total_q:
-        return lse.t()
-    if lse.dim() == 3 and lse.shape[0] == lay.cu_q.numel() - 1:
-        rows = torch.arange(total_q, device=lse.device)
-        seg = torch.searchsorted(lay.cu_q[1:].long(), rows, right=True)
-        return lse[seg, :, rows - lay.cu_q.long()[seg]]
-    raise RuntimeError(f"unexpected FlashAttention varlen log-sum-exp shape {tuple(lse.shape)} for "
-                       f"{total_q} query rows in {lay.cu_q.numel() - 1} segments")
+def _lse_by_row(lse: torch.Tensor, total_q: int) -> torch.Tensor:
+    """The kernel's log-sum-exp [Hq, total_q] (FlashAttention >= 2.5's varlen layout) as
+    [total_q, Hq], the DSA kernels' layout."""
+    if lse.dim() != 2 or lse.shape[1] != total_q:
+        raise RuntimeError(f"unexpected FlashAttention varlen log-sum-exp shape {tuple(lse.shape)} for "
+                           f"{total_q} query rows (this torch's kernel is not the one longshot expects)")
+    return lse.t()
 
 
 def flash_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: VarlenLayout, causal: bool,
