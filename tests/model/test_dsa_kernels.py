@@ -10,31 +10,9 @@ from model.dsa import reference as ref  # noqa: E402
 from model.dsa.kernels import topk as topk_mod  # noqa: E402
 from model.dsa.kernels.pivot_filter import filter_rows  # noqa: E402
 from model.dsa.kernels.topk import topk_in_scratch, topk_rows  # noqa: E402
-from model.dsa.plan import build_plan, doc_starts_from_cu_seqlens  # noqa: E402
+from model.dsa.plan import build_plan  # noqa: E402
 from model.dsa.select import score_rows, select  # noqa: E402
-
-DEV = "cuda" if torch.cuda.is_available() else "cpu"
-SEED = torch.seed()
-
-
-def gen():
-    return torch.Generator(device=DEV).manual_seed(SEED)
-
-
-def rows_of(cu, t):
-    cu = torch.as_tensor(cu, dtype=torch.int32, device=DEV)
-    return torch.arange(t, dtype=torch.int32, device=DEV), doc_starts_from_cu_seqlens(cu, t)
-
-
-def case(g, t, hq, hkv, d=16, hi=2, di=16, grad=True):
-    r = lambda *s: torch.randn(*s, generator=g, device=DEV)  # noqa: E731
-    xs = [r(t, hq, d), r(t, hkv, d), r(t, hkv, d), r(t, hi, di) * 0.5, r(t, di) * 0.5, r(t, hi)]
-    return [x.requires_grad_(grad) for x in xs]
-
-
-def rel(a, b):
-    a, b = a.detach(), b.detach()
-    return float((a - b).norm() / b.norm().clamp_min(1e-20))
+from tests.model.dsa_cases import DEV, case, gen, rel, rows_of  # noqa: E402
 
 
 # ------------------------------------------------------------------------------------------ top-k
