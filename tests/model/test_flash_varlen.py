@@ -51,3 +51,22 @@ def test_a_whole_pack_is_its_documents_and_matches_the_warmup_kernel_with_its_ls
     out_k, lse_k = attn_fwd(q, k, v, plan, None, None, d ** -0.5, False)
     assert _rel(out, out_k) < 1e-5
     assert float((lse - lse_k).abs().max()) < 1e-4
+
+
+def test_the_indexer_kl_reads_a_transposed_log_sum_exp_like_a_contiguous_one():
+    """FlashAttention returns its lse as [Hq, Tq]; flash_varlen hands the KL its transpose, a view
+    whose rows are not contiguous. The KL must read it by position, not by memory order."""
+    from model.dsa.kernels.indexer_kl import indexer_kl
+
+    g = torch.Generator().manual_seed(SEED)
+    t, hq, hkv, d, hi, di = 40, 4, 2, 16, 2, 16
+    pos = torch.arange(t, dtype=torch.int32)
+    plan = build_plan(pos, torch.zeros(t, dtype=torch.int32), DSAConfig(block_q=8, stage="warmup"), True)
+    q, k, v = (torch.randn(t, h, d, generator=g) for h in (hq, hkv, hkv))
+    qi, ki, wi = torch.randn(t, hi, di, generator=g), torch.randn(t, di, generator=g), torch.randn(t, hi, generator=g)
+    _, lse = attn_fwd(q, k, v, plan, None, None, d ** -0.5, False)
+    as_flash = lse.t().contiguous().t()  # same values, FlashAttention's memory order
+    assert not as_flash.is_contiguous()
+    want, _ = indexer_kl(q, k, lse, qi, ki, wi, plan, None, None, d ** -0.5, False, False)
+    got, _ = indexer_kl(q, k, as_flash, qi, ki, wi, plan, None, None, d ** -0.5, False, False)
+    assert torch.allclose(got, want, rtol=0, atol=0)

@@ -155,6 +155,7 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     g = hq // hkv
     h_i, d_i = q_idx.shape[1], q_idx.shape[2]
     qs, hp, hip = kl_shape(plan.max_nq, g, h_i, token)
+    lse = lse.contiguous()  # the kernel reads [Tq, Hq] rows with unit head stride (FlashAttention's is [Hq, Tq])
     kl = torch.empty(tq, dtype=torch.float32, device=q.device)
     if with_grad:
         dqi = torch.empty_like(q_idx)
