@@ -522,11 +522,12 @@ def bench_warmup(t):
     torch.cuda.empty_cache()
 
 
-def bench_token_merge(t, merges):
+def bench_token_merge(t, merges, sweep_merged=True):
     """Token mode with m neighbouring queries merged over the union of their selections
     (model/dsa/merge.py) against one program per query (m = 1), on video-structured indexer inputs
     (bench_token_bytes.py counts the bytes on such selections): the merge pass, the attention
-    forward and backward, the KL, and the whole layer."""
+    forward and backward, the KL, and the whole layer; for m > 1 first a sweep of the launch
+    configs (``sweep_merged``), whose best is installed for the rows after it."""
     from dataclasses import replace
 
     from model.dsa.merge import merge_selection, merged_plan
@@ -551,6 +552,22 @@ def bench_token_merge(t, merges):
             note = f"union {sel_n.float().mean():.0f} keys/group of {m} ({int(tsel_n.sum()) / int(sel_n.sum()):.1f}x fewer rows)"
             row(t, f"token m={m}: merge pass", s_m, note=note)
         name = f"token m={m}"
+        if m > 1 and sweep_merged:  # merged groups are m x G rows: their own launch defaults
+            opts = [(64, 4, 2), (64, 8, 2), (32, 4, 2), (64, 8, 3)]
+            best_of(f"{name} attn fwd (BN, warps, stages)", t, opts,
+                    lambda c: attn_mod.FWD_CONFIG.__setitem__("merged", c),
+                    lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token, bits=bits), min_total=0.2)
+            o_, l_ = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token, bits=bits)
+            d_ = torch.randn_like(o_)
+            best_of(f"{name} attn bwd (BN, warps, stages)", t, opts,
+                    lambda c: attn_mod.BWD_CONFIG.__setitem__("merged", c),
+                    lambda: attn_bwd(x["q"], x["k"], x["v"], o_, l_, d_, plan, sel, sel_n, scale, token, bits=bits),
+                    min_total=0.2)
+            best_of(f"{name} indexer KL (BN, warps, stages)", t, opts,
+                    lambda c: kl_mod.CONFIG.__setitem__("merged", c),
+                    lambda: indexer_kl(x["q"], x["k"], l_, vq, vk, vw, plan, sel, sel_n, scale, token, True, bits=bits),
+                    min_total=0.2)
+            o_ = l_ = d_ = None
         s_f = timeit(lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token, bits=bits))
         row(t, f"{name}: sparse attn fwd", s_f, flop=4 * D * HQ * int(tsel_n.sum()), note=note)
         out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token, bits=bits)
@@ -823,6 +840,7 @@ def main():
     ap.add_argument("--sdpa", type=int, default=1)
     ap.add_argument("--warmup", type=int, default=1, help="time the indexer warm-up's layer work per size")
     ap.add_argument("--token-merge", default="4,8,16", help="merged token groups to time per size ('' = none)")
+    ap.add_argument("--kernels", type=int, default=1, help="0 skips the per-size kernel and layer rows")
     ap.add_argument("--bwd-order", type=int, default=1, help="time the block backward in query and key order")
     a = ap.parse_args()
     if a.quality:
@@ -854,7 +872,8 @@ def main():
             ([("token", "sparse", "max")] if "token" in modes else []) + [("block", "warmup", "max")]
         section(f"correctness at {a.check}", correctness, a.check, tuple(cases))
     for t in sizes:
-        section(f"benchmark T={t}", bench_size, t, bw, modes, rules, bool(a.sdpa))
+        if a.kernels:
+            section(f"benchmark T={t}", bench_size, t, bw, modes, rules, bool(a.sdpa))
         if a.warmup:
             section(f"warm-up T={t}", bench_warmup, t)
         if a.bwd_order:

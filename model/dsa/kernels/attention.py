@@ -241,8 +241,9 @@ def _attn_kernel(
 
 
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them.
-FWD_CONFIG = {"block": (64, 16, 3), "token": (64, 2, 2)}  # H100 sweeps, 2026-11-24 (token: 79 vs 100 ms at 4 warps)
-BWD_CONFIG = {"block": (64, 8, 1), "token": (32, 4, 2)}
+# "merged": token groups of m queries (merge.py), m x G rows: 32 at m = 4, 128 at m = 16 (not yet swept).
+FWD_CONFIG = {"block": (64, 16, 3), "token": (64, 2, 2), "merged": (64, 4, 2)}  # H100 sweeps, 2026-11-24
+BWD_CONFIG = {"block": (64, 8, 1), "token": (32, 4, 2), "merged": (64, 4, 2)}
 
 
 # Query rows (queries x heads of one KV group) per program in block mode: every gathered key tile
@@ -250,6 +251,11 @@ BWD_CONFIG = {"block": (64, 8, 1), "token": (32, 4, 2)}
 # 377 TFLOP/s vs 296 for 128 rows over 8 warps (H100, 128K, mask-free list tiles,
 # tests/bench/RESULTS.md). Backward keeps 128: it holds q, dO and dQ per row.
 BLOCK_ROWS = {"fwd": 256, "bwd": 128}
+
+
+def config_key(token: bool, bits) -> str:
+    """Which launch defaults a call takes: token owners, merged token groups, or blocks."""
+    return "token" if token else ("merged" if bits is not None else "block")
 
 
 def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
@@ -264,7 +270,7 @@ def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
 
 def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n, scale: float, token: bool,
             block_n, num_warps, num_stages, bits=None, dkv: bool = True) -> None:
-    c = (BWD_CONFIG if bwd else FWD_CONFIG)["token" if token else "block"]
+    c = (BWD_CONFIG if bwd else FWD_CONFIG)[config_key(token, bits)]
     d = q.shape[2]
     hkv = k.shape[1]
     g = q.shape[1] // hkv

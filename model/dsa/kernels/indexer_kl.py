@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import _selected_by, _tile_keys
+from .attention import _selected_by, _tile_keys, config_key
 from .common import ieee, next_pow2
 
 
@@ -135,7 +135,7 @@ def _kl_kernel(
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them. Token
 # programs own one query (16-row dots): 2 warps and 2 stages ran 129 ms against 278 ms for 8 warps
 # and 1 stage at 128K (H100, tests/bench/RESULTS.md).
-CONFIG = {"block": (64, 8, 1), "token": (64, 2, 2)}
+CONFIG = {"block": (64, 8, 1), "token": (64, 2, 2), "merged": (64, 4, 2)}
 
 
 def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
@@ -148,7 +148,7 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
                block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None, bits=None):
     """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t. ``bits``: the
     list's query bits (merged token owners, model/dsa/merge.py)."""
-    c = CONFIG["token" if token else "block"]
+    c = CONFIG[config_key(token, bits)]
     block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
     tq, hq, d = q.shape
     hkv = k.shape[1]
