@@ -592,45 +592,6 @@ def bench_token_merge(t, merges, sweep_merged=True):
     torch.cuda.empty_cache()
 
 
-def bench_bwd_order(t, rule="max+coarse2"):
-    """The block backward in both orders (kernels/attention.py BWD_ORDER): one pass with fp32 dK/dV
-    atomics, or dQ without them plus dK/dV per key tile (attention_dkdv.py), on a video-structured
-    block selection and on the dense warm-up range. The key order is forced here whatever the tiles'
-    density (bench_key_tiles.py counts it on real selections); its note gives the density and the
-    time of building the tiles (key_tiles.py), which the key order's row includes."""
-    from model.dsa.key_tiles import key_tiles
-
-    x = inputs(t)
-    vq, vk, vw = (z.to(DEV, torch.bfloat16) for z in video_indexer(t, 256, HI, DI, torch.Generator().manual_seed(5)))
-    pos = torch.arange(t, dtype=torch.int32, device=DEV)
-    doc = torch.zeros(t, dtype=torch.int32, device=DEV)
-    scale = 1 / math.sqrt(D)
-    saved = attn_mod.KEY_ORDER_MIN_DENSITY
-    attn_mod.KEY_ORDER_MIN_DENSITY = 0.0
-    try:
-        for stage in ("sparse", "warmup"):
-            cfg = rule_cfg(rule, stage)
-            plan = build_plan(pos, doc, cfg, dense=stage == "warmup")
-            sel = sel_n = None
-            if stage == "sparse":
-                sel, sel_n = select(vq, vk, vw, plan, cfg)
-            npairs = attended(plan, sel_n, False) if sel_n is not None else t * (t + 1) // 2
-            out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False)
-            dout = torch.randn_like(out)
-            s_t = timeit(lambda: key_tiles(plan, sel, sel_n, t, *attn_mod.KEY_TILE))
-            dens = key_tiles(plan, sel, sel_n, t, *attn_mod.KEY_TILE).density
-            for order in ("query", "key"):
-                s_b = timeit(lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False,
-                                              order=order), max_reps=5)
-                note = f"tile density {dens:.3f}, tiles built in {s_t * 1e3:.1f} ms" if order == "key" else ""
-                row(t, f"block[{rule}] {stage}: attn bwd, {order} order", s_b, flop=10 * D * HQ * npairs, note=note)
-            out = lse = dout = None
-    finally:
-        attn_mod.KEY_ORDER_MIN_DENSITY = saved
-    x = vq = vk = vw = None
-    torch.cuda.empty_cache()
-
-
 def summary(sizes):
     by = {(r["T"], r["what"]): r for r in ROWS}
     lines = []
@@ -841,7 +802,6 @@ def main():
     ap.add_argument("--warmup", type=int, default=1, help="time the indexer warm-up's layer work per size")
     ap.add_argument("--token-merge", default="4,8,16", help="merged token groups to time per size ('' = none)")
     ap.add_argument("--kernels", type=int, default=1, help="0 skips the per-size kernel and layer rows")
-    ap.add_argument("--bwd-order", type=int, default=1, help="time the block backward in query and key order")
     a = ap.parse_args()
     if a.quality:
         quality()
@@ -876,8 +836,6 @@ def main():
             section(f"benchmark T={t}", bench_size, t, bw, modes, rules, bool(a.sdpa))
         if a.warmup:
             section(f"warm-up T={t}", bench_warmup, t)
-        if a.bwd_order:
-            section(f"backward order T={t}", bench_bwd_order, t)
         merges = [int(m) for m in a.token_merge.split(",") if m]
         if merges and "token" in modes:
             section(f"token merge T={t}", bench_token_merge, t, merges)

@@ -72,7 +72,6 @@ def _training_launches(monkeypatch):
     sampled-pivot filter samples 64 keys instead of 2,048, so that rows this short reach it)."""
     from model.cross_entropy import cross_entropy_kernel
     from model.dsa import DSAConfig, dsa_attention
-    from model.dsa.kernels import attention as attn_mod
     from model.dsa.kernels import topk as topk_mod
     from model.rope import multi_axis_cos_sin
     from model.rope_kernel import rotary_kernel
@@ -82,12 +81,8 @@ def _training_launches(monkeypatch):
     bf = lambda *s: torch.randn(*s, generator=g).to(torch.bfloat16).requires_grad_()  # noqa: E731
     cu = torch.tensor([0, 130, t], dtype=torch.int32)
     monkeypatch.setitem(topk_mod.CONFIG, "sample", 64)
-    monkeypatch.setattr(attn_mod, "KEY_TILE", (64, 1))  # every tile split: the slot sums launch too
-    monkeypatch.setattr(attn_mod, "KEY_ORDER_MIN_DENSITY", 0.0)
-    for stage, gran, merge, order in (("sparse", "block", 1, "query"), ("sparse", "block", 1, "key"),
-                                      ("sparse", "token", 1, "query"), ("sparse", "token", 16, "query"),
-                                      ("warmup", "block", 1, "query")):
-        monkeypatch.setitem(attn_mod.BWD_ORDER, "block", order)
+    for stage, gran, merge in (("sparse", "block", 1), ("sparse", "token", 1), ("sparse", "token", 16),
+                               ("warmup", "block", 1)):
         cfg = DSAConfig(index_heads=hi, index_dim=d, topk=32 if gran == "block" else 8, granularity=gran, block_q=64,
                         stage=stage, token_merge=merge)
         q, k, v = bf(t, hq, d), bf(t, hkv, d), bf(t, hkv, d)
@@ -126,7 +121,7 @@ def test_every_launched_kernel_compiles_for_hopper(monkeypatch, tmp_path):
     unique = {json.dumps(s, sort_keys=True): s for s in launches}
     names = {s["name"] for s in unique.values()}
     # the kernels of each part of a training step were launched (and so will be compiled)
-    for must in ("_attn_kernel", "_dkdv_kernel", "_sum_slots_kernel", "_kl_kernel", "_scores_kernel", "_topk_kernel",
+    for must in ("_attn_kernel", "_kl_kernel", "_scores_kernel", "_topk_kernel",
                  "_sample_kernel", "_filter_kernel", "_rotate", "_ce_forward", "_ce_backward"):
         assert must in names, (must, sorted(names))
     specs = tmp_path / "launches.json"

@@ -14,8 +14,10 @@ key <= query position, so queries given by global position (context parallel chu
 
 Backward recomputes P from the saved log-sum-exp, writes dQ directly (each query row belongs to
 one program) and adds dK, dV into float32 buffers with atomics: a key may be selected by many
-owners. Sums in dK, dV are thus not bitwise deterministic. The key order (``BWD_ORDER``) leaves dK,
-dV to attention_dkdv.py, one program per key tile, without atomics.
+owners. Sums in dK, dV are thus not bitwise deterministic. A key-order backward without atomics
+(one program per tile of 64 keys over the owners that attend it) was built and measured slower
+everywhere: real selections fill 5-19% of a tile, and even a dense range ran 1.3x slower
+(tests/bench/RESULTS.md, 2026-12-06).
 """
 from __future__ import annotations
 
@@ -25,8 +27,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ..key_tiles import key_tiles
-from .attention_dkdv import dkdv
 from .common import ieee, next_pow2
 
 
@@ -105,27 +105,25 @@ def _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log
 @triton.jit
 def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, dq, sm_scale, scale_log2,
               s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
-              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr, DKV: tl.constexpr):
-    """Recompute P for a key tile, accumulate dQ and, with ``DKV``, add this tile's dK and dV with
-    atomics (without: the key-order kernel, attention_dkdv.py, makes them); padded rows (``rv``)
-    get P = 0."""
+              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr):
+    """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV with atomics; padded
+    rows (``rv``) get P = 0."""
     kk, vv, s = _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
                              MASK_K, CAUSAL, EVEN_D, BITS)
     p = tl.where(rv[:, None], tl.exp2(s - lse2[:, None]), 0.0)
+    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec)
     dp = tl.dot(do, tl.trans(vv), input_precision=prec)
     ds = p * (dp - delta[:, None])
     dq += tl.dot(ds.to(kk.dtype), kk, input_precision=prec)
-    if DKV:
-        dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec)
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale
-        dkp = kidx.to(tl.int64)[:, None] * s_dkt + hk * s_dkh + dd[None, :]
-        if MASK_K or not EVEN_D:
-            cm = km[:, None] & dm[None, :]
-            tl.atomic_add(DK + dkp, dk, mask=cm, sem="relaxed")
-            tl.atomic_add(DV + dkp, dv, mask=cm, sem="relaxed")
-        else:
-            tl.atomic_add(DK + dkp, dk, sem="relaxed")
-            tl.atomic_add(DV + dkp, dv, sem="relaxed")
+    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale
+    dkp = kidx.to(tl.int64)[:, None] * s_dkt + hk * s_dkh + dd[None, :]
+    if MASK_K or not EVEN_D:
+        cm = km[:, None] & dm[None, :]
+        tl.atomic_add(DK + dkp, dk, mask=cm, sem="relaxed")
+        tl.atomic_add(DV + dkp, dv, mask=cm, sem="relaxed")
+    else:
+        tl.atomic_add(DK + dkp, dk, sem="relaxed")
+        tl.atomic_add(DV + dkp, dv, sem="relaxed")
     return dq
 
 
@@ -155,13 +153,12 @@ def _owner_rows(QPOS, own_q0, own_nq, o, hk, hg, G, D: tl.constexpr, DP: tl.cons
 @triton.jit
 def _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, sm_scale,
                scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
-               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr, BITS: tl.constexpr,
-               DKV: tl.constexpr):
+               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr, BITS: tl.constexpr):
     """One key tile in either direction: ``acc`` is the output rows (forward, with the online
     softmax's m_i, l_i) or the dQ rows (backward, m_i and l_i passed through)."""
     if BWD:
         acc = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, acc, sm_scale,
-                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D, BITS, DKV)
+                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D, BITS)
     else:
         m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
                                   s_kt, s_kh, s_vt, s_vh, prec, MASK_K, CAUSAL, EVEN_D, BITS)
@@ -174,7 +171,7 @@ def _attn_kernel(
     sm_scale, scale_log2, G,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, s_dkt, s_dkh, stride_sel,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
-    BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr, HAS_BITS: tl.constexpr, DKV: tl.constexpr,
+    BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr, HAS_BITS: tl.constexpr,
 ):
     """Forward (``BWD`` false: writes O, LSE) or backward (reads DO, LSE, DELTA; writes DQ, adds DK,
     DV) of one owner's rows, walking its keys in one order: full list tiles (no mask), the
@@ -217,7 +214,7 @@ def _attn_kernel(
             keep = _selected_by(tl.load(SBITS + sel_row + j + offs), slot)
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, offs < BN, keep, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, False, False, EVEN_D, BWD, HAS_BITS, DKV)
+                                   prec, False, False, EVEN_D, BWD, HAS_BITS)
     if n_full < n_sel:
         km = n_full + offs < n_sel
         kidx = tl.load(SEL + sel_row + n_full + offs, mask=km, other=0)
@@ -226,12 +223,12 @@ def _attn_kernel(
             keep = _selected_by(tl.load(SBITS + sel_row + n_full + offs, mask=km, other=0), slot)
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, True, False, EVEN_D, BWD, HAS_BITS, DKV)
+                                   prec, True, False, EVEN_D, BWD, HAS_BITS)
     for j in range(lo, hi, BN):  # the contiguous range: the block's own keys, or the dense prefix
         kidx = j + offs
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, kidx < hi, kidx, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, True, True, EVEN_D, BWD, False, DKV)
+                                   prec, True, True, EVEN_D, BWD, False)
     if BWD:
         tl.store(DQ + orow, (acc * sm_scale).to(DQ.dtype.element_ty), mask=rm)
     else:
@@ -269,7 +266,7 @@ def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
 
 
 def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n, scale: float, token: bool,
-            block_n, num_warps, num_stages, bits=None, dkv: bool = True) -> None:
+            block_n, num_warps, num_stages, bits=None) -> None:
     c = (BWD_CONFIG if bwd else FWD_CONFIG)[config_key(token, bits)]
     d = q.shape[2]
     hkv = k.shape[1]
@@ -285,7 +282,7 @@ def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), lse.stride(0), dk.stride(0), dk.stride(1), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n or c[0], IEEE=ieee(q),
-        BWD=bwd, HAS_BITS=bits is not None, DKV=dkv, num_warps=num_warps or c[1], num_stages=num_stages or c[2],
+        BWD=bwd, HAS_BITS=bits is not None, num_warps=num_warps or c[1], num_stages=num_stages or c[2],
     )
 
 
@@ -300,31 +297,12 @@ def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int 
     return out, lse
 
 
-# The backward's order per mode: "query" = one pass per owner, dK and dV added with float32
-# atomics; "key" = dQ from that pass without its dK, dV work, then dK, dV per key tile
-# (attention_dkdv.py), where the selection fills the tiles densely enough (key_tiles.py).
-BWD_ORDER = {"block": "query", "token": "query"}
-KEY_ORDER_MIN_DENSITY = 0.5
-KEY_TILE = (64, 32)  # (keys per tile, owners per program): key_tiles.key_tiles's bn and max_pairs
-
-
 def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
-             num_warps: int | None = None, num_stages: int | None = None, bits=None, order: str | None = None):
-    """(dq, dk, dv) for the output gradient ``dout``. ``order``: "query" or "key" (see BWD_ORDER,
-    the default); token owners and merged groups (``bits``) always take the query order."""
+             num_warps: int | None = None, num_stages: int | None = None, bits=None):
+    """(dq, dk, dv) for the output gradient ``dout``; dk and dv are summed in float32."""
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)  # [Tq, Hq], rowsum(dO * O)
     dq = torch.empty_like(q)
-    order = order or BWD_ORDER["token" if token else "block"]
-    if order not in ("query", "key"):
-        raise ValueError(f"backward order must be 'query' or 'key', got {order!r}")
-    if order == "key" and not token and bits is None:
-        tiles = key_tiles(plan, sel, sel_n, k.shape[0], *KEY_TILE)
-        if tiles.density >= KEY_ORDER_MIN_DENSITY:
-            _launch(True, q, k, v, dout, lse, dout, delta, dq, k, v, plan, sel, sel_n, scale, token,
-                    block_n, num_warps, num_stages, bits, dkv=False)
-            dk, dv = dkdv(q, k, v, dout, lse, delta, plan, tiles, scale)
-            return dq, dk, dv
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     _launch(True, q, k, v, dout, lse, dout, delta, dq, dk, dv, plan, sel, sel_n, scale, token,
