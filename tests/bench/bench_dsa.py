@@ -219,7 +219,8 @@ def sweep_token(t=131072):
 
 
 def sweep_block_attn(t=131072, rule="pooled"):
-    """Block-mode attention launch configs (BN, warps, stages, rows per program) at T; installs the best."""
+    """Block-mode attention launch configs (BN, warps, stages, rows per program), then the indexer
+    KL's (BN, warps, stages, queries per step), at T; installs the best."""
     pos = torch.arange(t, dtype=torch.int32, device=DEV)
     doc = torch.zeros(t, dtype=torch.int32, device=DEV)
     x = inputs(t, seed=3)
@@ -252,6 +253,14 @@ def sweep_block_attn(t=131072, rule="pooled"):
         if kind == "fwd":
             out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False)
             dout = torch.randn_like(out)
+
+    def install_kl(o):
+        kl_mod.CONFIG["block"], kl_mod.BLOCK_QUERIES = o[:3], o[3]
+    best_of("block indexer KL (BN, warps, stages, queries per step)", t,
+            [(64, 8, 1, 16), (64, 8, 1, 32), (32, 8, 1, 32), (64, 8, 2, 32), (32, 8, 1, 64), (64, 16, 1, 64)],
+            install_kl,
+            lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n, scale,
+                               False, True), min_total=0.2, max_reps=4)
     x = sel = out = lse = dout = None
     torch.cuda.empty_cache()
 

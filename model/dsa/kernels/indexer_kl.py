@@ -138,9 +138,16 @@ def _kl_kernel(
 CONFIG = {"block": (64, 8, 1), "token": (64, 2, 2), "merged": (64, 4, 2)}
 
 
+# Queries per inner step of a block owner. Every step walks all of the owner's keys twice, so a
+# 64-query block at 16 reads its key tiles 4 times over (the KL ran at 98 TFLOP/s against the
+# forward's 376 for the same FLOPs, H100, 2026-12-06); more queries per step hold more rows in
+# registers. bench_dsa.py's block sweep times 16, 32 and 64.
+BLOCK_QUERIES = 16
+
+
 def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
     """(QS, HP, HIP): queries per inner step and padded head counts, every dot >= 16 rows."""
-    qs = 1 if token else min(16, next_pow2(max_nq))
+    qs = 1 if token else min(BLOCK_QUERIES, next_pow2(max_nq))
     return qs, max(next_pow2(g), 16 // qs), max(next_pow2(h_i), 16 // qs)
 
 
