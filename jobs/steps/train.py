@@ -67,8 +67,11 @@ def config_from_args(args) -> TrainConfig:
             data["retrieval"] = _retrieval(args, data["plan"])
     optim = {k: v for k, v in {"lr": args.lr, "min_lr": args.min_lr,
                                "lr_warmup_steps": args.lr_warmup_steps}.items() if v is not None}
-    if args.dsa_token_merge is not None and not 1 <= args.dsa_token_merge <= 16:
-        raise BadInput(f"--dsa-token-merge {args.dsa_token_merge}: must be 1 to 16 (one bit per query of a group)")
+    from model.dsa.config import MAX_TOKEN_MERGE
+
+    if args.dsa_token_merge is not None and not 1 <= args.dsa_token_merge <= MAX_TOKEN_MERGE:
+        raise BadInput(f"--dsa-token-merge {args.dsa_token_merge}: must be 1 to {MAX_TOKEN_MERGE} "
+                       "(one bit per query of a group)")
     dsa = {k: v for k, v in {"topk": args.dsa_topk, "granularity": args.dsa_granularity,
                              "token_merge": args.dsa_token_merge}.items() if v is not None}
     return TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,

@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# Queries of one merged token group: one bit each in the int32 masks of model/dsa/merge.py.
+MAX_TOKEN_MERGE = 16
+
 
 @dataclass(frozen=True)
 class DSAConfig:
@@ -76,8 +79,8 @@ class DSAConfig:
             raise ValueError(f"block_agg must be 'max', 'sum' or 'pooled', got {self.block_agg!r}")
         if self.warmup_kernel not in ("flash", "triton"):
             raise ValueError(f"warmup_kernel must be 'flash' or 'triton', got {self.warmup_kernel!r}")
-        if not 1 <= self.token_merge <= 16:
-            raise ValueError(f"token_merge must be in 1..16, got {self.token_merge}")
+        if not 1 <= self.token_merge <= MAX_TOKEN_MERGE:
+            raise ValueError(f"token_merge must be in 1..{MAX_TOKEN_MERGE}, got {self.token_merge}")
         if self.coarse < 0:
             raise ValueError(f"coarse must be >= 0, got {self.coarse}")
         if self.topk < 1 or self.block_q < 1 or self.index_heads < 1 or self.index_dim < 1:

@@ -10,8 +10,10 @@ query's row to its own keys: the attention, its gradients and the indexer KL are
 mode's, while each union row is read once per group. The trade, counted by
 tests/bench/bench_token_bytes.py on video-structured selections (k = 2,048, 8K-16K tokens): m = 4
 reads 2.1-2.6x fewer bytes for 1.6-1.9x the dot FLOPs, m = 16 5.3-7.7x fewer for 2-2.9x; the
-dots run on 16 x G rows instead of G padded to 16, so which m is fastest is for the GPU to show
-(bench_dsa.py --token-merge); the default stays 1 (DSASettings.token_merge) until it has.
+dots run on m x G rows instead of G padded to 16. On an H100 (128K, tests/bench/RESULTS.md,
+2026-12-06) the layer ran slower merged (m = 4: 966 ms, m = 16: 851 ms, m = 1: 644 ms) with the
+block mode's launch defaults; the groups now have their own, which bench_dsa.py sweeps, and the
+default stays 1 (DSASettings.token_merge).
 """
 from __future__ import annotations
 
@@ -19,10 +21,8 @@ from dataclasses import replace
 
 import torch
 
-from .config import DSAConfig
+from .config import MAX_TOKEN_MERGE, DSAConfig
 from .plan import Plan, build_plan
-
-MAX_MERGE = 16  # bits of an int32 mask, and the KL kernel's query step
 
 
 def merged_plan(plan: Plan, cfg: DSAConfig) -> Plan:
@@ -39,8 +39,8 @@ def merge_selection(plan: Plan, mplan: Plan, sel: torch.Tensor, sel_n: torch.Ten
     int32) of the token selection ``sel`` [Tq, k] (one row per query, as ``plan`` owns them) over
     the groups of ``mplan``. Groups are processed in chunks of about ``rows_per_chunk`` queries, so
     the sort works on chunk x k entries, never Tq x k."""
-    if mplan.max_nq > MAX_MERGE:
-        raise ValueError(f"token_merge must be at most {MAX_MERGE}, got {mplan.max_nq}")
+    if mplan.max_nq > MAX_TOKEN_MERGE:
+        raise ValueError(f"token_merge must be at most {MAX_TOKEN_MERGE}, got {mplan.max_nq}")
     dev = sel.device
     n_groups, k = mplan.n_owners, sel.shape[1]
     n_keys = int(plan.q_pos.max()) + 1  # keys are rows of the key table at or before some query
