@@ -12,9 +12,8 @@ set -uo pipefail
 SUITE_S="${1:-420}"; shift || true
 [ "${1:-}" = "--" ] && shift
 OUT="${OUT:-/tmp/gpu_suite_out}"; mkdir -p "$OUT/logs"
-# every archive the call carried (core, and titan/ray/hfdeps when named in carry); never
-# gpudecode.tar.xz, whose torchvision is built for this checkout's torch, not the machine's
-python3 -c "import glob,tarfile; [tarfile.open(f).extractall('/tmp/site', filter='tar') for f in glob.glob('.cache/encdeps/*.tar.xz') + glob.glob('.cache/hfdeps/*.tar.xz') if 'gpudecode' not in f]"
+# every archive the call carried (core, and titan/ray/hfdeps/gpudecode when named in carry)
+python3 -c "import glob,tarfile; [tarfile.open(f).extractall('/tmp/site', filter='tar') for f in glob.glob('.cache/encdeps/*.tar.xz') + glob.glob('.cache/hfdeps/*.tar.xz')]"
 export PYTHONPATH=/tmp/site:$PWD NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
 export GPU_TEST_LOGS="$OUT/logs" GPU_LAYOUT_TIMEOUT=$((SUITE_S - 40))
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"

@@ -55,9 +55,19 @@ pack core megatron megatron_core-*.dist-info av av-*.dist-info av.libs \
 pack ray ray ray-*.dist-info \
     jsonschema jsonschema-*.dist-info jsonschema_specifications jsonschema_specifications-*.dist-info \
     referencing referencing-*.dist-info rpds rpds_py-*.dist-info
-# nvJPEG decode of JPEG frames (tests/bench/bench_gpu_jpeg.py, tests/gpu/test_gpu_jpeg.py): torchvision
-# built for this venv's torch (2.14.1+cu130); carry it only where the machine's torch is the same.
-if [ -d torchvision ]; then pack gpudecode torchvision torchvision-*.dist-info torchvision.libs; fi
+# nvJPEG decode of JPEG frames (tests/bench/bench_gpu_jpeg.py, tests/gpu/test_gpu_jpeg.py): the
+# torchvision release built for the lent machines' torch (2.11.0, CUDA 13: torchvision 0.26.0, whose
+# wheel bundles libnvjpeg), not this venv's 0.29.1 (built for torch 2.14.1), from the package index.
+TV_VERSION="${TORCHVISION_VERSION:-0.26.0}"
+wheels="$(mktemp -d)"
+if "$ROOT/.venv/bin/python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux_2_28_x86_64 -d "$wheels" "torchvision==$TV_VERSION" 2>/dev/null; then
+    mkdir -p "$wheels/site" && "$ROOT/.venv/bin/python" -m zipfile -e "$wheels"/torchvision-*.whl "$wheels/site"
+    (cd "$wheels/site" && pack gpudecode torchvision torchvision-*.dist-info torchvision.libs)
+else
+    echo "torchvision $TV_VERSION not found on the package index: gpudecode.tar.xz not written" >&2
+fi
+rm -rf "$wheels"
 # torchtitan for the side-by-side of tests/bench/bench_torchtitan.py (issue 15): not a longshot
 # dependency, so its wheels (and the few it imports that the machine lacks) come from the package
 # index, unpacked without their other dependencies (datasets, wandb, tensorboard: the model code
