@@ -33,6 +33,7 @@ from model.dsa.kernels import attention as attn_mod  # noqa: E402
 from model.dsa.kernels import index_scores as scores_mod  # noqa: E402
 from model.dsa.kernels import indexer_kl as kl_mod  # noqa: E402
 from model.dsa.kernels import pivot_filter as filter_mod  # noqa: E402
+from model.dsa.kernels import reduce_add  # noqa: E402
 from model.dsa.kernels import topk as topk_mod  # noqa: E402
 from model.dsa.kernels.attention import attn_bwd, attn_fwd  # noqa: E402
 from model.dsa.kernels.index_scores import owner_scores  # noqa: E402
@@ -262,6 +263,40 @@ def sweep_block_attn(t=131072, rule="pooled"):
             lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n, scale,
                                False, True), min_total=0.2, max_reps=4)
     x = sel = out = lse = dout = None
+    torch.cuda.empty_cache()
+
+
+def sweep_add_modes(t=131072, rule="max+coarse2"):
+    """How the backward adds dK, dV (and the KL kernel dk_I) into float32 buffers
+    (model/dsa/kernels/reduce_add.py): each mode's attention backward and KL at T, block (``rule``)
+    and token selections; installs the mode with the fastest block backward."""
+    pos = torch.arange(t, dtype=torch.int32, device=DEV)
+    doc = torch.zeros(t, dtype=torch.int32, device=DEV)
+    x = inputs(t, seed=3)
+    scale = 1 / math.sqrt(D)
+    best = None
+    for gran in ("block", "token"):
+        token = gran == "token"
+        cfg = DSAConfig(index_heads=HI, index_dim=DI, topk=K, granularity="token",
+                        block_q=BQ) if token else rule_cfg(rule)
+        plan = build_plan(pos, doc, cfg, dense=False)
+        sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
+        fl = 4 * D * HQ * attended(plan, sel_n, token)
+        out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token)
+        dout = torch.randn_like(out)
+        for name in reduce_add.MODES:
+            s_b = try_time(lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, token,  # noqa: B023
+                                            add_mode=name), min_total=0.3, max_reps=4)
+            row(t, f"{gran}: attn bwd, adds {name}", s_b, flop=2.5 * fl)
+            s_kl = try_time(lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,  # noqa: B023
+                                               sel_n, scale, token, True, add_mode=name), min_total=0.3, max_reps=4)
+            row(t, f"{gran}: indexer KL, adds {name}", s_kl)
+            if not token and (best is None or s_b < best[0]):
+                best = (s_b, name)
+        out = lse = dout = sel = sel_n = None
+    reduce_add.DEFAULT = reduce_add.MODES[best[1]]
+    ROWS.append(dict(T=t, what="sweep: float32 adds", ms=best[0] * 1e3, note=best[1]))
+    x = None
     torch.cuda.empty_cache()
 
 
@@ -811,6 +846,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1, help="time the indexer warm-up's layer work per size")
     ap.add_argument("--token-merge", default="4,8,16", help="merged token groups to time per size ('' = none)")
     ap.add_argument("--kernels", type=int, default=1, help="0 skips the per-size kernel and layer rows")
+    ap.add_argument("--add-modes", type=int, default=0,
+                    help="T > 0: time the backward's float32 add modes at T first and keep the fastest")
     a = ap.parse_args()
     if a.quality:
         quality()
@@ -834,6 +871,8 @@ def main():
         section("launch-config sweep", sweep)
     if a.sweep in (1, 3) and "token" in modes:
         section("token sweep", sweep_token)
+    if a.add_modes:
+        section("float32 add modes", sweep_add_modes, a.add_modes, rules[0])
     if a.sweep:
         section("block attention sweep", sweep_block_attn, 131072, rules[0])
     if a.check:

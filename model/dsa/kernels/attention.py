@@ -13,8 +13,8 @@ or the whole document before the block in the dense warm-up). Every key is also 
 key <= query position, so queries given by global position (context parallel chunks) work.
 
 Backward recomputes P from the saved log-sum-exp, writes dQ directly (each query row belongs to
-one program) and adds dK, dV into float32 buffers with atomics: a key may be selected by many
-owners. Sums in dK, dV are thus not bitwise deterministic. A key-order backward without atomics
+one program) and adds dK, dV into float32 buffers with fire-and-forget reductions (reduce_add.py):
+a key may be selected by many owners. Sums in dK, dV are thus not bitwise deterministic. A key-order backward without atomics
 (one program per tile of 64 keys over the owners that attend it) was built and measured slower
 everywhere: real selections fill 5-19% of a tile, and even a dense range ran 1.3x slower
 (tests/bench/RESULTS.md, 2026-12-06).
@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from .common import ieee, next_pow2
+from .reduce_add import add_tile, mode_for
 
 
 @triton.jit
@@ -105,9 +106,9 @@ def _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log
 @triton.jit
 def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, dq, sm_scale, scale_log2,
               s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
-              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr):
-    """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV with atomics; padded
-    rows (``rv``) get P = 0."""
+              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr, ADD: tl.constexpr):
+    """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV into the shared float32
+    buffers (reduce_add, mode ``ADD``); padded rows (``rv``) get P = 0."""
     kk, vv, s = _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
                              MASK_K, CAUSAL, EVEN_D, BITS)
     p = tl.where(rv[:, None], tl.exp2(s - lse2[:, None]), 0.0)
@@ -117,13 +118,9 @@ def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd,
     dq += tl.dot(ds.to(kk.dtype), kk, input_precision=prec)
     dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale
     dkp = kidx.to(tl.int64)[:, None] * s_dkt + hk * s_dkh + dd[None, :]
-    if MASK_K or not EVEN_D:
-        cm = km[:, None] & dm[None, :]
-        tl.atomic_add(DK + dkp, dk, mask=cm, sem="relaxed")
-        tl.atomic_add(DV + dkp, dv, mask=cm, sem="relaxed")
-    else:
-        tl.atomic_add(DK + dkp, dk, sem="relaxed")
-        tl.atomic_add(DV + dkp, dv, sem="relaxed")
+    cm = km[:, None] & dm[None, :]
+    add_tile(DK + dkp, dk, cm, ADD)
+    add_tile(DV + dkp, dv, cm, ADD)
     return dq
 
 
@@ -153,12 +150,13 @@ def _owner_rows(QPOS, own_q0, own_nq, o, hk, hg, G, D: tl.constexpr, DP: tl.cons
 @triton.jit
 def _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, sm_scale,
                scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
-               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr, BITS: tl.constexpr):
+               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr, BITS: tl.constexpr,
+               ADD: tl.constexpr):
     """One key tile in either direction: ``acc`` is the output rows (forward, with the online
     softmax's m_i, l_i) or the dQ rows (backward, m_i and l_i passed through)."""
     if BWD:
         acc = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, acc, sm_scale,
-                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D, BITS)
+                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D, BITS, ADD)
     else:
         m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
                                   s_kt, s_kh, s_vt, s_vh, prec, MASK_K, CAUSAL, EVEN_D, BITS)
@@ -171,7 +169,7 @@ def _attn_kernel(
     sm_scale, scale_log2, G,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, s_dkt, s_dkh, stride_sel,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
-    BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr, HAS_BITS: tl.constexpr,
+    BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr, HAS_BITS: tl.constexpr, ADD: tl.constexpr,
 ):
     """Forward (``BWD`` false: writes O, LSE) or backward (reads DO, LSE, DELTA; writes DQ, adds DK,
     DV) of one owner's rows, walking its keys in one order: full list tiles (no mask), the
@@ -214,7 +212,7 @@ def _attn_kernel(
             keep = _selected_by(tl.load(SBITS + sel_row + j + offs), slot)
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, offs < BN, keep, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, False, False, EVEN_D, BWD, HAS_BITS)
+                                   prec, False, False, EVEN_D, BWD, HAS_BITS, ADD)
     if n_full < n_sel:
         km = n_full + offs < n_sel
         kidx = tl.load(SEL + sel_row + n_full + offs, mask=km, other=0)
@@ -223,12 +221,12 @@ def _attn_kernel(
             keep = _selected_by(tl.load(SBITS + sel_row + n_full + offs, mask=km, other=0), slot)
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, True, False, EVEN_D, BWD, HAS_BITS)
+                                   prec, True, False, EVEN_D, BWD, HAS_BITS, ADD)
     for j in range(lo, hi, BN):  # the contiguous range: the block's own keys, or the dense prefix
         kidx = j + offs
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, kidx < hi, kidx, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, True, True, EVEN_D, BWD, False)
+                                   prec, True, True, EVEN_D, BWD, False, ADD)
     if BWD:
         tl.store(DQ + orow, (acc * sm_scale).to(DQ.dtype.element_ty), mask=rm)
     else:
@@ -266,7 +264,7 @@ def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
 
 
 def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n, scale: float, token: bool,
-            block_n, num_warps, num_stages, bits=None) -> None:
+            block_n, num_warps, num_stages, bits=None, add_mode=None) -> None:
     c = (BWD_CONFIG if bwd else FWD_CONFIG)[config_key(token, bits)]
     d = q.shape[2]
     hkv = k.shape[1]
@@ -282,7 +280,7 @@ def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), lse.stride(0), dk.stride(0), dk.stride(1), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n or c[0], IEEE=ieee(q),
-        BWD=bwd, HAS_BITS=bits is not None, num_warps=num_warps or c[1], num_stages=num_stages or c[2],
+        BWD=bwd, HAS_BITS=bits is not None, ADD=mode_for(q, add_mode), num_warps=num_warps or c[1], num_stages=num_stages or c[2],
     )
 
 
@@ -298,15 +296,16 @@ def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int 
 
 
 def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
-             num_warps: int | None = None, num_stages: int | None = None, bits=None):
-    """(dq, dk, dv) for the output gradient ``dout``; dk and dv are summed in float32."""
+             num_warps: int | None = None, num_stages: int | None = None, bits=None, add_mode=None):
+    """(dq, dk, dv) for the output gradient ``dout``; dk and dv are summed in float32 (``add_mode``:
+    how, reduce_add.MODES; the GPU default when None)."""
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)  # [Tq, Hq], rowsum(dO * O)
     dq = torch.empty_like(q)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     _launch(True, q, k, v, dout, lse, dout, delta, dq, dk, dv, plan, sel, sel_n, scale, token,
-            block_n, num_warps, num_stages, bits)
+            block_n, num_warps, num_stages, bits, add_mode)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 

@@ -9,7 +9,7 @@ In the warm-up S_t is every visible key (dense), in sparse training the selected
 Pass 1 computes lse of I_t over S_t; pass 2 recomputes the head-mean probabilities (one dot per KV
 head and tile) and I_t, accumulates the KL terms and, when gradients are wanted, dI = softmax(I) - p
 back through the relu: dq_I and dw are written per query (one program owns each query), dk_I is
-added with atomics into a float32 buffer. The gradients are thus computed with the loss, in the
+added into a float32 buffer shared by all programs (reduce_add.py). The gradients are thus computed with the loss, in the
 forward, for a unit weight per query; the autograd Function scales them by grad / T. That trades
 storing dq_I (the size of q_I) for not recomputing the Hq-head probabilities in backward.
 """
@@ -21,6 +21,7 @@ import triton.language as tl
 
 from .attention import _selected_by, _tile_keys, config_key
 from .common import ieee, next_pow2
+from .reduce_add import add_tile, mode_for
 
 
 @triton.jit
@@ -31,7 +32,7 @@ def _kl_kernel(
     s_qt, s_qh, s_kt, s_kh, s_lt, s_qit, s_qih, s_wt, s_kit, s_dqit, s_dqih, s_dwt, s_dkit, stride_sel,
     HAS_SEL: tl.constexpr, WITH_GRAD: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QS: tl.constexpr,
     HP: tl.constexpr, HIP: tl.constexpr, DIP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
-    HAS_BITS: tl.constexpr,
+    HAS_BITS: tl.constexpr, ADD: tl.constexpr,
 ):
     o = tl.program_id(0)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
@@ -122,8 +123,7 @@ def _kl_kernel(
                 dz = tl.where(z > 0.0, dil_r * wi[:, None], 0.0).to(qi_.dtype)
                 dqi += tl.dot(dz, tl.trans(kit), input_precision=prec)
                 dk = tl.dot(tl.trans(dz), qi_, input_precision=prec)
-                tl.atomic_add(DKI + kofs[:, None] * s_dkit + di[None, :], dk,
-                              mask=km[:, None] & dim_[None, :], sem="relaxed")
+                add_tile(DKI + kofs[:, None] * s_dkit + di[None, :], dk, km[:, None] & dim_[None, :], ADD)
         kl = a_plogp - a_pi + lse_i
         tl.store(KL + q0 + s0 + qa, kl, mask=qv)
         if WITH_GRAD:
@@ -152,9 +152,11 @@ def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
 
 
 def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, token: bool, with_grad: bool,
-               block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None, bits=None):
+               block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None, bits=None,
+               add_mode=None):
     """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t. ``bits``: the
-    list's query bits (merged token owners, model/dsa/merge.py)."""
+    list's query bits (merged token owners, model/dsa/merge.py); ``add_mode``: how dk_I is summed
+    (reduce_add.MODES; the GPU default when None)."""
     c = CONFIG[config_key(token, bits)]
     block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
     tq, hq, d = q.shape
@@ -182,7 +184,7 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
         dqi.stride(0), dqi.stride(1), dwi.stride(0), dki.stride(0), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, WITH_GRAD=with_grad, D=d, DP=max(16, next_pow2(d)), QS=qs, HP=hp, HIP=hip,
         DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), HAS_BITS=bits is not None,
-        num_warps=num_warps, num_stages=num_stages,
+        ADD=mode_for(q, add_mode), num_warps=num_warps, num_stages=num_stages,
     )
     if not with_grad:
         return kl, None

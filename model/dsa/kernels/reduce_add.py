@@ -1,0 +1,84 @@
+"""Adding a program's float32 tile into a global buffer that many programs add into (dK and dV of
+the attention backward, the indexer keys' gradient of the KL kernel).
+
+Why not ``tl.atomic_add``: it first moves the dot's accumulator out of the tensor-core layout into
+a blocked one through shared memory, then issues one returning ``atom`` per element. In an
+attention backward that conversion and the scalar atomics cost about as much as the dots
+(triton-lang/triton#4717 measured FlashAttention's backward on an H100 at 129 TFLOP/s with
+``atomic_add``, 226 with inline ``red``, 325 with no adds). Here each thread adds the elements it
+already holds, with ``red`` (fire-and-forget: nothing comes back), and two neighbouring columns
+per instruction where its registers hold them (Hopper's accumulator keeps columns 2c and 2c+1 of a
+row in consecutive registers). The pairing is checked on the addresses inside the instruction
+sequence, so a layout that does not pair them still adds correctly, one element at a time.
+
+Inline PTX does not run under TRITON_INTERPRET (the CPU suite), so there every mode falls back to
+``tl.atomic_add``: ``mode_for`` picks it.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+ATOMIC = 0  # tl.atomic_add (Triton's lowering: layout conversion, one atom per element)
+RED = 1  # inline red.global.add.f32, one element per instruction, in the accumulator's own layout
+RED_PAIRS = 2  # inline red.global.add.v2.f32 on neighbouring columns (Hopper, PTX 8.1+)
+
+MODES = {"atomic": ATOMIC, "red": RED, "red-pairs": RED_PAIRS}
+DEFAULT = RED_PAIRS  # measured against the others by tests/bench/bench_dsa.py --add-modes
+
+_RED = "red.global.gpu.relaxed.add.f32"
+_PAIR_ASM = tl.constexpr(f"""{{
+.reg .pred pa, pb, pp, qa, qb;
+.reg .b64 t;
+setp.ne.b32 pa, $6, 0;
+setp.ne.b32 pb, $7, 0;
+add.s64 t, $2, 4;
+setp.eq.s64 pp, t, $3;
+and.b64 t, $2, 7;
+setp.eq.and.s64 pp, t, 0, pp;
+and.pred pp, pp, pa;
+and.pred pp, pp, pb;
+not.pred qa, pp;
+and.pred qb, qa, pb;
+and.pred qa, qa, pa;
+@pp red.global.gpu.relaxed.add.v2.f32 [$2], {{$4, $5}};
+@qa {_RED} [$2], $4;
+@qb {_RED} [$3], $5;
+mov.b32 $0, 0;
+mov.b32 $1, 0;
+}}""")
+_ONE_ASM = tl.constexpr(f"""{{
+.reg .pred pa;
+setp.ne.b32 pa, $3, 0;
+@pa {_RED} [$1], $2;
+mov.b32 $0, 0;
+}}""")
+
+
+def mode_for(t: torch.Tensor, mode: int | str | None = None) -> int:
+    """The add mode a launch on ``t``'s device takes: ``mode`` (a name or number) or DEFAULT on a
+    GPU, ATOMIC under the interpreter or off CUDA."""
+    if not t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
+        return ATOMIC
+    if mode is None:
+        return DEFAULT
+    return MODES[mode] if isinstance(mode, str) else int(mode)
+
+
+@triton.jit
+def add_tile(ptrs, vals, mask, MODE: tl.constexpr):
+    """ptrs[i] += vals[i] where mask[i], float32, with the other programs adding into the same
+    buffer at the same time; the order of those adds (and so the last bits of the sums) is not
+    fixed."""
+    if MODE == 0:
+        tl.atomic_add(ptrs, vals, mask=mask, sem="relaxed")
+    elif MODE == 1:
+        tl.inline_asm_elementwise(_ONE_ASM, "=r,l,f,r", [ptrs.to(tl.int64, bitcast=True), vals, mask.to(tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.inline_asm_elementwise(_PAIR_ASM, "=r,=r,l,l,f,f,r,r",
+                                  [ptrs.to(tl.int64, bitcast=True), vals, mask.to(tl.int32)],
+                                  dtype=tl.int32, is_pure=False, pack=2)
