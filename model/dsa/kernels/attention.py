@@ -112,15 +112,15 @@ def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd,
     kk, vv, s = _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
                              MASK_K, CAUSAL, EVEN_D, BITS)
     p = tl.where(rv[:, None], tl.exp2(s - lse2[:, None]), 0.0)
-    dv = tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec)
+    dkp = kidx.to(tl.int64)[:, None] * s_dkt + hk * s_dkh + dd[None, :]
+    cm = km[:, None] & dm[None, :]
+    # each of dV and dK is added as soon as it exists, so that its registers are free for the next dot
+    add_tile(DV + dkp, tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec), cm, ADD, MASK_K or not EVEN_D)
     dp = tl.dot(do, tl.trans(vv), input_precision=prec)
     ds = p * (dp - delta[:, None])
     dq += tl.dot(ds.to(kk.dtype), kk, input_precision=prec)
     dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale
-    dkp = kidx.to(tl.int64)[:, None] * s_dkt + hk * s_dkh + dd[None, :]
-    cm = km[:, None] & dm[None, :]
-    add_tile(DK + dkp, dk, cm, ADD)
-    add_tile(DV + dkp, dv, cm, ADD)
+    add_tile(DK + dkp, dk, cm, ADD, MASK_K or not EVEN_D)
     return dq
 
 

@@ -50,6 +50,21 @@ and.pred qa, qa, pa;
 mov.b32 $0, 0;
 mov.b32 $1, 0;
 }}""")
+_PAIR_ASM_ALL = tl.constexpr(f"""{{
+.reg .pred pp, qa;
+.reg .b64 t;
+add.s64 t, $2, 4;
+setp.eq.s64 pp, t, $3;
+and.b64 t, $2, 7;
+setp.eq.and.s64 pp, t, 0, pp;
+not.pred qa, pp;
+@pp red.global.gpu.relaxed.add.v2.f32 [$2], {{$4, $5}};
+@qa {_RED} [$2], $4;
+@qa {_RED} [$3], $5;
+mov.b32 $0, 0;
+mov.b32 $1, 0;
+}}""")
+_ONE_ASM_ALL = tl.constexpr(f"{_RED} [$1], $2; mov.b32 $0, 0;")
 _ONE_ASM = tl.constexpr(f"""{{
 .reg .pred pa;
 setp.ne.b32 pa, $3, 0;
@@ -69,16 +84,27 @@ def mode_for(t: torch.Tensor, mode: int | str | None = None) -> int:
 
 
 @triton.jit
-def add_tile(ptrs, vals, mask, MODE: tl.constexpr):
-    """ptrs[i] += vals[i] where mask[i], float32, with the other programs adding into the same
-    buffer at the same time; the order of those adds (and so the last bits of the sums) is not
+def add_tile(ptrs, vals, mask, MODE: tl.constexpr, MASKED: tl.constexpr = True):
+    """ptrs[i] += vals[i] where mask[i] (every i when not ``MASKED``: no mask operands, which would
+    otherwise be held in registers per element), float32, with the other programs adding into the
+    same buffer at the same time; the order of those adds (and so the last bits of the sums) is not
     fixed."""
+    addr = ptrs.to(tl.int64, bitcast=True)
     if MODE == 0:
-        tl.atomic_add(ptrs, vals, mask=mask, sem="relaxed")
+        if MASKED:
+            tl.atomic_add(ptrs, vals, mask=mask, sem="relaxed")
+        else:
+            tl.atomic_add(ptrs, vals, sem="relaxed")
     elif MODE == 1:
-        tl.inline_asm_elementwise(_ONE_ASM, "=r,l,f,r", [ptrs.to(tl.int64, bitcast=True), vals, mask.to(tl.int32)],
-                                  dtype=tl.int32, is_pure=False, pack=1)
+        if MASKED:
+            tl.inline_asm_elementwise(_ONE_ASM, "=r,l,f,r", [addr, vals, mask.to(tl.int32)], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+        else:
+            tl.inline_asm_elementwise(_ONE_ASM_ALL, "=r,l,f", [addr, vals], dtype=tl.int32, is_pure=False, pack=1)
     else:
-        tl.inline_asm_elementwise(_PAIR_ASM, "=r,=r,l,l,f,f,r,r",
-                                  [ptrs.to(tl.int64, bitcast=True), vals, mask.to(tl.int32)],
-                                  dtype=tl.int32, is_pure=False, pack=2)
+        if MASKED:
+            tl.inline_asm_elementwise(_PAIR_ASM, "=r,=r,l,l,f,f,r,r", [addr, vals, mask.to(tl.int32)],
+                                      dtype=tl.int32, is_pure=False, pack=2)
+        else:
+            tl.inline_asm_elementwise(_PAIR_ASM_ALL, "=r,=r,l,l,f,f", [addr, vals], dtype=tl.int32,
+                                      is_pure=False, pack=2)
