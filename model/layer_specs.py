@@ -2,7 +2,8 @@
 
 LM layer: RMSNorm -> PackedSelfAttention (GQA, qk RMSNorm, DSA indexer) -> RMSNorm -> MoE
 (Megatron's MoELayer, its experts as grouped GEMMs: model/grouped_experts.py; SwiGLU). ViT layer: LayerNorm -> bidirectional
-PackedSelfAttention within frame groups -> LayerNorm -> GELU MLP, with biases.
+PackedSelfAttention within frame groups -> LayerNorm -> GELU MLP, with biases (added by the
+GEMMs: model/bias_gemm_linear.py).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_layer import TransformerLayer, TransformerLayerSubmodules
 
+from model.bias_gemm_linear import BiasGemmColumnLinear, BiasGemmRowLinear
 from model.attention import CoreChoice, Indexer, PackedAttentionSubmodules, PackedSelfAttention
 from model.config import LMConfig
 from model.grouped_experts import GroupedExperts
@@ -52,10 +54,10 @@ def lm_block_spec(lm: LMConfig, core: CoreChoice) -> TransformerBlockSubmodules:
 def vit_block_spec(layers: int) -> TransformerBlockSubmodules:
     attention = ModuleSpec(
         module=PackedSelfAttention, params={"causal": False, "core": CoreChoice("dense")},
-        submodules=PackedAttentionSubmodules(linear_qkv=ColumnParallelLinear,
-                                             linear_proj=RowParallelLinear))
+        submodules=PackedAttentionSubmodules(linear_qkv=BiasGemmColumnLinear,
+                                             linear_proj=BiasGemmRowLinear))
     mlp = partial(MLP.as_mlp_submodule, submodules=MLPSubmodules(
-        linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear))
+        linear_fc1=BiasGemmColumnLinear, linear_fc2=BiasGemmRowLinear))
     layer = ModuleSpec(module=TransformerLayer, submodules=TransformerLayerSubmodules(
         input_layernorm=WrappedTorchNorm, self_attention=attention,
         self_attn_bda=get_bias_dropout_add, pre_mlp_layernorm=WrappedTorchNorm, mlp=mlp,
