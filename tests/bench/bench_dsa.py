@@ -266,20 +266,10 @@ def sweep_block_attn(t=131072, rule="pooled"):
     torch.cuda.empty_cache()
 
 
-# Launch configs tried after the add mode is picked: each kernel's default first, then ones that
-# ptxas (-v, sm_90, red pairs) reports with fewer spill bytes (block bwd (64, 8, 1) 532 B, (32, 8, 1)
-# 588 B at 155 KB shared; block KL (64, 8, 1) 944 B, (32, 8, 1) 308 B; token bwd (32, 4, 2) 148 B).
-ADD_MODE_CONFIGS = {
-    "block": {"bwd": [(64, 8, 1), (32, 8, 1), (64, 8, 2)], "kl": [(64, 8, 1), (32, 8, 1), (32, 8, 2), (32, 16, 1)]},
-    "token": {"bwd": [(32, 4, 2), (16, 4, 2), (64, 4, 2), (32, 8, 2)], "kl": [(64, 2, 2), (32, 2, 2), (32, 4, 2)]},
-}
-
-
-def sweep_add_modes(t=131072, rule="max+coarse2", configs=ADD_MODE_CONFIGS):
+def sweep_add_modes(t=131072, rule="max+coarse2"):
     """How the backward adds dK, dV (and the KL kernel dk_I) into float32 buffers
     (model/dsa/kernels/reduce_add.py): each mode's attention backward and KL at T, block (``rule``)
-    and token selections; installs the mode with the fastest block backward, then (``configs``)
-    the fastest launch configs of the backward and the KL under it."""
+    and token selections; installs the mode with the fastest block backward."""
     pos = torch.arange(t, dtype=torch.int32, device=DEV)
     doc = torch.zeros(t, dtype=torch.int32, device=DEV)
     x = inputs(t, seed=3)
@@ -303,17 +293,6 @@ def sweep_add_modes(t=131072, rule="max+coarse2", configs=ADD_MODE_CONFIGS):
             row(t, f"{gran}: indexer KL, adds {name}", s_kl)
             if not token and (best is None or s_b < best[0]):
                 best = (s_b, name)
-        if configs:  # launch configs that spill less (ptxas -v on sm_90), under the mode just picked
-            if not token:
-                reduce_add.DEFAULT = reduce_add.MODES[best[1]]
-            best_of(f"{gran} attn bwd (BN, warps, stages)", t, configs[gran]["bwd"],
-                    lambda o: attn_mod.BWD_CONFIG.update({gran: o}),  # noqa: B023
-                    lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, token),  # noqa: B023
-                    min_total=0.3, max_reps=3)
-            best_of(f"{gran} indexer KL (BN, warps, stages)", t, configs[gran]["kl"],
-                    lambda o: kl_mod.CONFIG.update({gran: o}),  # noqa: B023
-                    lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,  # noqa: B023
-                                       sel_n, scale, token, True), min_total=0.3, max_reps=3)
         out = lse = dout = sel = sel_n = None
     reduce_add.DEFAULT = reduce_add.MODES[best[1]]
     ROWS.append(dict(T=t, what="sweep: float32 adds", ms=best[0] * 1e3, note=best[1]))

@@ -25,9 +25,14 @@ import triton.language as tl
 ATOMIC = 0  # tl.atomic_add (Triton's lowering: layout conversion, one atom per element)
 RED = 1  # inline red.global.add.f32, one element per instruction, in the accumulator's own layout
 RED_PAIRS = 2  # inline red.global.add.v2.f32 on neighbouring columns (Hopper, PTX 8.1+)
+RED_QUADS = 3  # regrouped four columns a thread (a layout conversion, as atomic_add's), red.v4.f32
 
-MODES = {"atomic": ATOMIC, "red": RED, "red-pairs": RED_PAIRS}
-DEFAULT = RED_PAIRS  # measured against the others by tests/bench/bench_dsa.py --add-modes
+MODES = {"atomic": ATOMIC, "red": RED, "red-pairs": RED_PAIRS, "red-quads": RED_QUADS}
+# tl.atomic_add won on an H100 at 128K (bench_dsa.py --add-modes, tests/bench/RESULTS.md 2026-12-06):
+# block backward 65.9 ms against 69.6 (pairs) and 96.5 (one red per element); token 492 against
+# 660 and 1,324. Its conversion makes each warp's adds one contiguous 128-byte row segment; the
+# accumulator's own layout spreads a warp's adds over 8 rows.
+DEFAULT = ATOMIC
 
 _RED = "red.global.gpu.relaxed.add.f32"
 _PAIR_ASM = tl.constexpr(f"""{{
@@ -73,6 +78,18 @@ mov.b32 $0, 0;
 }}""")
 
 
+_QUAD_ASM = tl.constexpr("red.global.gpu.relaxed.add.v4.f32 [$1], {$2, $3, $4, $5}; mov.b32 $0, 0;")
+
+
+@triton.jit
+def _quads(x):
+    """[R, C] -> four [R, C // 4] tensors: columns 4j, 4j+2, 4j+1, 4j+3."""
+    a, b = tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 4, 2, 2)))
+    a0, a1 = tl.split(a)
+    b0, b1 = tl.split(b)
+    return a0, a1, b0, b1
+
+
 def mode_for(t: torch.Tensor, mode: int | str | None = None) -> int:
     """The add mode a launch on ``t``'s device takes: ``mode`` (a name or number) or DEFAULT on a
     GPU, ATOMIC under the interpreter or off CUDA."""
@@ -101,6 +118,14 @@ def add_tile(ptrs, vals, mask, MODE: tl.constexpr, MASKED: tl.constexpr = True):
                                       is_pure=False, pack=1)
         else:
             tl.inline_asm_elementwise(_ONE_ASM_ALL, "=r,l,f", [addr, vals], dtype=tl.int32, is_pure=False, pack=1)
+    elif MODE == 3:
+        if MASKED:  # partial tiles: a mask need not be whole over four columns
+            tl.atomic_add(ptrs, vals, mask=mask, sem="relaxed")
+        else:
+            a0, a1, b0, b1 = _quads(vals)  # columns 4j, 4j+2, 4j+1, 4j+3
+            p0, _, _, _ = _quads(addr)
+            tl.inline_asm_elementwise(_QUAD_ASM, "=r,l,f,f,f,f", [p0, a0, b0, a1, b1], dtype=tl.int32,
+                                      is_pure=False, pack=1)
     else:
         if MASKED:
             tl.inline_asm_elementwise(_PAIR_ASM, "=r,=r,l,l,f,f,r,r", [addr, vals, mask.to(tl.int32)],
