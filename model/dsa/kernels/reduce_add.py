@@ -1,18 +1,21 @@
 """Adding a program's float32 tile into a global buffer that many programs add into (dK and dV of
-the attention backward, the indexer keys' gradient of the KL kernel).
+the attention backward, the indexer keys' gradient of the KL kernel): four ways, one default.
 
-Why not ``tl.atomic_add``: it first moves the dot's accumulator out of the tensor-core layout into
-a blocked one through shared memory, then issues one returning ``atom`` per element. In an
-attention backward that conversion and the scalar atomics cost about as much as the dots
-(triton-lang/triton#4717 measured FlashAttention's backward on an H100 at 129 TFLOP/s with
-``atomic_add``, 226 with inline ``red``, 325 with no adds). Here each thread adds the elements it
-already holds, with ``red`` (fire-and-forget: nothing comes back), and two neighbouring columns
-per instruction where its registers hold them (Hopper's accumulator keeps columns 2c and 2c+1 of a
-row in consecutive registers). The pairing is checked on the addresses inside the instruction
-sequence, so a layout that does not pair them still adds correctly, one element at a time.
+``tl.atomic_add`` first moves the dot's accumulator out of the tensor-core layout into a blocked
+one through shared memory, then issues one returning ``atom`` per element. On FlashAttention's
+backward that conversion was reported to cost much of the kernel (triton-lang/triton#4717: 129
+TFLOP/s with atomic_add, 226 with inline ``red`` in the accumulator's layout). The other modes
+are the alternatives: ``red`` per element, ``red.v2`` on a thread's neighbouring columns (Hopper's
+accumulator keeps columns 2c and 2c+1 of a row in consecutive registers; the pairing is checked on
+the addresses inside the instruction sequence, so any layout still adds correctly), and
+``red.v4`` after regrouping four columns a thread. Measured on an H100 at 128K (bench_dsa.py
+--add-modes), ``tl.atomic_add`` was the fastest of the first three: its conversion makes each
+warp instruction one contiguous 128-byte row segment, while the accumulator's layout spreads a
+warp's adds over eight rows. It is the default; tests/gpu/test_dsa_reduce_add.py checks every
+mode against the reference.
 
-Inline PTX does not run under TRITON_INTERPRET (the CPU suite), so there every mode falls back to
-``tl.atomic_add``: ``mode_for`` picks it.
+Inline PTX does not run under TRITON_INTERPRET (the CPU suite): there ``mode_for`` always picks
+``tl.atomic_add``.
 """
 from __future__ import annotations
 
@@ -28,10 +31,8 @@ RED_PAIRS = 2  # inline red.global.add.v2.f32 on neighbouring columns (Hopper, P
 RED_QUADS = 3  # regrouped four columns a thread (a layout conversion, as atomic_add's), red.v4.f32
 
 MODES = {"atomic": ATOMIC, "red": RED, "red-pairs": RED_PAIRS, "red-quads": RED_QUADS}
-# tl.atomic_add won on an H100 at 128K (bench_dsa.py --add-modes, tests/bench/RESULTS.md 2026-12-06):
-# block backward 65.9 ms against 69.6 (pairs) and 96.5 (one red per element); token 492 against
-# 660 and 1,324. Its conversion makes each warp's adds one contiguous 128-byte row segment; the
-# accumulator's own layout spreads a warp's adds over 8 rows.
+# H100, 128K (tests/bench/RESULTS.md, 2026-12-06): block backward 65.9 ms with atomic_add against
+# 69.6 (pairs) and 96.5 (one red per element); token 492 against 660 and 1,324.
 DEFAULT = ATOMIC
 
 _RED = "red.global.gpu.relaxed.add.f32"
