@@ -269,7 +269,7 @@ def sweep_block_attn(t=131072, rule="pooled"):
 def sweep_add_modes(t=131072, rule="max+coarse2"):
     """How the backward adds dK, dV (and the KL kernel dk_I) into float32 buffers
     (model/dsa/kernels/reduce_add.py): each mode's attention backward and KL at T, block (``rule``)
-    and token selections; installs the mode with the fastest block backward."""
+    and token selections; installs the mode with the fastest block backward as the block default."""
     pos = torch.arange(t, dtype=torch.int32, device=DEV)
     doc = torch.zeros(t, dtype=torch.int32, device=DEV)
     x = inputs(t, seed=3)
@@ -294,8 +294,8 @@ def sweep_add_modes(t=131072, rule="max+coarse2"):
             if not token and (best is None or s_b < best[0]):
                 best = (s_b, name)
         out = lse = dout = sel = sel_n = None
-    reduce_add.DEFAULT = reduce_add.MODES[best[1]]
-    ROWS.append(dict(T=t, what="sweep: float32 adds", ms=best[0] * 1e3, note=best[1]))
+    reduce_add.DEFAULT["block"] = reduce_add.MODES[best[1]]
+    ROWS.append(dict(T=t, what="sweep: float32 adds (block)", ms=best[0] * 1e3, note=best[1]))
     x = None
     torch.cuda.empty_cache()
 

@@ -38,7 +38,7 @@ def test_every_add_mode_gives_the_reference_gradients(gran, monkeypatch):
     dout = torch.randn(t, hq, d, device="cuda", generator=torch.Generator(device="cuda").manual_seed(4)).bfloat16()
     grads, sel = {}, None
     for name, mode in reduce_add.MODES.items():
-        monkeypatch.setattr(reduce_add, "DEFAULT", mode)
+        monkeypatch.setattr(reduce_add, "DEFAULT", dict.fromkeys(reduce_add.DEFAULT, mode))
         out, loss, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton", sel=sel)
         sel = (aux["sel"], aux["sel_n"])  # every mode on the first mode's selection
         grads[name] = torch.autograd.grad((out.float() * dout.float()).sum() + 5 * loss, args)

@@ -280,7 +280,8 @@ def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), lse.stride(0), dk.stride(0), dk.stride(1), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n or c[0], IEEE=ieee(q),
-        BWD=bwd, HAS_BITS=bits is not None, ADD=mode_for(q, add_mode), num_warps=num_warps or c[1], num_stages=num_stages or c[2],
+        BWD=bwd, HAS_BITS=bits is not None, ADD=mode_for(q, config_key(token, bits), add_mode),
+        num_warps=num_warps or c[1], num_stages=num_stages or c[2],
     )
 
 
@@ -298,7 +299,7 @@ def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int 
 def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
              num_warps: int | None = None, num_stages: int | None = None, bits=None, add_mode=None):
     """(dq, dk, dv) for the output gradient ``dout``; dk and dv are summed in float32 (``add_mode``:
-    how, reduce_add.MODES; the GPU default when None)."""
+    how, reduce_add.MODES; the default of this launch kind when None)."""
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)  # [Tq, Hq], rowsum(dO * O)
     dq = torch.empty_like(q)

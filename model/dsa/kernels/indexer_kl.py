@@ -156,7 +156,7 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
                add_mode=None):
     """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t. ``bits``: the
     list's query bits (merged token owners, model/dsa/merge.py); ``add_mode``: how dk_I is summed
-    (reduce_add.MODES; the GPU default when None)."""
+    (reduce_add.MODES; the KL's default when None)."""
     c = CONFIG[config_key(token, bits)]
     block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
     tq, hq, d = q.shape
@@ -184,7 +184,7 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
         dqi.stride(0), dqi.stride(1), dwi.stride(0), dki.stride(0), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, WITH_GRAD=with_grad, D=d, DP=max(16, next_pow2(d)), QS=qs, HP=hp, HIP=hip,
         DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), HAS_BITS=bits is not None,
-        ADD=mode_for(q, add_mode), num_warps=num_warps, num_stages=num_stages,
+        ADD=mode_for(q, "kl", add_mode), num_warps=num_warps, num_stages=num_stages,
     )
     if not with_grad:
         return kl, None

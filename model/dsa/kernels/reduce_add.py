@@ -9,10 +9,11 @@ are the alternatives: ``red`` per element, ``red.v2`` on a thread's neighbouring
 accumulator keeps columns 2c and 2c+1 of a row in consecutive registers; the pairing is checked on
 the addresses inside the instruction sequence, so any layout still adds correctly), and
 ``red.v4`` after regrouping four columns a thread. Measured on an H100 at 128K (bench_dsa.py
---add-modes), ``tl.atomic_add`` was the fastest of the first three: its conversion makes each
-warp instruction one contiguous 128-byte row segment, while the accumulator's layout spreads a
-warp's adds over eight rows. It is the default; tests/gpu/test_dsa_reduce_add.py checks every
-mode against the reference.
+--add-modes), ``tl.atomic_add`` beat the first two: its conversion makes each warp instruction
+one contiguous 128-byte row segment, while the accumulator's layout spreads a warp's adds over
+eight rows. The quads keep that coalescing with a quarter of the instructions and won the block
+backward by 12%; token owners (16 rows a program against 128) stay with atomic_add (DEFAULT below).
+tests/gpu/test_dsa_reduce_add.py checks every mode against the reference.
 
 Inline PTX does not run under TRITON_INTERPRET (the CPU suite): there ``mode_for`` always picks
 ``tl.atomic_add``.
@@ -31,9 +32,11 @@ RED_PAIRS = 2  # inline red.global.add.v2.f32 on neighbouring columns (Hopper, P
 RED_QUADS = 3  # regrouped four columns a thread (a layout conversion, as atomic_add's), red.v4.f32
 
 MODES = {"atomic": ATOMIC, "red": RED, "red-pairs": RED_PAIRS, "red-quads": RED_QUADS}
-# H100, 128K (tests/bench/RESULTS.md, 2026-12-06): block backward 65.9 ms with atomic_add against
-# 69.6 (pairs) and 96.5 (one red per element); token 492 against 660 and 1,324.
-DEFAULT = ATOMIC
+# Per launch kind (attention.config_key; "kl" for the indexer KL kernel). H100, 128K, two runs
+# (tests/bench/RESULTS.md, 2026-12-06): block backward 58.2 ms with quads against 66.1 atomic_add,
+# 70.2 pairs, 96.1 single red; token backward 506 atomic_add against 532 quads, 704 pairs, 1,319
+# single; the KL kernels alike within 1% for atomic_add and quads. Merged token groups: not measured.
+DEFAULT = {"block": RED_QUADS, "token": ATOMIC, "merged": ATOMIC, "kl": ATOMIC}
 
 _RED = "red.global.gpu.relaxed.add.f32"
 _PAIR_ASM = tl.constexpr(f"""{{
@@ -91,13 +94,13 @@ def _quads(x):
     return a0, a1, b0, b1
 
 
-def mode_for(t: torch.Tensor, mode: int | str | None = None) -> int:
-    """The add mode a launch on ``t``'s device takes: ``mode`` (a name or number) or DEFAULT on a
-    GPU, ATOMIC under the interpreter or off CUDA."""
+def mode_for(t: torch.Tensor, kind: str, mode: int | str | None = None) -> int:
+    """The add mode a launch of ``kind`` (a DEFAULT key) on ``t``'s device takes: ``mode`` (a name
+    or number) or the kind's default on a GPU, ATOMIC under the interpreter or off CUDA."""
     if not t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1":
         return ATOMIC
     if mode is None:
-        return DEFAULT
+        return DEFAULT[kind]
     return MODES[mode] if isinstance(mode, str) else int(mode)
 
 
