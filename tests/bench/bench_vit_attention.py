@@ -9,7 +9,8 @@
   pack in one launch, no concatenation.
 
 Shapes: the keye-30b-a3b ViT (16 heads of 72) over frame groups of three videos of different
-sizes (336x588, 252x448, 448x252 frames: 1008, 576 and 576 patches a group), bidirectional; the
+sizes (336x588, 252x448, 448x252 frames: 1008, 576 and 576 patches a group), bidirectional, each
+video's groups together and, the worst case, in turn; the
 LM (32 query and 4 KV heads of 128) over one causal document. Forward+backward, bf16, median of
 CUDA-event timings. Prints a markdown table.
 """
@@ -42,12 +43,14 @@ def timed(fn, reps: int = 10) -> float:
     return statistics.median(times)
 
 
-def frame_groups(total: int) -> list[int]:
-    """Segment lengths: three videos' frame groups, in turn, until `total` patches."""
+def frame_groups(total: int, interleaved: bool) -> list[int]:
+    """Segment lengths: three videos' frame groups until `total` patches, each video's groups
+    together (a pack: one SDPA call per video) or the videos' groups in turn (the worst case for
+    packed_attention: one call per group, as in packs of many clips of different sizes)."""
     sizes, lengths = (1008, 576, 576), []
     while sum(lengths) + 1008 <= total:
         lengths += [sizes[len(lengths) % 3]]
-    return lengths
+    return lengths if interleaved else sorted(lengths, reverse=True)
 
 
 def case(name, lengths, hq, hkv, d, causal):
@@ -84,8 +87,11 @@ def main(argv=None) -> int:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("| shape | attention | fwd+bwd ms | TFLOP/s | rel. diff to the first |")
     print("|---|---|---|---|---|")
-    for line in case(f"ViT, {a.patches:,} patches, 16x72, frame groups", frame_groups(a.patches), 16, 16, 72, False):
-        print(line)
+    for interleaved in (False, True):
+        what = "groups of 3 videos in turn" if interleaved else "3 videos' groups, video by video"
+        for line in case(f"ViT, {a.patches:,} patches, 16x72, {what}", frame_groups(a.patches, interleaved),
+                         16, 16, 72, False):
+            print(line)
     for line in case(f"LM, one {a.lm_tokens:,}-token document, 32/4x128, causal", [a.lm_tokens], 32, 4, 128, True):
         print(line)
     return 0
