@@ -9,7 +9,8 @@ causal key prefix, bounding the math kernel's memory at O(chunk x segment) per h
 segment goes whole to torch's SDPA (flash / cuDNN, O(segment) memory at any length): there a
 chunk's causal prefix needs an explicit mask, which the fused kernels cannot skip, so chunks cost
 a quarter more attention work and several times the backward time (issue 15's profile: the
-backward at 3.1x the forward at 32K). GQA is passed through, not expanded.
+backward at 3.1x the forward at 32K). Many short runs go to one FlashAttention varlen call
+instead (ONE_CALL_RUNS). GQA is passed through, not expanded.
 """
 from __future__ import annotations
 
@@ -18,7 +19,19 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 
+from model import flash_varlen
+
 DEFAULT_CHUNK = 8192
+
+# Many short runs (a pack of many clips of different sizes: frame groups whose lengths change
+# from clip to clip) go to one FlashAttention varlen call instead of one SDPA call per run. On an
+# H100, fwd+bwd of the keye ViT's attention (131,072 patches, 16 heads of 72): 172 runs took
+# 158.6 ms through SDPA and 11.3 ms in one call, 2 runs 10.3 ms through SDPA (cuDNN) and 11.3 in
+# one call; for long documents cuDNN is the faster kernel (a causal 32K document: 54.7 ms against
+# FlashAttention-2's 92.3). Hence: one call only past ONE_CALL_RUNS runs none longer than
+# ONE_CALL_MAX_SEGMENT (tests/bench/bench_vit_attention.py, tests/bench/RESULTS.md, 2026-12-06).
+ONE_CALL_RUNS = 8
+ONE_CALL_MAX_SEGMENT = 4096
 
 
 def _runs_of_equal_length(cu: list[int]) -> list[tuple[int, int, int]]:
@@ -55,8 +68,15 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     cu = [int(x) for x in cu_seqlens.tolist()]
     if cu[0] != 0 or cu[-1] != q.shape[0]:
         raise ValueError(f"cu_seqlens must run from 0 to T={q.shape[0]}, got {cu[0]}..{cu[-1]}")
+    runs = _runs_of_equal_length(cu)
+    if (q.is_cuda and len(runs) > ONE_CALL_RUNS and max(n for _, n, _ in runs) <= ONE_CALL_MAX_SEGMENT
+            and flash_varlen.available(q, k)):
+        longest = max(n for _, n, _ in runs)
+        cu32 = cu_seqlens.to(device=q.device, dtype=torch.int32)
+        return flash_varlen.flash_varlen(q, k, v, flash_varlen.VarlenLayout(cu32, cu32, longest, longest),
+                                         causal, scale)[0]
     outs = []
-    for start, length, count in _runs_of_equal_length(cu):
+    for start, length, count in runs:
         end = start + length * count
         if length <= chunk or q.is_cuda:
             shape = (count, length)

@@ -51,3 +51,23 @@ def test_context_parallel_rows_on_the_gpu_match_the_masked_cpu_path():
     dy = torch.randn(len(q_pos), hq, d, generator=g)
     _assert_close(_gpu_and_cpu(lambda dev, *x: packed_attention_rows(*x, q_pos.to(dev), q_doc.to(dev), chunk=256),
                                (q, k, v), dy))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_many_short_runs_in_one_varlen_call_match_the_cpu_path(causal, monkeypatch):
+    """More than ONE_CALL_RUNS runs of short segments (frame groups of clips of different sizes,
+    in turn) take the one-call FlashAttention path: same output and gradients as the CPU's."""
+    from model import packed_attention as pa
+
+    g = torch.Generator().manual_seed(7)
+    lengths = [96, 40, 40, 160, 8, 96, 40, 40, 160, 8, 96, 40, 40, 160, 8, 33]
+    assert len(pa._runs_of_equal_length([0, *torch.tensor(lengths).cumsum(0).tolist()])) > pa.ONE_CALL_RUNS
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    t, hq, hkv, d = int(cu[-1]), 16, 16, 72
+    q, k, v = (torch.randn(t, h, d, generator=g) for h in (hq, hkv, hkv))
+    dy = torch.randn(t, hq, d, generator=g)
+    calls, real = [], pa.flash_varlen.flash_varlen
+    monkeypatch.setattr(pa.flash_varlen, "flash_varlen", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    grads = _gpu_and_cpu(lambda dev, *x: packed_attention(*x, cu.to(dev), causal=causal), (q, k, v), dy)
+    assert calls == [1]  # the GPU pass took the one call; the CPU pass never does
+    _assert_close(grads)
