@@ -16,7 +16,6 @@ import datetime
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ from model.dsa.kernels.index_scores import owner_scores  # noqa: E402
 from model.dsa.kernels.indexer_kl import indexer_kl  # noqa: E402
 from model.dsa.plan import build_plan  # noqa: E402
 from model.dsa.select import _rows_source, filtered_chunks, select  # noqa: E402
+from tests.bench.cuda_timing import timeit  # noqa: E402
 
 HQ, HKV, D, HI, DI, K, BQ = 32, 4, 128, 8, 128, 2048, 64
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: only for a smoke run under TRITON_INTERPRET
@@ -48,24 +48,6 @@ ROWS: list[dict] = []
 
 def log(*a):
     print(*a, flush=True)
-
-
-def timeit(fn, min_total=0.6, max_reps=10):
-    """Median seconds of fn() over CUDA events after one warm-up call."""
-    fn()
-    torch.cuda.synchronize()
-    ts = []
-    t_start = time.time()
-    while len(ts) < max_reps and (len(ts) < 2 or time.time() - t_start < min_total):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-        if ts[-1] > 2.0 and len(ts) >= 2:
-            break
-    return statistics.median(ts)
 
 
 def row(size, what, sec, flop=None, nbytes=None, note=""):

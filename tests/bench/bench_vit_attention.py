@@ -12,12 +12,11 @@ Shapes: the keye-30b-a3b ViT (16 heads of 72) over frame groups of three videos 
 sizes (336x588, 252x448, 448x252 frames: 1008, 576 and 576 patches a group), bidirectional, each
 video's groups together and, the worst case, in turn; the
 LM (32 query and 4 KV heads of 128) over one causal document. Forward+backward, bf16, median of
-CUDA-event timings. Prints a markdown table.
+CUDA-event timings (tests/bench/cuda_timing.py). Prints a markdown table.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,20 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from model.flash_varlen import VarlenLayout, available, flash_varlen  # noqa: E402
 from model.packed_attention import packed_attention  # noqa: E402
-
-
-def timed(fn, reps: int = 10) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(times)
+from tests.bench.cuda_timing import timeit  # noqa: E402
 
 
 def frame_groups(total: int, interleaved: bool) -> list[int]:
@@ -74,7 +60,7 @@ def case(name, lengths, hq, hkv, d, causal):
         out = fwd()
         err = 0.0 if want is None else float((out.float() - want).norm() / want.norm())
         want = out.float() if want is None else want
-        sec = timed(lambda fwd=fwd: torch.autograd.backward(fwd(), dy))
+        sec = timeit(lambda fwd=fwd: torch.autograd.backward(fwd(), dy))
         rows.append(f"| {name} | {way} | {sec * 1e3:.2f} | {flops / sec / 1e12:.0f} | {err:.1e} |")
     return rows
 

@@ -39,40 +39,22 @@ MODES = {"atomic": ATOMIC, "red": RED, "red-pairs": RED_PAIRS, "red-quads": RED_
 DEFAULT = {"block": RED_QUADS, "token": ATOMIC, "merged": ATOMIC, "kl": ATOMIC}
 
 _RED = "red.global.gpu.relaxed.add.f32"
-_PAIR_ASM = tl.constexpr(f"""{{
-.reg .pred pa, pb, pp, qa, qb;
-.reg .b64 t;
-setp.ne.b32 pa, $6, 0;
-setp.ne.b32 pb, $7, 0;
-add.s64 t, $2, 4;
-setp.eq.s64 pp, t, $3;
-and.b64 t, $2, 7;
-setp.eq.and.s64 pp, t, 0, pp;
-and.pred pp, pp, pa;
-and.pred pp, pp, pb;
-not.pred qa, pp;
-and.pred qb, qa, pb;
-and.pred qa, qa, pa;
-@pp red.global.gpu.relaxed.add.v2.f32 [$2], {{$4, $5}};
-@qa {_RED} [$2], $4;
-@qb {_RED} [$3], $5;
-mov.b32 $0, 0;
-mov.b32 $1, 0;
-}}""")
-_PAIR_ASM_ALL = tl.constexpr(f"""{{
-.reg .pred pp, qa;
-.reg .b64 t;
-add.s64 t, $2, 4;
-setp.eq.s64 pp, t, $3;
-and.b64 t, $2, 7;
-setp.eq.and.s64 pp, t, 0, pp;
-not.pred qa, pp;
-@pp red.global.gpu.relaxed.add.v2.f32 [$2], {{$4, $5}};
-@qa {_RED} [$2], $4;
-@qa {_RED} [$3], $5;
-mov.b32 $0, 0;
-mov.b32 $1, 0;
-}}""")
+def _pair_asm(masked: bool) -> str:
+    """PTX for one pair of elements ($2, $3 addresses; $4, $5 values; $6, $7 masks if ``masked``):
+    one red.v2 when the second address follows the first and the first is 8-byte aligned (and
+    both are kept), else each kept element alone."""
+    keep = ("setp.ne.b32 pa, $6, 0;\nsetp.ne.b32 pb, $7, 0;\n" if masked else "")
+    both = ("and.pred pp, pp, pa;\nand.pred pp, pp, pb;\n" if masked else "")
+    each = ("and.pred qb, qa, pb;\nand.pred qa, qa, pa;\n" if masked else "mov.pred qb, qa;\n")
+    return ("{\n.reg .pred pa, pb, pp, qa, qb;\n.reg .b64 t;\n" + keep
+            + "add.s64 t, $2, 4;\nsetp.eq.s64 pp, t, $3;\nand.b64 t, $2, 7;\nsetp.eq.and.s64 pp, t, 0, pp;\n"
+            + both + "not.pred qa, pp;\n" + each
+            + f"@pp red.global.gpu.relaxed.add.v2.f32 [$2], {{$4, $5}};\n@qa {_RED} [$2], $4;\n"
+            + f"@qb {_RED} [$3], $5;\nmov.b32 $0, 0;\nmov.b32 $1, 0;\n}}")
+
+
+_PAIR_ASM = tl.constexpr(_pair_asm(True))
+_PAIR_ASM_ALL = tl.constexpr(_pair_asm(False))
 _ONE_ASM_ALL = tl.constexpr(f"{_RED} [$1], $2; mov.b32 $0, 0;")
 _ONE_ASM = tl.constexpr(f"""{{
 .reg .pred pa;
