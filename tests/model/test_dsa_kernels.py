@@ -274,7 +274,7 @@ def test_merged_token_groups_equal_token_mode(m):
             assert rel(a, b) < 1e-4, (name, rel(a, b))
 
 
-@pytest.mark.parametrize("queries", [32, 64])
+@pytest.mark.parametrize("queries", [8, 32, 64])
 def test_block_kl_with_more_queries_per_step_matches_reference(queries, monkeypatch):
     """The KL kernel's block owners walked with more queries per inner step (kl_mod.BLOCK_QUERIES,
     which bench_dsa sweeps): same loss and indexer gradients as the reference, on blocks of 64

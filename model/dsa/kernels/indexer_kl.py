@@ -141,7 +141,8 @@ CONFIG = {"block": (64, 8, 1), "token": (64, 2, 2), "merged": (64, 4, 2)}
 # Queries per inner step of a block owner. Every step walks all of the owner's keys twice, so a
 # 64-query block at 16 reads its key tiles 4 times over (the KL ran at 98 TFLOP/s against the
 # forward's 376 for the same FLOPs, H100, 2026-12-06); more queries per step hold more rows in
-# registers. bench_dsa.py's block sweep times 16, 32 and 64.
+# registers. bench_dsa.py's block sweep times 8, 16, 32 and 64 (ptxas -v for sm_90 at (64, 8, 1):
+# 255 registers at each, spilling 724 bytes at 8 and 1,456 at 16).
 BLOCK_QUERIES = 16
 
 
