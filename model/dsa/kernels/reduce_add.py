@@ -1,19 +1,21 @@
 """Adding a program's float32 tile into a global buffer that many programs add into (dK and dV of
-the attention backward, the indexer keys' gradient of the KL kernel): four ways, one default.
+the attention backward, the indexer keys' gradient of the KL kernel): two ways, a default per
+launch kind.
 
-``tl.atomic_add`` first moves the dot's accumulator out of the tensor-core layout into a blocked
-one through shared memory, then issues one returning ``atom`` per element. On FlashAttention's
-backward that conversion was reported to cost much of the kernel (triton-lang/triton#4717: 129
-TFLOP/s with atomic_add, 226 with inline ``red`` in the accumulator's layout). The other modes
-are the alternatives: ``red`` per element, ``red.v2`` on a thread's neighbouring columns (Hopper's
-accumulator keeps columns 2c and 2c+1 of a row in consecutive registers; the pairing is checked on
-the addresses inside the instruction sequence, so any layout still adds correctly), and
-``red.v4`` after regrouping four columns a thread. Measured on an H100 at 128K (bench_dsa.py
---add-modes), ``tl.atomic_add`` beat the first two: its conversion makes each warp instruction
-one contiguous 128-byte row segment, while the accumulator's layout spreads a warp's adds over
-eight rows. The quads keep that coalescing with a quarter of the instructions and won the block
-backward by 12%; token owners (16 rows a program against 128) stay with atomic_add (DEFAULT below).
-tests/gpu/test_dsa_reduce_add.py checks every mode against the reference.
+``tl.atomic_add`` moves the dot's accumulator out of the tensor-core layout into a blocked one
+(through shared memory), so that each warp instruction adds one contiguous 128-byte row segment,
+then issues one scalar ``atom`` per element. ``quads`` makes the same kind of conversion but to
+four neighbouring columns a thread and adds them with one ``red.global.add.v4.f32`` (Hopper, PTX
+8.1+): a quarter of the instructions, fire-and-forget, the same coalescing.
+
+Measured on an H100 at 128K (bench_dsa.py --add-modes, tests/bench/RESULTS.md, 2026-12-06), with
+two more modes since removed (their code is at commit 4c59581): adding in the accumulator's own
+layout, the fix reported for FlashAttention's backward (triton-lang/triton#4717), lost here, one
+``red`` per element at 96.1 ms and ``red.v2`` on a thread's neighbouring columns at 70.2, because
+a warp's adds then span eight rows; ``tl.atomic_add`` took 66.1 ms and the quads 58.2 (block
+backward). Token owners (16 rows a program against 128) were 5% slower with quads, and the KL
+kernels the same within 1%. tests/gpu/test_dsa_reduce_add.py checks both modes against the
+reference.
 
 Inline PTX does not run under TRITON_INTERPRET (the CPU suite): there ``mode_for`` always picks
 ``tl.atomic_add``.
@@ -27,53 +29,14 @@ import triton
 import triton.language as tl
 
 ATOMIC = 0  # tl.atomic_add (Triton's lowering: layout conversion, one atom per element)
-RED = 1  # inline red.global.add.f32, one element per instruction, in the accumulator's own layout
-RED_PAIRS = 2  # inline red.global.add.v2.f32 on neighbouring columns (Hopper, PTX 8.1+)
-RED_QUADS = 3  # regrouped four columns a thread (a layout conversion, as atomic_add's), red.v4.f32
+QUADS = 1  # four columns a thread after a layout conversion, one red.global.add.v4.f32 each
 
-MODES = {"atomic": ATOMIC, "red": RED, "red-pairs": RED_PAIRS, "red-quads": RED_QUADS}
-# Per launch kind (attention.config_key; "kl" for the indexer KL kernel). H100, 128K, two runs
-# (tests/bench/RESULTS.md, 2026-12-06): block backward 58.2 ms with quads against 66.1 atomic_add,
-# 70.2 pairs, 96.1 single red; token backward 506 atomic_add against 532 quads, 704 pairs, 1,319
-# single; the KL kernels alike within 1% for atomic_add and quads. Merged token groups: not measured.
-DEFAULT = {"block": RED_QUADS, "token": ATOMIC, "merged": ATOMIC, "kl": ATOMIC}
-
-_RED = "red.global.gpu.relaxed.add.f32"
-def _pair_asm(masked: bool) -> str:
-    """PTX for one pair of elements ($2, $3 addresses; $4, $5 values; $6, $7 masks if ``masked``):
-    one red.v2 when the second address follows the first and the first is 8-byte aligned (and
-    both are kept), else each kept element alone."""
-    keep = ("setp.ne.b32 pa, $6, 0;\nsetp.ne.b32 pb, $7, 0;\n" if masked else "")
-    both = ("and.pred pp, pp, pa;\nand.pred pp, pp, pb;\n" if masked else "")
-    each = ("and.pred qb, qa, pb;\nand.pred qa, qa, pa;\n" if masked else "mov.pred qb, qa;\n")
-    return ("{\n.reg .pred pa, pb, pp, qa, qb;\n.reg .b64 t;\n" + keep
-            + "add.s64 t, $2, 4;\nsetp.eq.s64 pp, t, $3;\nand.b64 t, $2, 7;\nsetp.eq.and.s64 pp, t, 0, pp;\n"
-            + both + "not.pred qa, pp;\n" + each
-            + f"@pp red.global.gpu.relaxed.add.v2.f32 [$2], {{$4, $5}};\n@qa {_RED} [$2], $4;\n"
-            + f"@qb {_RED} [$3], $5;\nmov.b32 $0, 0;\nmov.b32 $1, 0;\n}}")
-
-
-_PAIR_ASM = tl.constexpr(_pair_asm(True))
-_PAIR_ASM_ALL = tl.constexpr(_pair_asm(False))
-_ONE_ASM_ALL = tl.constexpr(f"{_RED} [$1], $2; mov.b32 $0, 0;")
-_ONE_ASM = tl.constexpr(f"""{{
-.reg .pred pa;
-setp.ne.b32 pa, $3, 0;
-@pa {_RED} [$1], $2;
-mov.b32 $0, 0;
-}}""")
-
+MODES = {"atomic": ATOMIC, "quads": QUADS}
+# Per launch kind (attention.config_key; "kl" for the indexer KL kernel), from the measurements
+# above; merged token groups were not measured and keep atomic_add.
+DEFAULT = {"block": QUADS, "token": ATOMIC, "merged": ATOMIC, "kl": ATOMIC}
 
 _QUAD_ASM = tl.constexpr("red.global.gpu.relaxed.add.v4.f32 [$1], {$2, $3, $4, $5}; mov.b32 $0, 0;")
-
-
-@triton.jit
-def _quads(x):
-    """[R, C] -> four [R, C // 4] tensors: columns 4j, 4j+2, 4j+1, 4j+3."""
-    a, b = tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 4, 2, 2)))
-    a0, a1 = tl.split(a)
-    b0, b1 = tl.split(b)
-    return a0, a1, b0, b1
 
 
 def mode_for(t: torch.Tensor, kind: str, mode: int | str | None = None) -> int:
@@ -87,35 +50,26 @@ def mode_for(t: torch.Tensor, kind: str, mode: int | str | None = None) -> int:
 
 
 @triton.jit
+def _quads(x):
+    """[R, C] -> four [R, C // 4] tensors: columns 4j, 4j+2, 4j+1, 4j+3."""
+    a, b = tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 4, 2, 2)))
+    a0, a1 = tl.split(a)
+    b0, b1 = tl.split(b)
+    return a0, a1, b0, b1
+
+
+@triton.jit
 def add_tile(ptrs, vals, mask, MODE: tl.constexpr, MASKED: tl.constexpr = True):
-    """ptrs[i] += vals[i] where mask[i] (every i when not ``MASKED``: no mask operands, which would
-    otherwise be held in registers per element), float32, with the other programs adding into the
-    same buffer at the same time; the order of those adds (and so the last bits of the sums) is not
-    fixed."""
-    addr = ptrs.to(tl.int64, bitcast=True)
-    if MODE == 0:
-        if MASKED:
-            tl.atomic_add(ptrs, vals, mask=mask, sem="relaxed")
-        else:
-            tl.atomic_add(ptrs, vals, sem="relaxed")
-    elif MODE == 1:
-        if MASKED:
-            tl.inline_asm_elementwise(_ONE_ASM, "=r,l,f,r", [addr, vals, mask.to(tl.int32)], dtype=tl.int32,
-                                      is_pure=False, pack=1)
-        else:
-            tl.inline_asm_elementwise(_ONE_ASM_ALL, "=r,l,f", [addr, vals], dtype=tl.int32, is_pure=False, pack=1)
-    elif MODE == 3:
-        if MASKED:  # partial tiles: a mask need not be whole over four columns
-            tl.atomic_add(ptrs, vals, mask=mask, sem="relaxed")
-        else:
-            a0, a1, b0, b1 = _quads(vals)  # columns 4j, 4j+2, 4j+1, 4j+3
-            p0, _, _, _ = _quads(addr)
-            tl.inline_asm_elementwise(_QUAD_ASM, "=r,l,f,f,f,f", [p0, a0, b0, a1, b1], dtype=tl.int32,
-                                      is_pure=False, pack=1)
+    """ptrs[i] += vals[i] where mask[i] (every i when not ``MASKED``), float32, with the other
+    programs adding into the same buffer at the same time; the order of those adds (and so the
+    last bits of the sums) is not fixed. Quads need whole groups of four columns, so masked
+    tiles (a partial list tile, the causal range) always take tl.atomic_add."""
+    if MODE == 1 and not MASKED:
+        a0, a1, b0, b1 = _quads(vals)  # columns 4j, 4j+2, 4j+1, 4j+3
+        p0, _, _, _ = _quads(ptrs.to(tl.int64, bitcast=True))
+        tl.inline_asm_elementwise(_QUAD_ASM, "=r,l,f,f,f,f", [p0, a0, b0, a1, b1], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+    elif MASKED:
+        tl.atomic_add(ptrs, vals, mask=mask, sem="relaxed")
     else:
-        if MASKED:
-            tl.inline_asm_elementwise(_PAIR_ASM, "=r,=r,l,l,f,f,r,r", [addr, vals, mask.to(tl.int32)],
-                                      dtype=tl.int32, is_pure=False, pack=2)
-        else:
-            tl.inline_asm_elementwise(_PAIR_ASM_ALL, "=r,=r,l,l,f,f", [addr, vals], dtype=tl.int32,
-                                      is_pure=False, pack=2)
+        tl.atomic_add(ptrs, vals, sem="relaxed")
