@@ -1,8 +1,8 @@
 """The DSA backward's float32 adds (model/dsa/kernels/reduce_add.py) on the GPU, where the inline
-`red` modes run (the CPU suite only ever runs tl.atomic_add): every mode gives the reference's
-gradients at the production shapes, bf16 on the tensor cores (the accumulator layout whose
-neighbouring columns the pair mode adds with one instruction), block and token owners, a packed
-sequence with documents cut mid-block, and the indexer keys' gradient of the KL kernel."""
+`red.v4` quads run (the CPU suite only ever runs tl.atomic_add): every mode gives the reference's
+gradients at the production shapes, bf16 on the tensor cores (the accumulator layout the quads
+regroup), block and token owners, full and partial key tiles, a packed sequence with documents cut
+mid-block, and the indexer keys' gradient of the KL kernel."""
 from __future__ import annotations
 
 import pytest
