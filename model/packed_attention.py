@@ -69,9 +69,8 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     if cu[0] != 0 or cu[-1] != q.shape[0]:
         raise ValueError(f"cu_seqlens must run from 0 to T={q.shape[0]}, got {cu[0]}..{cu[-1]}")
     runs = _runs_of_equal_length(cu)
-    if (q.is_cuda and len(runs) > ONE_CALL_RUNS and max(n for _, n, _ in runs) <= ONE_CALL_MAX_SEGMENT
-            and flash_varlen.available(q, k)):
-        longest = max(n for _, n, _ in runs)
+    longest = max((n for _, n, _ in runs), default=0)
+    if q.is_cuda and len(runs) > ONE_CALL_RUNS and longest <= ONE_CALL_MAX_SEGMENT and flash_varlen.available(q, k):
         cu32 = cu_seqlens.to(device=q.device, dtype=torch.int32)
         return flash_varlen.flash_varlen(q, k, v, flash_varlen.VarlenLayout(cu32, cu32, longest, longest),
                                          causal, scale)[0]

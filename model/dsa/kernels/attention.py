@@ -13,11 +13,11 @@ or the whole document before the block in the dense warm-up). Every key is also 
 key <= query position, so queries given by global position (context parallel chunks) work.
 
 Backward recomputes P from the saved log-sum-exp, writes dQ directly (each query row belongs to
-one program) and adds dK, dV into float32 buffers with fire-and-forget reductions (reduce_add.py):
-a key may be selected by many owners. Sums in dK, dV are thus not bitwise deterministic. A key-order backward without atomics
-(one program per tile of 64 keys over the owners that attend it) was built and measured slower
-everywhere: real selections fill 5-19% of a tile, and even a dense range ran 1.3x slower
-(tests/bench/RESULTS.md, 2026-12-06).
+one program) and adds dK, dV into float32 buffers that other programs add into at the same time
+(reduce_add.py): a key may be selected by many owners. Sums in dK, dV are thus not bitwise
+deterministic. A key-order backward without atomics (one program per tile of 64 keys over the
+owners that attend it) was built and measured slower everywhere: real selections fill 5-19% of a
+tile, and even a dense range ran 1.3x slower (tests/bench/RESULTS.md, 2026-12-06).
 """
 from __future__ import annotations
 

@@ -9,9 +9,10 @@ In the warm-up S_t is every visible key (dense), in sparse training the selected
 Pass 1 computes lse of I_t over S_t; pass 2 recomputes the head-mean probabilities (one dot per KV
 head and tile) and I_t, accumulates the KL terms and, when gradients are wanted, dI = softmax(I) - p
 back through the relu: dq_I and dw are written per query (one program owns each query), dk_I is
-added into a float32 buffer shared by all programs (reduce_add.py). The gradients are thus computed with the loss, in the
-forward, for a unit weight per query; the autograd Function scales them by grad / T. That trades
-storing dq_I (the size of q_I) for not recomputing the Hq-head probabilities in backward.
+added into a float32 buffer shared by all programs (reduce_add.py). The gradients are thus
+computed with the loss, in the forward, for a unit weight per query; the autograd Function scales
+them by grad / T. That trades storing dq_I (the size of q_I) for not recomputing the Hq-head
+probabilities in backward.
 """
 from __future__ import annotations
 
