@@ -57,7 +57,8 @@ class CoreChoice:
     rows: "QueryRows | None" = None  # set per pack under context parallelism
     # DSA plans of the current pack by (config, stage): emptied when a pack's forward starts;
     # every layer (and the recomputation in backward) shares them, so a plan's host reads
-    # happen once per pack, not once per layer.
+    # happen once per pack, not once per layer. Under recomputation it also holds each layer's
+    # block selection from the first pass until the second takes it (("selection", layer)).
     plans: dict = field(default_factory=dict)
     # The DSA warm-up: the backbone is frozen, so nothing needs the backbone's backward except
     # reaching each layer's injected indexer gradient. Instead each layer backpropagates its own
@@ -203,21 +204,41 @@ class PackedSelfAttention(MegatronModule):
 
         q_idx, k_idx, w_idx = self.indexer(hidden.detach(), cos, sin)
         weight = self.core.indexer_weight
+        first_pass, memo = self._recomputation()
         if rows is None:
-            out, loss = dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu, self.core.dsa,
-                                      backend=self.core.backend, plans=self.core.plans)
-            self.indexer_loss = loss.detach()
+            out, loss = dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu, self.core.dsa, backend=self.core.backend,
+                                      plans=self.core.plans, memo=memo, with_loss=not first_pass)
         else:
             out, loss, _ = dsa_attention_rows(q, k, v, q_idx, rows.gather(k_idx), w_idx, rows.q_pos,
                                               rows.q_doc, self.core.dsa, backend=self.core.backend,
-                                              plans=self.core.plans)
-            self.indexer_loss = loss.detach() * rows.share  # summed over the context ranks
+                                              plans=self.core.plans, memo=memo, with_loss=not first_pass)
             weight = weight * rows.share * rows.grad_scale
+        if loss is None:  # recomputed in backward, where the loss is computed
+            return out
+        self.indexer_loss = loss.detach() * (rows.share if rows is not None else 1.0)  # CP: summed over ranks
         if self.core.local_indexer_grads:
             self._indexer_backward_now(loss, weight)
         elif loss.requires_grad:
             out = _InjectLossGrad.apply(out, loss, weight)
         return out
+
+    def _recomputation(self) -> tuple[bool, dict | None]:
+        """(first_pass, memo) under Megatron's activation recomputation, which runs a layer twice:
+        first without a graph, then again in backward with one. The first pass skips the indexer
+        KL (nothing can take its gradient; the second pass computes loss and gradients, and
+        reports the loss, once), and in block mode leaves its selection in the pack's cache for
+        the second pass to reuse (sel is [owners, k] int32: 16 MiB a layer at 128K; token mode's
+        [T, k] would be 1 GiB, so token mode selects again)."""
+        from megatron.core.tensor_parallel.random import is_checkpointing
+
+        if not is_checkpointing() or self.core.local_indexer_grads:
+            return False, None
+        first_pass = not torch.is_grad_enabled()
+        memo = None
+        if self.core.dsa.granularity == "block":
+            key = ("selection", self.layer_number)
+            memo = self.core.plans.setdefault(key, {}) if first_pass else self.core.plans.pop(key, None)
+        return first_pass, memo
 
     def _indexer_backward_now(self, loss: torch.Tensor, weight: float) -> None:
         from megatron.core.tensor_parallel.random import is_checkpointing

@@ -38,7 +38,9 @@ HEAD_CHUNK = 4096  # labeled rows per output-layer chunk
 class LMOutput:
     ce_sum: torch.Tensor  # summed next-token cross entropy over labeled positions
     n_labels: int
-    indexer_loss: torch.Tensor  # value: mean over layers of the DSA indexer KL (0 without DSA)
+    # value: mean over layers of the DSA indexer KL (0 without DSA); under activation recomputation
+    # 0 here, each layer computing its KL in backward (read it then: indexer_loss())
+    indexer_loss: torch.Tensor
 
 
 class MoELanguageModel(MegatronModule):
@@ -63,7 +65,7 @@ class MoELanguageModel(MegatronModule):
                 cu_seqlens: torch.Tensor, labels: torch.Tensor) -> LMOutput:
         hidden = self.hidden_states(decoder_input, position_ids, cu_seqlens)
         ce_sum, n = self._labeled_cross_entropy(hidden, labels)
-        return LMOutput(ce_sum, n, self._indexer_loss(hidden))
+        return LMOutput(ce_sum, n, self.indexer_loss(hidden.device))
 
     def hidden_states(self, decoder_input: torch.Tensor, position_ids: torch.Tensor,
                       cu_seqlens: torch.Tensor) -> torch.Tensor:
@@ -100,9 +102,10 @@ class MoELanguageModel(MegatronModule):
                                        targets[a:a + HEAD_CHUNK], use_reentrant=False)
         return total, n
 
-    def _indexer_loss(self, like: torch.Tensor) -> torch.Tensor:
+    def indexer_loss(self, device) -> torch.Tensor:
+        """Mean over layers of the indexer KL the layers last computed (float32, on ``device``)."""
         losses = [layer.self_attention.indexer_loss for layer in self.decoder.layers
                   if layer.self_attention.indexer_loss is not None]
         if not losses:
-            return like.new_zeros((), dtype=torch.float32)
-        return torch.stack([l.float() for l in losses]).mean().to(like.device)
+            return torch.zeros((), dtype=torch.float32, device=device)
+        return torch.stack([l.float() for l in losses]).mean().to(device)

@@ -109,13 +109,14 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         ok, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
-        # Read after backward: under recomputation the router records its loss only then.
+        # Read after backward: under recomputation the router records its loss, and each DSA layer
+        # computes its indexer KL, only then.
         aux = moe_aux.value(self.model.cfg.lm.aux_loss_coeff).to(out.ce.device)
+        indexer = self.model.indexer_value(out.ce.device)
         if self.model.parallel is not None:  # each context rank recorded its part of the pack's
             aux = self.model.parallel.sum_over_cp(aux * self.model.parallel.aux_fix)
         # The step's one read of its numbers (Megatron's clipping reads the gradient norm itself).
-        ce, aux, indexer = torch.stack([out.ce.detach().float(), aux.float(),
-                                        out.indexer.detach().float()]).tolist()
+        ce, aux, indexer = torch.stack([out.ce.detach().float(), aux.float(), indexer.float()]).tolist()
         return StepResult(loss=ce + aux + indexer, ce=ce, aux=aux, indexer=indexer,
                           n_labels=out.n_labels,
                           grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),

@@ -29,7 +29,7 @@ from model.vision_parts import build_vision_parts
 @dataclass
 class VLMOutput:
     ce: torch.Tensor  # with its graph
-    indexer: torch.Tensor  # value only; 0 without DSA
+    indexer: torch.Tensor  # value only; 0 without DSA, and 0 when recomputed: VLM.indexer_value()
     aux: torch.Tensor  # value only (Megatron's router adds its gradient); 0 when recomputed
     n_labels: int
     # Under a parallel layout (parallel/): this rank's share of the objective, scaled so that
@@ -72,6 +72,14 @@ class VLM(MegatronModule):
         core.indexer_weight = cfg.lm.dsa.indexer_loss_coeff / cfg.lm.layers
         self.deepstack_injection = (DeepStackInjection(self.language.decoder.layers)
                                     if cfg.vision.deepstack else None)
+
+    def indexer_value(self, device) -> torch.Tensor:
+        """The indexer loss term as the layers last computed it, to be read after backward: under
+        activation recomputation each layer computes its KL only there (model/attention.py)."""
+        value = self.language.indexer_loss(device) * self.cfg.lm.dsa.indexer_loss_coeff
+        if self.parallel is not None:  # each context rank holds its rows' share
+            value = self.parallel.sum_over_cp(value).float()
+        return value
 
     def set_input_tensor(self, input_tensor) -> None:  # Megatron schedules call this; no PP here
         pass

@@ -70,13 +70,18 @@ def _check(q, k, v, q_idx, k_idx, w_idx, cfg: DSAConfig) -> None:
 
 
 def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfig, softmax_scale=None,
-                       backend: str | None = None, sel=None, plans: dict | None = None):
+                       backend: str | None = None, sel=None, plans: dict | None = None,
+                       memo: dict | None = None, with_loss: bool = True):
     """DSA for query rows at global positions q_pos (sorted) with document starts q_doc.
 
     k, v, k_idx are the global key table (row = global position). Returns (out, loss, aux) with
     aux = dict(plan=..., sel=..., sel_n=...) for callers that reuse the selection (tests, CP).
     ``sel`` (with its counts, as (sel, sel_n)) overrides the selection. ``plans``: a cache of
     plans for these same rows (one per config and stage), shared by the layers of one pack.
+    ``memo``: one layer's store for its selection: the first call fills it, a later call on the
+    same inputs (the layer's recomputation in backward) reads it instead of selecting again.
+    ``with_loss=False`` skips the indexer KL (loss is then None): the first, graph-less forward of
+    a recomputed layer, whose recomputation computes the loss and its gradients once.
     """
     _check(q, k, v, q_idx, k_idx, w_idx, cfg)
     backend = backend or _BACKEND
@@ -85,15 +90,19 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
     plan = _plan(plans, cfg, lambda: build_plan(q_pos, q_doc, cfg, dense))
     sel_n = None
     if not dense:
+        if sel is None and memo is not None and "sel" in memo:
+            sel = memo["sel"]
         if sel is not None:
             sel, sel_n = sel
         elif backend == "triton":
             sel, sel_n = select(q_idx.detach(), k_idx.detach(), w_idx.detach(), plan, cfg)
         else:
             sel, sel_n = ref.select(q_idx.detach(), k_idx.detach(), w_idx.detach(), plan, cfg)
+        if memo is not None:
+            memo["sel"] = (sel, sel_n)
     aux = dict(plan=plan, sel=sel, sel_n=sel_n)
     if backend == "reference":
-        out, loss = ref.attention_and_kl(q, k, v, q_idx, k_idx, w_idx, plan, sel, scale)
+        out, loss = ref.attention_and_kl(q, k, v, q_idx, k_idx, w_idx, plan, sel, scale, want_kl=with_loss)
         return out, loss, aux
     token = cfg.granularity == "token" and not dense
     bits = None
@@ -105,8 +114,10 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
         out, lse = flash_varlen.flash_varlen(q, k, v, plan.varlen_layout(), True, scale)
     else:
         out, lse = SparseAttention.apply(q, k, v, plan, sel, sel_n, scale, token, bits)
-    loss = IndexerKL.apply(q_idx, k_idx, w_idx, q.detach(), k.detach(), lse.detach(), plan, sel, sel_n, scale,
-                           token, bits)
+    loss = None
+    if with_loss:
+        loss = IndexerKL.apply(q_idx, k_idx, w_idx, q.detach(), k.detach(), lse.detach(), plan, sel, sel_n, scale,
+                               token, bits)
     return out, loss, aux
 
 
@@ -123,9 +134,10 @@ def _plan(plans: dict | None, cfg: DSAConfig, make, kind: str = "") -> Plan:
 
 
 def dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, softmax_scale=None,
-                  backend: str | None = None, plans: dict | None = None):
+                  backend: str | None = None, plans: dict | None = None, memo: dict | None = None,
+                  with_loss: bool = True):
     """(out [T, Hq, D], indexer_loss scalar float32) for a packed sequence; see the module docstring.
-    ``plans``: a per-pack cache shared by the layers (see dsa_attention_rows)."""
+    ``plans``: a per-pack cache shared by the layers; ``memo``, ``with_loss``: see dsa_attention_rows."""
     t = q.shape[0]
 
     def whole_pack() -> Plan:
@@ -136,7 +148,7 @@ def dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, soft
     plans = plans if plans is not None else {}
     plan = _plan(plans, cfg, whole_pack)
     out, loss, _ = dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, plan.q_pos, plan.q_doc, cfg,
-                                      softmax_scale, backend, plans=plans)
+                                      softmax_scale, backend, plans=plans, memo=memo, with_loss=with_loss)
     return out, loss
 
 

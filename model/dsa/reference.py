@@ -187,13 +187,14 @@ def _chunk(q, k, v, q_idx, k_idx, w_idx, mask, rows, base: int, scale: float, wa
 
 
 def attention_and_kl(q, k, v, q_idx, k_idx, w_idx, plan: Plan, sel, softmax_scale=None,
-                     chunk_elems: int = 1 << 27, return_lse: bool = False):
+                     chunk_elems: int = 1 << 27, return_lse: bool = False, want_kl: bool = True):
     """Reference forward of one DSA layer given the owners' selection (``sel`` None = dense warm-up).
 
     Returns (out [Tq, Hq, D] in q's dtype, loss = mean over query rows of KL(p_t || softmax(I_t))),
     where p_t is the head-mean attention distribution over the row's visible keys (detached: no
     gradient reaches q or k from the loss) and I_t the indexer logits over the same keys. Autograd
     gives the attention gradient to q, k, v and the loss gradient to q_idx, k_idx, w_idx.
+    ``want_kl=False``: the loss is None and not computed.
     """
     tq, hq, d = q.shape
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(d)
@@ -208,7 +209,7 @@ def attention_and_kl(q, k, v, q_idx, k_idx, w_idx, plan: Plan, sel, softmax_scal
         width = int(pos_cpu[a:b].max()) + 1 - base
         rows = torch.arange(a, b, device=q.device)
         mask = _visible_mask(plan, rows, sel, base, width)
-        args = (q, k, v, q_idx, k_idx, w_idx, mask, rows, base, scale, True)
+        args = (q, k, v, q_idx, k_idx, w_idx, mask, rows, base, scale, want_kl)
         if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, q_idx, k_idx, w_idx)):
             o, lse, t = checkpoint(_chunk, *args, use_reentrant=False)
         else:
@@ -218,7 +219,7 @@ def attention_and_kl(q, k, v, q_idx, k_idx, w_idx, plan: Plan, sel, softmax_scal
         kl = t if kl is None else kl + t
         a = b
     out = torch.cat(outs).to(q.dtype)
-    loss = (kl / tq).to(torch.float32)
+    loss = (kl / tq).to(torch.float32) if want_kl else None
     if return_lse:
         return out, loss, torch.cat(lses)
     return out, loss

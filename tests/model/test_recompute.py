@@ -31,16 +31,42 @@ def _qwen3_vl_like():
 DOCS = ((60, (2, 4, 4)), (40, None), (30, (1, 3, 2)))
 
 
+def _count_dsa_work(monkeypatch) -> dict:
+    """Counts, on the reference backend, the DSA layers' selections and indexer KLs computed."""
+    from model.dsa import reference as ref
+
+    counts = {"select": 0, "kl": 0}
+    select, attention_and_kl = ref.select, ref.attention_and_kl
+
+    def counted_select(*a, **kw):
+        counts["select"] += 1
+        return select(*a, **kw)
+
+    def counted_attention_and_kl(*a, want_kl=True, **kw):
+        counts["kl"] += bool(want_kl)
+        return attention_and_kl(*a, want_kl=want_kl, **kw)
+
+    monkeypatch.setattr(ref, "select", counted_select)
+    monkeypatch.setattr(ref, "attention_and_kl", counted_attention_and_kl)
+    return counts
+
+
 @pytest.mark.parametrize("shape,stage", [("tiny", "dense"), ("tiny", "sparse"),
                                          ("qwen3-vl-like", "dense"), ("qwen3-vl-like", "sparse")])
-def test_recomputation_gives_the_same_loss_and_gradients(shape, stage):
+def test_recomputation_gives_the_same_loss_and_gradients(shape, stage, monkeypatch):
     """Dense attention and DSA sparse (the indexers' gradients injected inside the recomputed
-    backward). The warm-up runs without recomputation: tests/model/test_warmup_forward_only.py."""
+    backward). The warm-up runs without recomputation: tests/model/test_warmup_forward_only.py.
+
+    A recomputed DSA layer also does its indexer work once, not twice: the graph-less first pass
+    skips the KL (the recomputation computes it, and the reported loss is read after backward)
+    and leaves its block selection for the recomputation to reuse."""
     cfg = (preset("tiny") if shape == "tiny" else _qwen3_vl_like()).with_overrides(attention="dsa")
     pg = init_megatron(seed=3)
     batch = make_batch(cfg.lm.vocab, cfg.vision_token_id, seed=4, docs=DOCS).to(compute_device())
-    results = []
+    results, work = [], []
+    counts = _count_dsa_work(monkeypatch)
     for recompute in (False, True):
+        counts.update(select=0, kl=0)
         torch.manual_seed(7)
         core = CoreChoice()
         configure_core(core, stage, cfg.lm.dsa, on_gpu=False)
@@ -50,10 +76,15 @@ def test_recomputation_gives_the_same_loss_and_gradients(shape, stage):
         out = model(batch)
         out.objective(stage).backward()
         grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((out.ce.detach(), out.indexer.detach(), grads, model.state_dict()))
+        results.append((out.ce.detach(), model.indexer_value(out.ce.device), grads, model.state_dict()))
+        work.append(dict(counts))
     (ce_a, idx_a, grads_a, _), (ce_b, idx_b, grads_b, _) = results
     torch.testing.assert_close(ce_b, ce_a)
     torch.testing.assert_close(idx_b, idx_a)
+    assert (float(idx_a) > 0) == (stage == "sparse")
+    if stage == "sparse":  # one KL per layer, and as many selections, recomputed or not
+        assert work[0]["kl"] == cfg.lm.layers and work[0]["select"] >= cfg.lm.layers, work
+        assert work[1] == work[0], work
     assert set(grads_a) == set(grads_b) and grads_a
     if cfg.vision.deepstack:
         assert any(n.startswith("deepstack.") for n in grads_a)

@@ -135,8 +135,10 @@ def _kl_kernel(
 
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them. Token
 # programs own one query (16-row dots): 2 warps and 2 stages ran 129 ms against 278 ms for 8 warps
-# and 1 stage at 128K (H100, tests/bench/RESULTS.md).
-CONFIG = {"block": (64, 8, 1), "token": (64, 2, 2), "merged": (64, 4, 2)}
+# and 1 stage at 128K. Block: 2 stages (the head loop's Q and K loads prefetched) 39.0 ms against
+# 44.5 for 1 and 44.1 for 3 at 128K, 87 against 95 ms for the dense 32K warm-up (H100,
+# tests/bench/RESULTS.md, 2026-12-06).
+CONFIG = {"block": (64, 8, 2), "token": (64, 2, 2), "merged": (64, 4, 2)}
 
 
 # Queries per inner step of a block owner. Every step walks all of the owner's keys twice, so a
