@@ -168,6 +168,8 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     g = hq // hkv
     h_i, d_i = q_idx.shape[1], q_idx.shape[2]
     qs, hp, hip = kl_shape(plan.max_nq, g, h_i, token)
+    if qs > 1 and qs * hp < 64:  # block owners with small head groups: Triton 3.8 fails to compile
+        num_stages = 1  # the 2-stage pipeline for rows this few unless every pointer is 16-byte aligned
     lse = lse.contiguous()  # the kernel reads [Tq, Hq] rows with unit head stride (FlashAttention's is [Hq, Tq])
     kl = torch.empty(tq, dtype=torch.float32, device=q.device)
     if with_grad:
