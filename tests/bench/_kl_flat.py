@@ -1,0 +1,205 @@
+"""A/B variant (tests/bench/_kl_ab.py), not used by the model: pass 2 as one flat loop.
+
+The indexer's KL loss over each query's attended keys, with its gradients, in one kernel.
+
+Per query t with attended key set S_t (its owner's list and range, causal):
+  p_t(s) = mean over the Hq heads of softmax(scale * q_h . k_s) over S_t  (the target; from the
+           attention forward's log-sum-exp, so no gradient reaches q or k),
+  I_t(s) = sum_j w[t, j] relu(q_I[t, j] . k_I[s]),   KL_t = sum_s p log p - sum_s p I + lse_s I_t(s).
+In the warm-up S_t is every visible key (dense), in sparse training the selected set.
+
+Pass 1 computes lse of I_t over S_t; pass 2 recomputes the head-mean probabilities (one dot per KV
+head and tile) and I_t, accumulates the KL terms and, when gradients are wanted, dI = softmax(I) - p
+back through the relu: dq_I and dw are written per query (one program owns each query), dk_I is
+added into a float32 buffer shared by all programs (reduce_add.py). The gradients are thus
+computed with the loss, in the forward, for a unit weight per query; the autograd Function scales
+them by grad / T. That trades storing dq_I (the size of q_I) for not recomputing the Hq-head
+probabilities in backward.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from model.dsa.kernels.attention import _selected_by, _tile_keys, config_key
+from model.dsa.kernels.common import ieee, next_pow2
+from model.dsa.kernels.reduce_add import add_tile, mode_for
+
+
+@triton.jit
+def _kl_kernel(
+    Q, K, LSE, QI, WI, KI, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi,
+    KL, DQI, DWI, DKI,
+    scale_log2, inv_hq, G, HKV, HI, DI,
+    s_qt, s_qh, s_kt, s_kh, s_lt, s_qit, s_qih, s_wt, s_kit, s_dqit, s_dqih, s_dwt, s_dkit, stride_sel,
+    HAS_SEL: tl.constexpr, WITH_GRAD: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QS: tl.constexpr,
+    HP: tl.constexpr, HIP: tl.constexpr, DIP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
+    HAS_BITS: tl.constexpr, ADD: tl.constexpr,
+):
+    o = tl.program_id(0)
+    prec: tl.constexpr = "ieee" if IEEE else "tf32"
+    q0 = tl.load(own_q0 + o)
+    nq = tl.load(own_nq + o)
+    n_sel = 0
+    if HAS_SEL:
+        n_sel = tl.load(SEL_N + o)
+    nt_sel = tl.cdiv(n_sel, BN)
+    lo = tl.load(rng_lo + o)
+    hi = tl.load(rng_hi + o)
+    nt = nt_sel + tl.cdiv(hi - lo, BN)
+    sel_row = o.to(tl.int64) * stride_sel
+    dd = tl.arange(0, DP)
+    dm = dd < D
+    di = tl.arange(0, DIP)
+    dim_ = di < DI
+    qa = tl.arange(0, QS)
+    ri = tl.arange(0, QS * HIP)
+    iq = ri // HIP
+    ij = ri % HIP
+    ra = tl.arange(0, QS * HP)
+    aq = ra // HP
+    ah = ra % HP
+    for s0 in range(0, nq, QS):
+        qv = s0 + qa < nq
+        pos_q = tl.load(QPOS + q0 + s0 + qa, mask=qv, other=-1)
+        riv = (s0 + iq < nq) & (ij < HI)
+        irow = (q0 + s0 + iq).to(tl.int64)
+        qi_ = tl.load(QI + irow[:, None] * s_qit + ij[:, None] * s_qih + di[None, :],
+                      mask=riv[:, None] & dim_[None, :], other=0.0)
+        wi = tl.load(WI + irow * s_wt + ij, mask=riv, other=0.0).to(tl.float32)
+        rav = (s0 + aq < nq) & (ah < G)
+        arow = (q0 + s0 + aq).to(tl.int64)
+        pos_a = tl.load(QPOS + arow, mask=rav, other=-1)
+        # pass 1: log-sum-exp of the indexer logits over the attended keys
+        m_i = tl.full([QS], -1.0e30, tl.float32)
+        l_i = tl.zeros([QS], tl.float32)
+        for t in range(0, nt):
+            kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
+            kit = tl.load(KI + kidx.to(tl.int64)[None, :] * s_kit + di[:, None],
+                          mask=km[None, :] & dim_[:, None], other=0.0)
+            z = tl.dot(qi_, kit, input_precision=prec)
+            il = tl.sum(tl.reshape(tl.maximum(z, 0.0) * wi[:, None], (QS, HIP, BN)), 1)
+            ok = qv[:, None] & km[None, :] & (kidx[None, :] <= pos_q[:, None])
+            if HAS_BITS:
+                ok = ok & _selected_by(kb, s0 + qa)
+            il = tl.where(ok, il, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(il, 1))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(il - m_new[:, None]), 1)
+            m_i = m_new
+        lse_i = m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i))
+        # pass 2, flat: one loop over (key tile, KV head), so that the pipeliner can prefetch the
+        # next (Q rows, K tile) across heads and tiles
+        a_plogp = tl.zeros([QS], tl.float32)
+        a_pi = tl.zeros([QS], tl.float32)
+        dqi = tl.zeros([QS * HIP, DIP], tl.float32)
+        dwi = tl.zeros([QS * HIP], tl.float32)
+        pt = tl.zeros([QS, BN], tl.float32)
+        for it in range(0, nt * HKV):
+            t = it // HKV
+            hk = it - t * HKV
+            last = hk == HKV - 1
+            kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
+            kofs = kidx.to(tl.int64)
+            oka = rav[:, None] & km[None, :] & (kidx[None, :] <= pos_a[:, None])
+            if HAS_BITS:
+                oka = oka & _selected_by(kb, s0 + aq)
+            head = hk * G + ah
+            qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
+                         mask=rav[:, None] & dm[None, :], other=0.0)
+            lse2 = tl.load(LSE + arow * s_lt + head, mask=rav, other=0.0) * 1.4426950408889634
+            kt = tl.load(K + kofs[None, :] * s_kt + hk * s_kh + dd[:, None],
+                         mask=km[None, :] & dm[:, None], other=0.0)
+            kit = tl.load(KI + kofs[None, :] * s_kit + di[:, None], mask=last & km[None, :] & dim_[:, None],
+                          other=0.0)
+            s = tl.dot(qh, kt, input_precision=prec) * scale_log2
+            p = tl.where(oka, tl.exp2(s - lse2[:, None]), 0.0)
+            pt += tl.sum(tl.reshape(p, (QS, HP, BN)), 1)
+            if last:
+                pt = pt * inv_hq
+                z = tl.dot(qi_, kit, input_precision=prec)
+                il = tl.sum(tl.reshape(tl.maximum(z, 0.0) * wi[:, None], (QS, HIP, BN)), 1)
+                ok = qv[:, None] & km[None, :] & (kidx[None, :] <= pos_q[:, None])
+                if HAS_BITS:
+                    ok = ok & _selected_by(kb, s0 + qa)
+                a_plogp += tl.sum(tl.where(pt > 0.0, pt * tl.log(tl.where(pt > 0.0, pt, 1.0)), 0.0), 1)
+                a_pi += tl.sum(tl.where(ok, pt * il, 0.0), 1)
+                if WITH_GRAD:
+                    dil = tl.exp(tl.where(ok, il - lse_i[:, None], float("-inf"))) - pt
+                    dil_r = tl.reshape(tl.broadcast_to(dil[:, None, :], (QS, HIP, BN)), (QS * HIP, BN))
+                    dwi += tl.sum(dil_r * tl.maximum(z, 0.0), 1)
+                    dz = tl.where(z > 0.0, dil_r * wi[:, None], 0.0).to(qi_.dtype)
+                    dqi += tl.dot(dz, tl.trans(kit), input_precision=prec)
+                    dk = tl.dot(tl.trans(dz), qi_, input_precision=prec)
+                    add_tile(DKI + kofs[:, None] * s_dkit + di[None, :], dk, km[:, None] & dim_[None, :], ADD)
+                pt = tl.zeros([QS, BN], tl.float32)
+        kl = a_plogp - a_pi + lse_i
+        tl.store(KL + q0 + s0 + qa, kl, mask=qv)
+        if WITH_GRAD:
+            tl.store(DQI + irow[:, None] * s_dqit + ij[:, None] * s_dqih + di[None, :],
+                     dqi.to(DQI.dtype.element_ty), mask=riv[:, None] & dim_[None, :])
+            tl.store(DWI + irow * s_dwt + ij, dwi, mask=riv)
+
+
+# Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them. Token
+# programs own one query (16-row dots): 2 warps and 2 stages ran 129 ms against 278 ms for 8 warps
+# and 1 stage at 128K. Block: 2 stages (the head loop's Q and K loads prefetched) 39.0 ms against
+# 44.5 for 1 and 44.1 for 3 at 128K, 87 against 95 ms for the dense 32K warm-up (H100,
+# tests/bench/RESULTS.md, 2026-12-06).
+CONFIG = {"block": (64, 8, 2), "token": (64, 2, 2), "merged": (64, 4, 2)}
+
+
+# Queries per inner step of a block owner. Every step walks all of the owner's keys twice, so a
+# 64-query block at 16 reads its key tiles 4 times over (the KL ran at 98 TFLOP/s against the
+# forward's 376 for the same FLOPs, H100, 2026-12-06); more queries per step hold more rows in
+# registers. bench_dsa.py's block sweep times 8, 16, 32 and 64 (ptxas -v for sm_90 at (64, 8, 1):
+# 255 registers at each, spilling 724 bytes at 8 and 1,456 at 16).
+BLOCK_QUERIES = 16
+
+
+def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
+    """(QS, HP, HIP): queries per inner step and padded head counts, every dot >= 16 rows."""
+    qs = 1 if token else min(BLOCK_QUERIES, next_pow2(max_nq))
+    return qs, max(next_pow2(g), 16 // qs), max(next_pow2(h_i), 16 // qs)
+
+
+def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, token: bool, with_grad: bool,
+               block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None, bits=None,
+               add_mode=None):
+    """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t. ``bits``: the
+    list's query bits (merged token owners, model/dsa/merge.py); ``add_mode``: how dk_I is summed
+    (reduce_add.MODES; the KL's default when None)."""
+    c = CONFIG[config_key(token, bits)]
+    block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
+    tq, hq, d = q.shape
+    hkv = k.shape[1]
+    g = hq // hkv
+    h_i, d_i = q_idx.shape[1], q_idx.shape[2]
+    qs, hp, hip = kl_shape(plan.max_nq, g, h_i, token)
+    if qs > 1 and qs * hp < 64:  # block owners with small head groups: Triton 3.8 fails to compile
+        num_stages = 1  # the 2-stage pipeline for rows this few unless every pointer is 16-byte aligned
+    lse = lse.contiguous()  # the kernel reads [Tq, Hq] rows with unit head stride (FlashAttention's is [Hq, Tq])
+    kl = torch.empty(tq, dtype=torch.float32, device=q.device)
+    if with_grad:
+        dqi = torch.empty_like(q_idx)
+        dwi = torch.empty(w_idx.shape, dtype=torch.float32, device=q.device)
+        dki = torch.zeros(k_idx.shape, dtype=torch.float32, device=q.device)
+    else:
+        dqi, dwi, dki = q_idx, w_idx, k_idx  # never written
+    has_sel = sel is not None
+    sel_t = sel if has_sel else plan.own_q0
+    sel_n_t = sel_n if has_sel else plan.own_q0
+    _kl_kernel[(plan.n_owners,)](
+        q, k, lse, q_idx, w_idx, k_idx, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
+        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, kl, dqi, dwi, dki,
+        scale * 1.4426950408889634, 1.0 / hq, g, hkv, h_i, d_i,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
+        q_idx.stride(0), q_idx.stride(1), w_idx.stride(0), k_idx.stride(0),
+        dqi.stride(0), dqi.stride(1), dwi.stride(0), dki.stride(0), sel_t.stride(0) if has_sel else 0,
+        HAS_SEL=has_sel, WITH_GRAD=with_grad, D=d, DP=max(16, next_pow2(d)), QS=qs, HP=hp, HIP=hip,
+        DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), HAS_BITS=bits is not None,
+        ADD=mode_for(q, "kl", add_mode), num_warps=num_warps, num_stages=num_stages,
+    )
+    if not with_grad:
+        return kl, None
+    return kl, (dqi, dki, dwi)
