@@ -114,7 +114,8 @@ class Trainer:
         aux = moe_aux.value(self.model.cfg.lm.aux_loss_coeff).to(out.ce.device)
         indexer = self.model.indexer_value(out.ce.device)
         if self.model.parallel is not None:  # each context rank recorded its part of the pack's
-            aux = self.model.parallel.sum_over_cp(aux * self.model.parallel.aux_fix)
+            aux, indexer = self.model.parallel.sum_over_cp(
+                torch.stack([aux.float() * self.model.parallel.aux_fix, indexer.float()]))
         # The step's one read of its numbers (Megatron's clipping reads the gradient norm itself).
         ce, aux, indexer = torch.stack([out.ce.detach().float(), aux.float(), indexer.float()]).tolist()
         return StepResult(loss=ce + aux + indexer, ce=ce, aux=aux, indexer=indexer,

@@ -75,11 +75,9 @@ class VLM(MegatronModule):
 
     def indexer_value(self, device) -> torch.Tensor:
         """The indexer loss term as the layers last computed it, to be read after backward: under
-        activation recomputation each layer computes its KL only there (model/attention.py)."""
-        value = self.language.indexer_loss(device) * self.cfg.lm.dsa.indexer_loss_coeff
-        if self.parallel is not None:  # each context rank holds its rows' share
-            value = self.parallel.sum_over_cp(value).float()
-        return value
+        activation recomputation each layer computes its KL only there (model/attention.py).
+        Under context parallelism this rank's share: the pack's value is the sum over the ranks."""
+        return self.language.indexer_loss(device) * self.cfg.lm.dsa.indexer_loss_coeff
 
     def set_input_tensor(self, input_tensor) -> None:  # Megatron schedules call this; no PP here
         pass
