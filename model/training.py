@@ -18,7 +18,6 @@ from megatron.core.distributed import DistributedDataParallel, DistributedDataPa
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-from model import moe_aux
 from model.attention import CoreChoice
 
 Stage = Literal["dense", "warmup", "sparse"]
@@ -109,13 +108,7 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
         ok, grad_norm, _ = self.optimizer.step()
         self.scheduler.step(increment=1)
-        # Read after backward: under recomputation the router records its loss, and each DSA layer
-        # computes its indexer KL, only then.
-        aux = moe_aux.value(self.model.cfg.lm.aux_loss_coeff).to(out.ce.device)
-        indexer = self.model.indexer_value(out.ce.device)
-        if self.model.parallel is not None:  # each context rank recorded its part of the pack's
-            aux, indexer = self.model.parallel.sum_over_cp(
-                torch.stack([aux.float() * self.model.parallel.aux_fix, indexer.float()]))
+        aux, indexer = self.model.recorded_losses(out.ce.device)  # after backward: see there
         # The step's one read of its numbers (Megatron's clipping reads the gradient norm itself).
         ce, aux, indexer = torch.stack([out.ce.detach().float(), aux.float(), indexer.float()]).tolist()
         return StepResult(loss=ce + aux + indexer, ce=ce, aux=aux, indexer=indexer,

@@ -29,8 +29,8 @@ from model.vision_parts import build_vision_parts
 @dataclass
 class VLMOutput:
     ce: torch.Tensor  # with its graph
-    indexer: torch.Tensor  # value only; 0 without DSA, and 0 when recomputed: VLM.indexer_value()
-    aux: torch.Tensor  # value only (Megatron's router adds its gradient); 0 when recomputed
+    indexer: torch.Tensor  # value only; 0 without DSA, and 0 when recomputed: VLM.recorded_losses()
+    aux: torch.Tensor  # value only (Megatron's router adds its gradient); 0 when recomputed (idem)
     n_labels: int
     # Under a parallel layout (parallel/): this rank's share of the objective, scaled so that
     # Megatron's DDP (mean over data x context ranks) gives the one-process gradient; ce is
@@ -73,11 +73,17 @@ class VLM(MegatronModule):
         self.deepstack_injection = (DeepStackInjection(self.language.decoder.layers)
                                     if cfg.vision.deepstack else None)
 
-    def indexer_value(self, device) -> torch.Tensor:
-        """The indexer loss term as the layers last computed it, to be read after backward: under
-        activation recomputation each layer computes its KL only there (model/attention.py).
-        Under context parallelism this rank's share: the pack's value is the sum over the ranks."""
-        return self.language.indexer_loss(device) * self.cfg.lm.dsa.indexer_loss_coeff
+    def recorded_losses(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(aux, indexer): the MoE load-balancing and DSA indexer loss terms as the layers last
+        recorded them, for reporting. Read after backward: under activation recomputation the
+        router records its loss, and each DSA layer computes its KL, only there
+        (model/attention.py). Under a parallel layout summed over the context ranks (one
+        all-reduce), as VLMOutput's values are."""
+        aux = moe_aux.value(self.cfg.lm.aux_loss_coeff).to(device).float()
+        indexer = self.language.indexer_loss(device) * self.cfg.lm.dsa.indexer_loss_coeff
+        if self.parallel is not None:  # each context rank recorded its part of the pack's
+            aux, indexer = self.parallel.sum_over_cp(torch.stack([aux * self.parallel.aux_fix, indexer])).float()
+        return aux, indexer
 
     def set_input_tensor(self, input_tensor) -> None:  # Megatron schedules call this; no PP here
         pass

@@ -2,7 +2,8 @@
 
 Real gloo groups in spawned processes, Megatron's DDP reducing the gradients (data x context
 mean, experts over their expert data-parallel group), fresh random weights and packs each run.
-Covers context parallel 2 and 4 with dense attention, DSA sparse and the DSA warm-up, expert
+Covers context parallel 2 and 4 with dense attention, DSA sparse (also under activation
+recomputation, whose layers compute the indexer loss in backward) and the DSA warm-up, expert
 parallel 2 and 4, data parallel, the three ViT placements, and a Qwen3-VL-shaped model whose
 DeepStack features travel with the merged tokens.
 """
@@ -43,6 +44,7 @@ def test_two_processes(tmp_path):
     _run(tmp_path, 2, [
         {"cp": 2, "ep": 1, "stage": "dense", "vit": "balanced"},
         {"cp": 2, "ep": 1, "stage": "sparse", "vit": "balanced"},
+        {"cp": 2, "ep": 1, "stage": "sparse", "vit": "owner", "recompute": True},
         {"cp": 2, "ep": 2, "stage": "warmup", "vit": "replicated"},
         {"cp": 1, "ep": 2, "stage": "sparse", "vit": "balanced"},
     ])
