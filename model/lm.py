@@ -39,7 +39,7 @@ class LMOutput:
     ce_sum: torch.Tensor  # summed next-token cross entropy over labeled positions
     n_labels: int
     # value: mean over layers of the DSA indexer KL (0 without DSA); under activation recomputation
-    # 0 here, each layer computing its KL in backward (read it then: indexer_loss())
+    # 0 here, each layer computing its KL in backward (read it then: VLM.recorded_losses)
     indexer_loss: torch.Tensor
 
 

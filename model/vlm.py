@@ -160,6 +160,5 @@ class VLM(MegatronModule):
         embeds = self._lm_input(batch)
         out = self.language(embeds, batch.position_ids, batch.cu_seqlens, batch.labels)
         ce = out.ce_sum / max(out.n_labels, 1)
-        indexer = out.indexer_loss * self.cfg.lm.dsa.indexer_loss_coeff
-        aux = moe_aux.value(self.cfg.lm.aux_loss_coeff).to(ce.device)
+        aux, indexer = self.recorded_losses(ce.device)  # what forward recorded (recomputed: 0)
         return VLMOutput(ce=ce, indexer=indexer, aux=aux, n_labels=out.n_labels)

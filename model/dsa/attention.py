@@ -90,7 +90,7 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
     plan = _plan(plans, cfg, lambda: build_plan(q_pos, q_doc, cfg, dense))
     sel_n = None
     if not dense:
-        if sel is None and memo is not None and "sel" in memo:
+        if sel is None and memo:
             sel = memo["sel"]
         if sel is not None:
             sel, sel_n = sel
@@ -98,7 +98,7 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
             sel, sel_n = select(q_idx.detach(), k_idx.detach(), w_idx.detach(), plan, cfg)
         else:
             sel, sel_n = ref.select(q_idx.detach(), k_idx.detach(), w_idx.detach(), plan, cfg)
-        if memo is not None:
+        if memo is not None and not memo:
             memo["sel"] = (sel, sel_n)
     aux = dict(plan=plan, sel=sel, sel_n=sel_n)
     if backend == "reference":
