@@ -19,7 +19,7 @@
 # tests (tests/gpu) and the multi-GPU runs. Everything must stay well under the 64 MiB a device
 # call may carry.
 #
-#   bash tests/bench/pack_device_deps.sh            # writes .cache/encdeps/{core,ray}.tar.xz
+#   bash tests/bench/pack_device_deps.sh   # writes .cache/encdeps/{core,ray,gpudecode,titan}.tar.xz, .cache/hfdeps/safetensors.tar.xz
 #
 # On the device (the run tool, carry [".cache/encdeps"]; the repo arrives as a clean copy and
 # the machine's python3 runs it, not the venv; tarfile unpacks, no xz binary needed):
@@ -37,14 +37,14 @@ mkdir -p "$OUT_DIR"
 rm -f "$OUT_DIR/pydeps.tar.xz"  # the single archive of earlier versions
 cd "$SITE"
 
-pack() {  # pack NAME PATHS...: $OUT_DIR/NAME.tar.xz, written whole or not at all
-    local name=$1; shift
+pack() {  # pack NAME PATHS...: $DEST/NAME.tar.xz (DEST defaults to $OUT_DIR), written whole or not at all
+    local name=$1 dest="${DEST:-$OUT_DIR}"; shift
     # shellcheck disable=SC2068  # the globs name one dist-info folder each
     tar -cf - --exclude=__pycache__ --exclude='*.pyc' \
         --exclude=ray/rllib --exclude=ray/data --exclude=ray/serve --exclude=ray/tune \
         --exclude=ray/train --exclude=ray/llm --exclude=ray/jars --exclude=ray/dashboard/client \
-        --exclude='zstandard/_cffi.*.so' $@ | xz -T2 -6 > "$OUT_DIR/$name.tar.xz.part"
-    mv "$OUT_DIR/$name.tar.xz.part" "$OUT_DIR/$name.tar.xz"
+        --exclude='zstandard/_cffi.*.so' $@ | xz -T2 -6 > "$dest/$name.tar.xz.part"
+    mv "$dest/$name.tar.xz.part" "$dest/$name.tar.xz"
 }
 
 pack core megatron megatron_core-*.dist-info av av-*.dist-info av.libs \
@@ -55,6 +55,10 @@ pack core megatron megatron_core-*.dist-info av av-*.dist-info av.libs \
 pack ray ray ray-*.dist-info \
     jsonschema jsonschema-*.dist-info jsonschema_specifications jsonschema_specifications-*.dist-info \
     referencing referencing-*.dist-info rpds rpds_py-*.dist-info
+# safetensors for `longshot import-hf` / export-hf on the machine (bench_import_hf.py,
+# bench_dsa_continuation.py): in its own folder, so that calls that do not need it carry nothing more.
+mkdir -p "$ROOT/.cache/hfdeps"
+DEST="$ROOT/.cache/hfdeps" pack safetensors safetensors safetensors-*.dist-info
 # nvJPEG decode of JPEG frames (tests/bench/bench_gpu_jpeg.py, tests/gpu/test_gpu_jpeg.py): the
 # torchvision release built for the lent machines' torch (2.11.0, CUDA 13: torchvision 0.26.0, whose
 # wheel bundles libnvjpeg), not this venv's 0.29.1 (built for torch 2.14.1), from the package index.
@@ -88,4 +92,4 @@ if [ "${TITAN:-1}" = 1 ]; then
     fi
     rm -rf "$wheels"
 fi
-ls -l "$OUT_DIR"/*.tar.xz
+ls -l "$OUT_DIR"/*.tar.xz "$ROOT"/.cache/hfdeps/*.tar.xz
