@@ -294,3 +294,31 @@ def test_block_kl_with_more_queries_per_step_matches_reference(queries, monkeypa
     assert abs(float(l1) - float(l2)) <= 1e-5 * abs(float(l2)) + 1e-6
     for name, a, b in zip(["q_idx", "k_idx", "w_idx"], g1, g2):
         assert rel(a, b) < 1e-4, (name, rel(a, b))
+
+
+@pytest.mark.parametrize("stage,chunk,programs", [("sparse", 0, None), ("sparse", 1, 2), ("sparse", 3, 1),
+                                                  ("warmup", 2, 3)])
+def test_block_kl_head_major_walk_matches_reference(stage, chunk, programs, monkeypatch):
+    """The KL kernel's block owners walked head-major (kl_mod.CHUNK_TILES key tiles per chunk, each
+    KV head's probability sums kept in the program's scratch slice) by fewer programs than owners
+    (kl_mod.PROGRAMS: each walks several owners and reuses its slice), and tile-major (chunk 0):
+    loss and indexer gradients equal the reference's, with several chunks per owner (16-key tiles),
+    GQA 4 over 2 KV heads, documents cutting blocks short."""
+    from model.dsa.kernels import indexer_kl as kl_mod
+
+    monkeypatch.setattr(kl_mod, "CHUNK_TILES", chunk)
+    monkeypatch.setattr(kl_mod, "PROGRAMS", programs)
+    monkeypatch.setitem(kl_mod.CONFIG, "block", (16, 4, 1))
+    g = gen()
+    t = 150
+    args = case(g, t, 8, 2)
+    pos, doc = rows_of([0, 90, t], t)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=40, granularity="block", block_q=32, stage=stage)
+    _, l1, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton")
+    sel = (aux["sel"], aux["sel_n"]) if stage == "sparse" else None
+    _, l2, _ = dsa_attention_rows(*args, pos, doc, cfg, backend="reference", sel=sel)
+    g1 = torch.autograd.grad(l1, args[3:])
+    g2 = torch.autograd.grad(l2, args[3:])
+    assert abs(float(l1) - float(l2)) <= 1e-5 * abs(float(l2)) + 1e-6
+    for name, a, b in zip(["q_idx", "k_idx", "w_idx"], g1, g2):
+        assert rel(a, b) < 1e-4, (name, rel(a, b))

@@ -1,0 +1,108 @@
+"""The indexer KL kernel of block owners, launch configs and walk orders side by side, one process.
+
+    PYTHONUNBUFFERED=1 python tests/bench/bench_indexer_kl.py [--sparse 131072] [--dense 32768] \
+        [--configs "64,8,2,16,0,1;64,8,2,16,16,3"] [--out DIR]
+
+A config is (BN, warps, stages, queries per step, chunk tiles, head-pass stages): chunk 0 is the tile-major walk
+(every key tile computes the head-mean target over the KV heads in turn), > 0 the head-major walk
+(model/dsa/kernels/indexer_kl.py CHUNK_TILES). Shapes are bench_dsa.py's (one document of T tokens,
+32 / 4 heads of 128, indexer 8 x 128, k = 2,048, blocks of 64, rule max+coarse2 in the sparse
+stage; the dense warm-up's KL over every visible key). Each config's loss and indexer gradients
+are compared with the first config's (the row's "rel. err"), then timed with gradients. Prints a
+markdown table and writes it under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from model.dsa.kernels import indexer_kl as kl_mod  # noqa: E402
+from model.dsa.kernels.attention import attn_fwd  # noqa: E402
+from model.dsa.kernels.indexer_kl import indexer_kl  # noqa: E402
+from model.dsa.plan import build_plan  # noqa: E402
+from model.dsa.select import select  # noqa: E402
+from tests.bench.bench_dsa import DEV, HI, HQ, D, DI, attended, inputs, rel, rule_cfg  # noqa: E402
+from tests.bench.cuda_timing import timeit  # noqa: E402
+
+
+def case(t: int, stage: str):
+    """(inputs, plan, sel, sel_n, lse, attended pairs) of one document of t tokens."""
+    x = inputs(t, seed=3)
+    pos = torch.arange(t, dtype=torch.int32, device=DEV)
+    doc = torch.zeros(t, dtype=torch.int32, device=DEV)
+    cfg = rule_cfg("max+coarse2", stage)
+    dense = stage == "warmup"
+    plan = build_plan(pos, doc, cfg, dense=dense)
+    sel = sel_n = None
+    if not dense:
+        sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
+    _, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, 1 / math.sqrt(D), False)
+    pairs = t * (t + 1) // 2 if dense else attended(plan, sel_n, False)
+    return x, plan, sel, sel_n, lse, pairs
+
+
+def install(c):
+    bn, nw, ns, qs, ct, hs = c
+    kl_mod.CONFIG["block"] = (bn, nw, ns)
+    kl_mod.BLOCK_QUERIES, kl_mod.CHUNK_TILES, kl_mod.HEAD_STAGES = qs, ct, hs
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sparse", default="131072", help="sizes of the sparse stage ('' = none)")
+    ap.add_argument("--dense", default="32768", help="sizes of the dense warm-up ('' = none)")
+    ap.add_argument("--configs", default="64,8,2,16,0,1;64,8,2,16,16,3;64,8,2,16,16,2;64,8,2,16,16,4;64,8,2,16,8,3;64,8,2,16,32,3;64,8,1,16,16,3;32,8,2,16,32,3")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    a = ap.parse_args()
+    configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";") if c]
+    print(f"# {torch.cuda.get_device_name() if DEV == 'cuda' else 'cpu'}, torch {torch.__version__}", flush=True)
+    lines = ["| T | stage | (BN, warps, stages, queries, chunk tiles, head stages) | ms | TFLOP/s | rel. err vs first | "
+             "peak GiB above inputs |", "|---|---|---|---|---|---|---|"]
+    cases = [(int(t), "sparse") for t in a.sparse.split(",") if t] + [(int(t), "warmup") for t in a.dense.split(",") if t]
+    for t, stage in cases:
+        x, plan, sel, sel_n, lse, pairs = case(t, stage)
+        flop = pairs * (2 * HQ * D + 4 * 2 * HI * DI)
+        first = None
+        for c in configs:
+            install(c)
+
+            def run():
+                return indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n,  # noqa: B023
+                                  1 / math.sqrt(D), False, True)
+            try:
+                kl, grads = run()
+                got = [kl, *grads]
+                err = 0.0 if first is None else max(rel(g, f) for g, f in zip(got, first))
+                first = first or got
+                gpu = DEV == "cuda"  # cpu: a smoke run under TRITON_INTERPRET, times meaningless
+                if gpu:
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated() if gpu else 0
+                s = timeit(run, min_total=0.3, max_reps=5) if gpu else float("nan")
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if gpu else float("nan")
+                line = f"| {t:,} | {stage} | {c} | {s * 1e3:.2f} | {flop / s / 1e12:.1f} | {err:.1e} | {peak:.2f} |"
+            except Exception as e:  # noqa: BLE001 - a config that fails to compile must not stop the others
+                line = f"| {t:,} | {stage} | {c} | failed: {type(e).__name__}: {str(e)[:120]} | | | |"
+            print(line, flush=True)
+            lines.append(line)
+        x = plan = sel = sel_n = lse = first = None
+        if DEV == "cuda":
+            torch.cuda.empty_cache()
+    table = "\n".join(lines)
+    print("\n" + table)
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "bench_indexer_kl.md"), "w") as f:
+        f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
