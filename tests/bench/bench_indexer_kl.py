@@ -59,6 +59,7 @@ def main() -> int:
     ap.add_argument("--sparse", default="131072", help="sizes of the sparse stage ('' = none)")
     ap.add_argument("--dense", default="32768", help="sizes of the dense warm-up ('' = none)")
     ap.add_argument("--configs", default="64,8,2,16,0,1;64,8,2,16,16,3;64,8,2,16,16,2;64,8,2,16,16,4;64,8,2,16,8,3;64,8,2,16,32,3;64,8,1,16,16,3;32,8,2,16,32,3")
+    ap.add_argument("--loss-only", type=int, default=1, help="also time each config without the gradients")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
     configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";") if c]
@@ -73,14 +74,18 @@ def main() -> int:
         for c in configs:
             install(c)
 
-            def run():
+            def run(grad=True):
                 return indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n,  # noqa: B023
-                                  1 / math.sqrt(D), False, True)
+                                  1 / math.sqrt(D), False, grad)
             try:
                 kl, grads = run()
                 got = [kl, *grads]
                 err = 0.0 if first is None else max(rel(g, f) for g, f in zip(got, first))
                 first = first or got
+                if a.loss_only and DEV == "cuda":  # the gradients' share: the same walk without them
+                    s = timeit(lambda: run(False), min_total=0.3, max_reps=5)  # noqa: B023
+                    lines.append(f"| {t:,} | {stage} | {c}, loss only | {s * 1e3:.2f} | | | |")
+                    print(lines[-1], flush=True)
                 gpu = DEV == "cuda"  # cpu: a smoke run under TRITON_INTERPRET, times meaningless
                 if gpu:
                     torch.cuda.synchronize()
