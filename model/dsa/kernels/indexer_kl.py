@@ -13,6 +13,12 @@ added into a float32 buffer shared by all programs (reduce_add.py). The gradient
 computed with the loss, in the forward, for a unit weight per query; the autograd Function scales
 them by grad / T. That trades storing dq_I (the size of q_I) for not recomputing the Hq-head
 probabilities in backward.
+
+Block owners walk pass 2 head-major: for a chunk of key tiles, one KV head at a time sums its
+query heads' probabilities into a float32 scratch slice of the program's own (the head's query
+rows stay in shared memory for the whole chunk and its key tiles stream through the pipeline),
+then the KL pass reads the head-mean from there. Tile-major, the other order, loads every head's
+query rows again for every key tile and waits on each of those loads in turn.
 """
 from __future__ import annotations
 
