@@ -14,11 +14,10 @@ computed with the loss, in the forward, for a unit weight per query; the autogra
 them by grad / T. That trades storing dq_I (the size of q_I) for not recomputing the Hq-head
 probabilities in backward.
 
-Block owners walk pass 2 head-major: for a chunk of key tiles, one KV head at a time sums its
-query heads' probabilities into a float32 scratch slice of the program's own (the head's query
-rows stay in shared memory for the whole chunk and its key tiles stream through the pipeline),
-then the KL pass reads the head-mean from there. Tile-major, the other order, loads every head's
-query rows again for every key tile and waits on each of those loads in turn.
+A head-major walk of pass 2 for block owners (one KV head at a time over a chunk of key tiles,
+its query rows loaded once per chunk, the head sums kept in a float32 scratch slice per
+persistent program) was built and measured within 2.5% of this tile-major walk with gradients
+(H100, tests/bench/RESULTS.md, 2026-12-07; the code is at commit 94dd5ff) and not kept.
 """
 from __future__ import annotations
 
@@ -82,21 +81,25 @@ def _kl_step(pt, qi_, wi, KI, DKI, kofs, km, ok, lse_i, a_plogp, a_pi, dqi, dwi,
 @triton.jit
 def _kl_kernel(
     Q, K, LSE, QI, WI, KI, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi,
-    KL, DQI, DWI, DKI, SCR, n_owners,
+    KL, DQI, DWI, DKI,
     scale_log2, inv_hq, G, HKV, HI, DI,
     s_qt, s_qh, s_kt, s_kh, s_lt, s_qit, s_qih, s_wt, s_kit, s_dqit, s_dqih, s_dwt, s_dkit, stride_sel,
     HAS_SEL: tl.constexpr, WITH_GRAD: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QS: tl.constexpr,
     HP: tl.constexpr, HIP: tl.constexpr, DIP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
-    HAS_BITS: tl.constexpr, ADD: tl.constexpr, CT: tl.constexpr, HS: tl.constexpr,
+    HAS_BITS: tl.constexpr, ADD: tl.constexpr,
 ):
-    """Programs walk owners o = pid, pid + grid, ... (a grid of one program per owner, or fewer
-    that each keep their slice of SCR). ``CT`` 0: every key tile computes its head-mean target
-    over the KV heads in turn. ``CT`` > 0 (head-major, block owners): CT tiles at a time, one KV
-    head at a time, its query rows loaded once for the CT tiles, the group's probability sums
-    accumulated in this program's float32 slice of SCR [QS, CT * BN], then the KL pass reads them.
-    ``HS``: pipeline stages of the head pass's tile loop alone (the KL pass holds more registers)."""
-    pid = tl.program_id(0)
+    o = tl.program_id(0)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
+    q0 = tl.load(own_q0 + o)
+    nq = tl.load(own_nq + o)
+    n_sel = 0
+    if HAS_SEL:
+        n_sel = tl.load(SEL_N + o)
+    nt_sel = tl.cdiv(n_sel, BN)
+    lo = tl.load(rng_lo + o)
+    hi = tl.load(rng_hi + o)
+    nt = nt_sel + tl.cdiv(hi - lo, BN)
+    sel_row = o.to(tl.int64) * stride_sel
     dd = tl.arange(0, DP)
     dm = dd < D
     di = tl.arange(0, DIP)
@@ -108,90 +111,53 @@ def _kl_kernel(
     ra = tl.arange(0, QS * HP)
     aq = ra // HP
     ah = ra % HP
-    scr = SCR + pid.to(tl.int64) * (QS * CT * BN) + qa[:, None] * BN + tl.arange(0, BN)[None, :]
-    for o in range(pid, n_owners, tl.num_programs(0)):
-        q0 = tl.load(own_q0 + o)
-        nq = tl.load(own_nq + o)
-        n_sel = 0
-        if HAS_SEL:
-            n_sel = tl.load(SEL_N + o)
-        nt_sel = tl.cdiv(n_sel, BN)
-        lo = tl.load(rng_lo + o)
-        hi = tl.load(rng_hi + o)
-        nt = nt_sel + tl.cdiv(hi - lo, BN)
-        sel_row = (tl.full([], 0, tl.int64) + o) * stride_sel  # o is a plain int under the interpreter
-        for s0 in range(0, nq, QS):
-            qv = s0 + qa < nq
-            pos_q = tl.load(QPOS + q0 + s0 + qa, mask=qv, other=-1)
-            riv = (s0 + iq < nq) & (ij < HI)
-            irow = (q0 + s0 + iq).to(tl.int64)
-            qi_ = tl.load(QI + irow[:, None] * s_qit + ij[:, None] * s_qih + di[None, :],
-                          mask=riv[:, None] & dim_[None, :], other=0.0)
-            wi = tl.load(WI + irow * s_wt + ij, mask=riv, other=0.0).to(tl.float32)
-            rav = (s0 + aq < nq) & (ah < G)
-            arow = (q0 + s0 + aq).to(tl.int64)
-            pos_a = tl.load(QPOS + arow, mask=rav, other=-1)
-            qrows = Q + arow[:, None] * s_qt + ah[:, None] * s_qh + dd[None, :]
-            lrows = LSE + arow * s_lt + ah
-            # pass 1: log-sum-exp of the indexer logits over the attended keys
-            m_i = tl.full([QS], -1.0e30, tl.float32)
-            l_i = tl.zeros([QS], tl.float32)
-            for t in range(0, nt):
-                kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
-                _, _, il = _indexer_logits(qi_, wi, KI, kidx.to(tl.int64), km, di, dim_, s_kit, prec, QS, HIP, BN)
-                il = tl.where(_keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS), il, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(il, 1))
-                l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(il - m_new[:, None]), 1)
-                m_i = m_new
-            lse_i = m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i))
-            # pass 2: head-mean attention probabilities, KL terms, gradients
-            a_plogp = tl.zeros([QS], tl.float32)
-            a_pi = tl.zeros([QS], tl.float32)
-            dqi = tl.zeros([QS * HIP, DIP], tl.float32)
-            dwi = tl.zeros([QS * HIP], tl.float32)
-            if CT == 0:
-                for t in range(0, nt):
-                    kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
-                    kofs = kidx.to(tl.int64)
-                    oka = _keys_ok(kidx, km, kb, rav, pos_a, s0 + aq, HAS_BITS)
-                    pt = tl.zeros([QS, BN], tl.float32)
-                    for hk in range(0, HKV):
-                        qh = tl.load(qrows + hk * G * s_qh, mask=rav[:, None] & dm[None, :], other=0.0)
-                        lse2 = tl.load(lrows + hk * G, mask=rav, other=0.0) * 1.4426950408889634
-                        pt += _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec,
-                                           QS, HP, BN)
-                    a_plogp, a_pi, dqi, dwi = _kl_step(
-                        pt * inv_hq, qi_, wi, KI, DKI, kofs, km, _keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS),
-                        lse_i, a_plogp, a_pi, dqi, dwi, di, dim_, s_kit, s_dkit, prec, WITH_GRAD, QS, HIP, BN, ADD)
-            else:
-                for c0 in range(0, nt, CT):
-                    c1 = tl.minimum(c0 + CT, nt)
-                    for hk in range(0, HKV):
-                        qh = tl.load(qrows + hk * G * s_qh, mask=rav[:, None] & dm[None, :], other=0.0)
-                        lse2 = tl.load(lrows + hk * G, mask=rav, other=0.0) * 1.4426950408889634
-                        for t in tl.range(c0, c1, num_stages=HS):
-                            kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
-                            sp = scr + (t - c0) * (QS * BN)
-                            prev = tl.load(sp, mask=(qa[:, None] >= 0) & (hk > 0), other=0.0)  # issued before the dot
-                            part = _group_probs(qh, lse2, K, kidx.to(tl.int64), km, hk,
-                                                _keys_ok(kidx, km, kb, rav, pos_a, s0 + aq, HAS_BITS),
-                                                dd, dm, s_kt, s_kh, scale_log2, prec, QS, HP, BN)
-                            tl.store(sp, prev + part)
-                        tl.debug_barrier()  # the next head (or the KL pass) reads what other threads wrote
-                    for t in range(c0, c1):
-                        kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
-                        pt = tl.load(scr + (t - c0) * (QS * BN)) * inv_hq
-                        a_plogp, a_pi, dqi, dwi = _kl_step(
-                            pt, qi_, wi, KI, DKI, kidx.to(tl.int64), km,
-                            _keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS), lse_i, a_plogp, a_pi, dqi, dwi,
-                            di, dim_, s_kit, s_dkit, prec, WITH_GRAD, QS, HIP, BN, ADD)
-                    tl.debug_barrier()  # the next chunk's first head overwrites the slice
-            kl = a_plogp - a_pi + lse_i
-            tl.store(KL + q0 + s0 + qa, kl, mask=qv)
-            if WITH_GRAD:
-                tl.store(DQI + irow[:, None] * s_dqit + ij[:, None] * s_dqih + di[None, :],
-                         dqi.to(DQI.dtype.element_ty), mask=riv[:, None] & dim_[None, :])
-                tl.store(DWI + irow * s_dwt + ij, dwi, mask=riv)
+    for s0 in range(0, nq, QS):
+        qv = s0 + qa < nq
+        pos_q = tl.load(QPOS + q0 + s0 + qa, mask=qv, other=-1)
+        riv = (s0 + iq < nq) & (ij < HI)
+        irow = (q0 + s0 + iq).to(tl.int64)
+        qi_ = tl.load(QI + irow[:, None] * s_qit + ij[:, None] * s_qih + di[None, :],
+                      mask=riv[:, None] & dim_[None, :], other=0.0)
+        wi = tl.load(WI + irow * s_wt + ij, mask=riv, other=0.0).to(tl.float32)
+        rav = (s0 + aq < nq) & (ah < G)
+        arow = (q0 + s0 + aq).to(tl.int64)
+        pos_a = tl.load(QPOS + arow, mask=rav, other=-1)
+        # pass 1: log-sum-exp of the indexer logits over the attended keys
+        m_i = tl.full([QS], -1.0e30, tl.float32)
+        l_i = tl.zeros([QS], tl.float32)
+        for t in range(0, nt):
+            kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
+            _, _, il = _indexer_logits(qi_, wi, KI, kidx.to(tl.int64), km, di, dim_, s_kit, prec, QS, HIP, BN)
+            il = tl.where(_keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS), il, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(il, 1))
+            l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(il - m_new[:, None]), 1)
+            m_i = m_new
+        lse_i = m_i + tl.log(tl.where(l_i == 0.0, 1.0, l_i))
+        # pass 2: head-mean attention probabilities, KL terms, gradients
+        a_plogp = tl.zeros([QS], tl.float32)
+        a_pi = tl.zeros([QS], tl.float32)
+        dqi = tl.zeros([QS * HIP, DIP], tl.float32)
+        dwi = tl.zeros([QS * HIP], tl.float32)
+        for t in range(0, nt):
+            kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
+            kofs = kidx.to(tl.int64)
+            oka = _keys_ok(kidx, km, kb, rav, pos_a, s0 + aq, HAS_BITS)
+            pt = tl.zeros([QS, BN], tl.float32)
+            for hk in range(0, HKV):
+                head = hk * G + ah
+                qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
+                             mask=rav[:, None] & dm[None, :], other=0.0)
+                lse2 = tl.load(LSE + arow * s_lt + head, mask=rav, other=0.0) * 1.4426950408889634
+                pt += _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec, QS, HP, BN)
+            a_plogp, a_pi, dqi, dwi = _kl_step(
+                pt * inv_hq, qi_, wi, KI, DKI, kofs, km, _keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS),
+                lse_i, a_plogp, a_pi, dqi, dwi, di, dim_, s_kit, s_dkit, prec, WITH_GRAD, QS, HIP, BN, ADD)
+        kl = a_plogp - a_pi + lse_i
+        tl.store(KL + q0 + s0 + qa, kl, mask=qv)
+        if WITH_GRAD:
+            tl.store(DQI + irow[:, None] * s_dqit + ij[:, None] * s_dqih + di[None, :],
+                     dqi.to(DQI.dtype.element_ty), mask=riv[:, None] & dim_[None, :])
+            tl.store(DWI + irow * s_dwt + ij, dwi, mask=riv)
 
 
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them. Token
@@ -208,30 +174,6 @@ CONFIG = {"block": (64, 8, 2), "token": (64, 2, 2), "merged": (64, 4, 2)}
 # registers. bench_dsa.py's block sweep times 8, 16, 32 and 64 (ptxas -v for sm_90 at (64, 8, 1):
 # 255 registers at each, spilling 724 bytes at 8 and 1,456 at 16).
 BLOCK_QUERIES = 16
-
-# Key tiles per chunk of the head-major walk of block owners (the kernel's CT; 0: the tile-major
-# walk, which reloads every KV head's query rows for every key tile and waits on each of those
-# loads in turn). Head-major loads a head's rows once per chunk and streams its key tiles, at the
-# cost of a [QS, CT * BN] float32 slice of scratch per program, round trips through L2 for the
-# partial sums, and a barrier per head.
-CHUNK_TILES = 16
-# Pipeline stages of the head-major walk's per-head tile loop (its key tiles prefetched HS - 1
-# tiles ahead; the kernel's num_stages sets the other loops').
-HEAD_STAGES = 3
-
-# Programs of a head-major launch, each owning its scratch slice and walking owners pid, pid +
-# PROGRAMS, ...; None: one per streaming multiprocessor (the kernel holds ~255 registers a thread,
-# one program per SM) on a GPU, one per owner elsewhere.
-PROGRAMS: int | None = None
-
-
-def _programs(n_owners: int, device: torch.device) -> int:
-    if PROGRAMS:
-        return max(1, min(PROGRAMS, n_owners))
-    if device.type == "cuda":
-        return max(1, min(n_owners, torch.cuda.get_device_properties(device).multi_processor_count))
-    return max(1, n_owners)
-
 
 def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
     """(QS, HP, HIP): queries per inner step and padded head counts, every dot >= 16 rows."""
@@ -265,19 +207,16 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     has_sel = sel is not None
     sel_t = sel if has_sel else plan.own_q0
     sel_n_t = sel_n if has_sel else plan.own_q0
-    ct = CHUNK_TILES if qs > 1 else 0
-    grid = _programs(plan.n_owners, q.device) if ct else plan.n_owners
-    scratch = torch.empty(grid * qs * ct * block_n if ct else 1, dtype=torch.float32, device=q.device)
-    _kl_kernel[(grid,)](
+    _kl_kernel[(plan.n_owners,)](
         q, k, lse, q_idx, w_idx, k_idx, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
-        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, kl, dqi, dwi, dki, scratch, plan.n_owners,
+        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, kl, dqi, dwi, dki,
         scale * 1.4426950408889634, 1.0 / hq, g, hkv, h_i, d_i,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
         q_idx.stride(0), q_idx.stride(1), w_idx.stride(0), k_idx.stride(0),
         dqi.stride(0), dqi.stride(1), dwi.stride(0), dki.stride(0), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, WITH_GRAD=with_grad, D=d, DP=max(16, next_pow2(d)), QS=qs, HP=hp, HIP=hip,
         DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), HAS_BITS=bits is not None,
-        ADD=mode_for(q, "kl", add_mode), CT=ct, HS=HEAD_STAGES, num_warps=num_warps, num_stages=num_stages,
+        ADD=mode_for(q, "kl", add_mode), num_warps=num_warps, num_stages=num_stages,
     )
     if not with_grad:
         return kl, None
