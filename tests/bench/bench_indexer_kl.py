@@ -3,8 +3,8 @@
     PYTHONUNBUFFERED=1 python tests/bench/bench_indexer_kl.py [--sparse 131072] [--dense 32768] \
         [--configs "64,8,2,16;64,8,1,16"] [--out DIR]
 
-A config is (BN, warps, stages, queries per step) (model/dsa/kernels/indexer_kl.py CONFIG["block"],
-BLOCK_QUERIES). Shapes are bench_dsa.py's (one document of T tokens,
+A config is (BN, warps, stages, queries per step[, register cap]) (model/dsa/kernels/indexer_kl.py
+CONFIG["block"], BLOCK_QUERIES, MAX_REGISTERS["block"]; no cap or 0: the compiler's choice). Shapes are bench_dsa.py's (one document of T tokens,
 32 / 4 heads of 128, indexer 8 x 128, k = 2,048, blocks of 64, rule max+coarse2 in the sparse
 stage; the dense warm-up's KL over every visible key). Each config's loss and indexer gradients
 are compared with the first config's (the row's "rel. err"), then timed with gradients. Prints a
@@ -48,22 +48,23 @@ def case(t: int, stage: str):
 
 
 def install(c):
-    bn, nw, ns, qs = c
+    bn, nw, ns, qs, *cap = c
     kl_mod.CONFIG["block"] = (bn, nw, ns)
     kl_mod.BLOCK_QUERIES = qs
+    kl_mod.MAX_REGISTERS["block"] = (cap or [0])[0] or None
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sparse", default="131072", help="sizes of the sparse stage ('' = none)")
     ap.add_argument("--dense", default="32768", help="sizes of the dense warm-up ('' = none)")
-    ap.add_argument("--configs", default="64,8,2,16;64,8,1,16;64,8,3,16;32,8,2,16;64,8,2,8")
+    ap.add_argument("--configs", default="64,8,2,16;32,8,1,16;32,8,1,16,128;32,8,2,16,128;64,8,2,16,168")
     ap.add_argument("--loss-only", type=int, default=1, help="also time each config without the gradients")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
     configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";") if c]
     print(f"# {torch.cuda.get_device_name() if DEV == 'cuda' else 'cpu'}, torch {torch.__version__}", flush=True)
-    lines = ["| T | stage | (BN, warps, stages, queries) | ms | TFLOP/s | rel. err vs first | "
+    lines = ["| T | stage | (BN, warps, stages, queries[, register cap]) | ms | TFLOP/s | rel. err vs first | "
              "peak GiB above inputs |", "|---|---|---|---|---|---|---|"]
     cases = [(int(t), "sparse") for t in a.sparse.split(",") if t] + [(int(t), "warmup") for t in a.dense.split(",") if t]
     for t, stage in cases:

@@ -167,6 +167,12 @@ def _kl_kernel(
 # tests/bench/RESULTS.md, 2026-12-06).
 CONFIG = {"block": (64, 8, 2), "token": (64, 2, 2), "merged": (64, 4, 2)}
 
+# A register cap per thread (ptxas maxnreg) per mode, None: the compiler's choice. The block KL
+# takes 255 registers with 8 warps, so one program runs per SM and nothing hides its load and
+# atomic latency; at 128 two fit, at the price of spills (ptxas -v for sm_90 at (32, 8, 1): 0
+# bytes uncapped, 520 at 128). bench_indexer_kl.py times caps side by side.
+MAX_REGISTERS: dict[str, int | None] = {"block": None, "token": None, "merged": None}
+
 
 # Queries per inner step of a block owner. Every step walks all of the owner's keys twice, so a
 # 64-query block at 16 reads its key tiles 4 times over (the KL ran at 98 TFLOP/s against the
@@ -188,6 +194,7 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     list's query bits (merged token owners, model/dsa/merge.py); ``add_mode``: how dk_I is summed
     (reduce_add.MODES; the KL's default when None)."""
     c = CONFIG[config_key(token, bits)]
+    cap = MAX_REGISTERS[config_key(token, bits)]
     block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
     tq, hq, d = q.shape
     hkv = k.shape[1]
@@ -217,6 +224,7 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
         HAS_SEL=has_sel, WITH_GRAD=with_grad, D=d, DP=max(16, next_pow2(d)), QS=qs, HP=hp, HIP=hip,
         DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), HAS_BITS=bits is not None,
         ADD=mode_for(q, "kl", add_mode), num_warps=num_warps, num_stages=num_stages,
+        **({"maxnreg": cap} if cap and q.is_cuda else {}),
     )
     if not with_grad:
         return kl, None
