@@ -170,7 +170,9 @@ CONFIG = {"block": (64, 8, 2), "token": (64, 2, 2), "merged": (64, 4, 2)}
 # A register cap per thread (ptxas maxnreg) per mode, None: the compiler's choice. The block KL
 # takes 255 registers with 8 warps, so one program runs per SM and nothing hides its load and
 # atomic latency; at 128 two fit, at the price of spills (ptxas -v for sm_90 at (32, 8, 1): 0
-# bytes uncapped, 520 at 128). bench_indexer_kl.py times caps side by side.
+# bytes uncapped, 520 at 128). The other way to twice the warps an SM: one 16-warp program, which
+# ptxas fits in 128 registers with 84 bytes spilled at (32, 16, 1). bench_indexer_kl.py times both
+# beside the default.
 MAX_REGISTERS: dict[str, int | None] = {"block": None, "token": None, "merged": None}
 
 
