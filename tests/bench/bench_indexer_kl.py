@@ -1,12 +1,13 @@
 """The indexer KL kernel of block owners, launch configs side by side, one process.
 
     PYTHONUNBUFFERED=1 python tests/bench/bench_indexer_kl.py [--sparse 131072] [--dense 32768] \
-        [--configs "64,8,2,16;64,8,1,16"] [--out DIR]
+        [--configs "64,8,2,16;32,16,1,16;32,8,1,16,128"] [--out DIR]
 
 A config is (BN, warps, stages, queries per step[, register cap]) (model/dsa/kernels/indexer_kl.py
-CONFIG["block"], BLOCK_QUERIES, MAX_REGISTERS["block"]; no cap or 0: the compiler's choice). Shapes are bench_dsa.py's (one document of T tokens,
-32 / 4 heads of 128, indexer 8 x 128, k = 2,048, blocks of 64, rule max+coarse2 in the sparse
-stage; the dense warm-up's KL over every visible key). Each config's loss and indexer gradients
+CONFIG["block"], BLOCK_QUERIES, MAX_REGISTERS["block"]; no cap or 0: the compiler's choice).
+Shapes are bench_dsa.py's (one document of T tokens, 32 / 4 heads of 128, indexer 8 x 128,
+k = 2,048, blocks of 64, rule max+coarse2 in the sparse stage; the dense warm-up's KL over every
+visible key). Each config's loss and indexer gradients
 are compared with the first config's (the row's "rel. err"), then timed with gradients. Prints a
 markdown table and writes it under --out.
 """
@@ -58,15 +59,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sparse", default="131072", help="sizes of the sparse stage ('' = none)")
     ap.add_argument("--dense", default="32768", help="sizes of the dense warm-up ('' = none)")
-    ap.add_argument("--configs", default="64,8,2,16;32,16,1,16;32,16,2,16;32,8,1,16;32,8,1,16,128;32,8,2,16,128")
+    ap.add_argument("--configs",
+                    default="64,8,2,16;32,16,1,16;32,16,2,16;32,8,1,16;32,8,1,16,128;32,8,2,16,128")
     ap.add_argument("--loss-only", type=int, default=1, help="also time each config without the gradients")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
     configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";") if c]
-    print(f"# {torch.cuda.get_device_name() if DEV == 'cuda' else 'cpu'}, torch {torch.__version__}", flush=True)
-    lines = ["| T | stage | (BN, warps, stages, queries[, register cap]) | ms | TFLOP/s | rel. err vs first | "
+    name = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
+    print(f"# {name}, torch {torch.__version__}", flush=True)
+    lines = ["| T | stage | (BN, warps, stages, queries[, register cap]) | ms | TFLOP/s | rel. err vs first "
+             "| "
              "peak GiB above inputs |", "|---|---|---|---|---|---|---|"]
-    cases = [(int(t), "sparse") for t in a.sparse.split(",") if t] + [(int(t), "warmup") for t in a.dense.split(",") if t]
+    cases = [(int(t), "sparse") for t in a.sparse.split(",") if t]
+    cases += [(int(t), "warmup") for t in a.dense.split(",") if t]
     for t, stage in cases:
         x, plan, sel, sel_n, lse, pairs = case(t, stage)
         flop = pairs * (2 * HQ * D + 4 * 2 * HI * DI)
@@ -93,7 +98,8 @@ def main() -> int:
                 base = torch.cuda.memory_allocated() if gpu else 0
                 s = timeit(run, min_total=0.3, max_reps=5) if gpu else float("nan")
                 peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if gpu else float("nan")
-                line = f"| {t:,} | {stage} | {c} | {s * 1e3:.2f} | {flop / s / 1e12:.1f} | {err:.1e} | {peak:.2f} |"
+                line = (f"| {t:,} | {stage} | {c} | {s * 1e3:.2f} | {flop / s / 1e12:.1f} | {err:.1e} "
+                        f"| {peak:.2f} |")
             except Exception as e:  # noqa: BLE001 - a config that fails to compile must not stop the others
                 line = f"| {t:,} | {stage} | {c} | failed: {type(e).__name__}: {str(e)[:120]} | | | |"
             print(line, flush=True)

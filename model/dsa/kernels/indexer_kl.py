@@ -53,7 +53,8 @@ def _keys_ok(kidx, km, kb, rows_valid, pos, slot, HAS_BITS: tl.constexpr):
 def _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec: tl.constexpr,
                  QS: tl.constexpr, HP: tl.constexpr, BN: tl.constexpr):
     """[QS, BN]: KV head hk's query heads' attention probabilities, summed over the heads."""
-    kt = tl.load(K + kofs[None, :] * s_kt + hk * s_kh + dd[:, None], mask=km[None, :] & dm[:, None], other=0.0)
+    kt = tl.load(K + kofs[None, :] * s_kt + hk * s_kh + dd[:, None], mask=km[None, :] & dm[:, None],
+                 other=0.0)
     s = tl.dot(qh, kt, input_precision=prec) * scale_log2
     p = tl.where(oka, tl.exp2(s - lse2[:, None]), 0.0)
     return tl.sum(tl.reshape(p, (QS, HP, BN)), 1)
@@ -61,8 +62,8 @@ def _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2,
 
 @triton.jit
 def _kl_step(pt, qi_, wi, KI, DKI, kofs, km, ok, lse_i, a_plogp, a_pi, dqi, dwi, di, dim_, s_kit, s_dkit,
-             prec: tl.constexpr, WITH_GRAD: tl.constexpr, QS: tl.constexpr, HIP: tl.constexpr, BN: tl.constexpr,
-             ADD: tl.constexpr):
+             prec: tl.constexpr, WITH_GRAD: tl.constexpr, QS: tl.constexpr, HIP: tl.constexpr,
+             BN: tl.constexpr, ADD: tl.constexpr):
     """One key tile's KL terms (target pt [QS, BN]) and, with gradients, its dq_I, dw and dk_I parts."""
     kit, z, il = _indexer_logits(qi_, wi, KI, kofs, km, di, dim_, s_kit, prec, QS, HIP, BN)
     a_plogp += tl.sum(tl.where(pt > 0.0, pt * tl.log(tl.where(pt > 0.0, pt, 1.0)), 0.0), 1)
@@ -148,7 +149,8 @@ def _kl_kernel(
                 qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
                              mask=rav[:, None] & dm[None, :], other=0.0)
                 lse2 = tl.load(LSE + arow * s_lt + head, mask=rav, other=0.0) * 1.4426950408889634
-                pt += _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec, QS, HP, BN)
+                pt += _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec,
+                                   QS, HP, BN)
             a_plogp, a_pi, dqi, dwi = _kl_step(
                 pt * inv_hq, qi_, wi, KI, DKI, kofs, km, _keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS),
                 lse_i, a_plogp, a_pi, dqi, dwi, di, dim_, s_kit, s_dkit, prec, WITH_GRAD, QS, HIP, BN, ADD)
