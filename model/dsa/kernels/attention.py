@@ -35,19 +35,24 @@ from .reduce_add import add_tile, mode_for
 def _tile_keys(t, nt_sel, SEL, BITS, sel_row, n_sel, lo, hi, BN: tl.constexpr, HAS_BITS: tl.constexpr):
     """Key indices, validity and query bits of tile t: list tiles first, then the contiguous range.
     The bits (merged token owners, model/dsa/merge.py) say which of the owner's queries selected
-    each listed key; range keys and lists without bits are every query's (all bits set)."""
+    each listed key; range keys and lists without bits are every query's (all bits set).
+    Also the indices as int64 row offsets, widened inside each branch: Triton 3.8's verifier
+    rejects a widening of the branches' joined result (mismatched layouts) in about one compile in
+    ten (tests/bench/RESULTS.md, 2026-12-07)."""
     offs = tl.arange(0, BN)
     kb = tl.full([BN], -1, tl.int32)
     if t < nt_sel:
         p = t * BN + offs
         km = p < n_sel
         kidx = tl.load(SEL + sel_row + p, mask=km, other=0)
+        kofs = kidx.to(tl.int64)
         if HAS_BITS:
             kb = tl.load(BITS + sel_row + p, mask=km, other=0)
     else:
         kidx = lo + (t - nt_sel) * BN + offs
+        kofs = kidx.to(tl.int64)
         km = kidx < hi
-    return kidx, km, kb
+    return kidx, km, kb, kofs
 
 
 @triton.jit

@@ -127,8 +127,8 @@ def _kl_kernel(
         m_i = tl.full([QS], -1.0e30, tl.float32)
         l_i = tl.zeros([QS], tl.float32)
         for t in range(0, nt):
-            kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
-            _, _, il = _indexer_logits(qi_, wi, KI, kidx.to(tl.int64), km, di, dim_, s_kit, prec, QS, HIP, BN)
+            kidx, km, kb, kofs = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
+            _, _, il = _indexer_logits(qi_, wi, KI, kofs, km, di, dim_, s_kit, prec, QS, HIP, BN)
             il = tl.where(_keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS), il, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(il, 1))
             l_i = l_i * tl.exp(m_i - m_new) + tl.sum(tl.exp(il - m_new[:, None]), 1)
@@ -140,8 +140,7 @@ def _kl_kernel(
         dqi = tl.zeros([QS * HIP, DIP], tl.float32)
         dwi = tl.zeros([QS * HIP], tl.float32)
         for t in range(0, nt):
-            kidx, km, kb = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
-            kofs = kidx.to(tl.int64)
+            kidx, km, kb, kofs = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
             oka = _keys_ok(kidx, km, kb, rav, pos_a, s0 + aq, HAS_BITS)
             pt = tl.zeros([QS, BN], tl.float32)
             for hk in range(0, HKV):
