@@ -60,7 +60,7 @@ def main() -> int:
     ap.add_argument("--sparse", default="131072", help="sizes of the sparse stage ('' = none)")
     ap.add_argument("--dense", default="32768", help="sizes of the dense warm-up ('' = none)")
     ap.add_argument("--configs",
-                    default="64,8,2,16;32,16,1,16;32,16,2,16;32,8,1,16;32,8,1,16,128;32,8,2,16,128")
+                    default="64,8,2,16;32,16,1,16;32,16,2,16;32,16,1,32;32,16,2,32;32,8,1,16,128")
     ap.add_argument("--loss-only", type=int, default=1, help="also time each config without the gradients")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
