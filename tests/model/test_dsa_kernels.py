@@ -282,6 +282,12 @@ def test_block_kl_with_more_queries_per_step_matches_reference(queries, monkeypa
     from model.dsa.kernels import indexer_kl as kl_mod
 
     monkeypatch.setattr(kl_mod, "BLOCK_QUERIES", queries)
+    _check_block_kl_against_reference()
+
+
+def _check_block_kl_against_reference():
+    """Block owners of 64 queries cut short by document ends: the KL kernel's loss and indexer
+    gradients against the reference's on the same selection."""
     g = gen()
     t = 150
     args = case(g, t, 4, 2)
@@ -294,6 +300,25 @@ def test_block_kl_with_more_queries_per_step_matches_reference(queries, monkeypa
     assert abs(float(l1) - float(l2)) <= 1e-5 * abs(float(l2)) + 1e-6
     for name, a, b in zip(["q_idx", "k_idx", "w_idx"], g1, g2):
         assert rel(a, b) < 1e-4, (name, rel(a, b))
+
+
+def test_block_kl_launch_from_env(monkeypatch):
+    """LONGSHOT_KL_BLOCK installs the block KL's launch (a user tuning for their GPU): the kernel
+    then runs that launch and still matches the reference; a malformed value is refused, naming
+    the variable, and leaves the launch as it was."""
+    from model.dsa.kernels import indexer_kl as kl_mod
+
+    monkeypatch.setitem(kl_mod.CONFIG, "block", kl_mod.CONFIG["block"])  # restored after the test
+    monkeypatch.setattr(kl_mod, "BLOCK_QUERIES", kl_mod.BLOCK_QUERIES)
+    monkeypatch.setitem(kl_mod.MAX_REGISTERS, "block", kl_mod.MAX_REGISTERS["block"])
+    kl_mod.tune_block_from_env({kl_mod.TUNE_ENV: "16,4,1,32,96"})
+    launch = (kl_mod.CONFIG["block"], kl_mod.BLOCK_QUERIES, kl_mod.MAX_REGISTERS["block"])
+    assert launch == ((16, 4, 1), 32, 96)
+    _check_block_kl_against_reference()
+    for bad in ["16,4,1", "16,4,x,32", "24,4,1,32", "16,4,1,0", "16,4,1,32,-1"]:
+        with pytest.raises(ValueError, match=kl_mod.TUNE_ENV):
+            kl_mod.tune_block_from_env({kl_mod.TUNE_ENV: bad})
+        assert (kl_mod.CONFIG["block"], kl_mod.BLOCK_QUERIES) == ((16, 4, 1), 32)
 
 
 

@@ -21,6 +21,8 @@ persistent program) was built and measured within 2.5% of this tile-major walk w
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -183,6 +185,32 @@ MAX_REGISTERS: dict[str, int | None] = {"block": None, "token": None, "merged": 
 # registers. bench_dsa.py's block sweep times 8, 16, 32 and 64 (ptxas -v for sm_90 at (64, 8, 1):
 # 255 registers at each, spilling 724 bytes at 8 and 1,456 at 16).
 BLOCK_QUERIES = 16
+
+TUNE_ENV = "LONGSHOT_KL_BLOCK"
+
+
+def tune_block_from_env(env=os.environ) -> None:
+    """Install the block KL's launch from ``LONGSHOT_KL_BLOCK=BN,warps,stages,queries[,register cap]``:
+    the best config differs between GPUs (tests/bench/bench_indexer_kl.py times them), and a user
+    tuning for theirs should not have to edit the code."""
+    global BLOCK_QUERIES
+    text = env.get(TUNE_ENV, "").strip()
+    if not text:
+        return
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    pow2 = all(v & (v - 1) == 0 for v in (vals[0], vals[1], vals[3])) if len(vals) in (4, 5) else False
+    if not pow2 or min(vals[:4]) < 1 or min(vals[4:] or [0]) < 0:
+        raise ValueError(f"{TUNE_ENV}={text!r}: expected BN,warps,stages,queries[,register cap] as integers, "
+                         "BN, warps and queries powers of two (e.g. 32,16,1,32)")
+    CONFIG["block"] = tuple(vals[:3])
+    BLOCK_QUERIES = vals[3]
+    MAX_REGISTERS["block"] = (vals[4] or None) if len(vals) == 5 else None
+
+
+tune_block_from_env()
 
 def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
     """(QS, HP, HIP): queries per inner step and padded head counts, every dot >= 16 rows."""
