@@ -46,8 +46,8 @@ CUTS: dict[str, tuple[str, str] | None] = {
                   "l_i = tl.zeros([QS], tl.float32)\n        for t in range(0, 0):"),
     "no target": ("for hk in range(0, HKV):", "for hk in range(0, 0):"),
     "one KV head": ("for hk in range(0, HKV):", "for hk in range(0, 1):"),
-    "no dk adds": ("add_tile(DKI + kofs[:, None] * s_dkit + di[None, :], dk, km[:, None] & dim_[None, :], ADD)",
-                   "tl.atomic_add(DKI + di, tl.sum(dk, 0), mask=dim_)"),
+    "no dk adds": ("add_tile(DKI + kofs[:, None] * s_dkit + di[None, :], dk, km[:, None] & dim_[None, :], "
+                   "ADD)", "tl.atomic_add(DKI + di, tl.sum(dk, 0), mask=dim_)"),
 }
 
 
@@ -59,8 +59,8 @@ def variant(name: str, tmp: str):
         return kl_mod
     src = inspect.getsource(kl_mod).replace("from .", "from model.dsa.kernels.")
     if src.count(cut[0]) != 1:
-        raise SystemExit(f"variant {name!r}: its cut matches the kernel source {src.count(cut[0])} times, not once "
-                         "(model/dsa/kernels/indexer_kl.py changed: update CUTS)")
+        raise SystemExit(f"variant {name!r}: its cut matches the kernel source {src.count(cut[0])} times, "
+                         "not once (model/dsa/kernels/indexer_kl.py changed: update CUTS)")
     path = os.path.join(tmp, "kl_" + name.replace(" ", "_") + ".py")
     with open(path, "w") as f:
         f.write(src.replace(cut[0], cut[1]))
@@ -101,7 +101,8 @@ def main() -> int:
             x = plan = sel = sel_n = lse = None
             if gpu:
                 torch.cuda.empty_cache()
-    lines.append(f"\n(one KV head of {HKV}: the head loop's cost per KV head is (full - one KV head) / {HKV - 1})")
+    lines.append(f"\n(one KV head of {HKV}: the head loop's cost per KV head is (full - one KV head) / "
+                 f"{HKV - 1})")
     table = "\n".join(lines)
     print("\n" + table)
     os.makedirs(a.out, exist_ok=True)
