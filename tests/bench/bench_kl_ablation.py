@@ -9,9 +9,9 @@ A variant's loss and gradients are wrong by construction; only its time means so
 
 - full: the kernel as it ships;
 - no pass 1: the indexer's log-sum-exp pass skipped (its key gathers, one dot, exps per tile);
-- no target: pass 2 without the head loop (no Q or K loads, no Hq dots and exps: the head-mean
+- no target: pass 2 without the heads' work (no Q or K loads, no Hq dots and exps: the head-mean
   target is what the KL pays for that the indexer alone would not);
-- one KV head: the head loop over one KV head of Hkv (its cost per head, by difference);
+- one KV head: pass 2 over one KV head of Hkv per tile (the cost of a head, by difference);
 - no dk adds: dk_I's tile summed into one row before its float32 adds (the dot stays);
 - loss only: the full kernel without gradients (the gradients' share).
 
@@ -39,31 +39,34 @@ from tests.bench.bench_dsa import DEV, HKV, D  # noqa: E402
 from tests.bench.bench_indexer_kl import case  # noqa: E402
 from tests.bench.cuda_timing import timeit  # noqa: E402
 
-# variant -> (old text, new text) applied to the kernel module's source; None: the module itself
-CUTS: dict[str, tuple[str, str] | None] = {
-    "full": None,
-    "no pass 1": ("l_i = tl.zeros([QS], tl.float32)\n        for t in range(0, nt):",
-                  "l_i = tl.zeros([QS], tl.float32)\n        for t in range(0, 0):"),
-    "no target": ("for hk in range(0, HKV):", "for hk in range(0, 0):"),
-    "one KV head": ("for hk in range(0, HKV):", "for hk in range(0, 1):"),
-    "no dk adds": ("add_tile(DKI + kofs[:, None] * s_dkit + di[None, :], dk, km[:, None] & dim_[None, :], "
-                   "ADD)", "tl.atomic_add(DKI + di, tl.sum(dk, 0), mask=dim_)"),
+# variant -> [(old text, new text), ...] applied to the kernel module's source; [] the module itself
+CUTS: dict[str, list[tuple[str, str]]] = {
+    "full": [],
+    "no pass 1": [("l_i = tl.zeros([QS], tl.float32)\n        for t in range(0, nt):",
+                   "l_i = tl.zeros([QS], tl.float32)\n        for t in range(0, 0):")],
+    "no target": [("pt = tl.where(hk == 0, 0.0, pt) + p_h", "pt = tl.where(hk == 0, 0.0, pt) + tl.sum(lse2, 0) * 0.0")],
+    "one KV head": [("for j in range(0, nt * HKV):", "for j in range(0, nt):"),
+                    ("t = j // HKV\n            hk = j % HKV", "t = j\n            hk = HKV - 1")],
+    "no dk adds": [("add_tile(DKI + kofs[:, None] * s_dkit + di[None, :], dk, km[:, None] & dim_[None, :], "
+                    "ADD)", "tl.atomic_add(DKI + di, tl.sum(dk, 0), mask=dim_)")],
 }
 
 
 def variant(name: str, tmp: str):
     """The kernel module with the variant's cut applied (imported from a file: Triton reads the
     source of what it compiles)."""
-    cut = CUTS[name]
-    if cut is None:
+    cuts = CUTS[name]
+    if not cuts:
         return kl_mod
     src = inspect.getsource(kl_mod).replace("from .", "from model.dsa.kernels.")
-    if src.count(cut[0]) != 1:
-        raise SystemExit(f"variant {name!r}: its cut matches the kernel source {src.count(cut[0])} times, "
-                         "not once (model/dsa/kernels/indexer_kl.py changed: update CUTS)")
+    for old, new in cuts:
+        if src.count(old) != 1:
+            raise SystemExit(f"variant {name!r}: a cut matches the kernel source {src.count(old)} times, "
+                             "not once (model/dsa/kernels/indexer_kl.py changed: update CUTS)")
+        src = src.replace(old, new)
     path = os.path.join(tmp, "kl_" + name.replace(" ", "_") + ".py")
     with open(path, "w") as f:
-        f.write(src.replace(cut[0], cut[1]))
+        f.write(src)
     spec = importlib.util.spec_from_file_location("kl_ablation_" + name.replace(" ", "_"), path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
