@@ -18,6 +18,7 @@ import argparse
 import math
 import os
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -34,18 +35,20 @@ from tests.bench.cuda_timing import timeit  # noqa: E402
 
 
 def case(t: int, stage: str):
-    """(inputs, plan, sel, sel_n, lse, attended pairs) of one document of t tokens."""
+    """(inputs, plan, sel, sel_n, lse, attended pairs) of one document of t tokens. Stages: sparse
+    and warmup (block owners), token (one query an owner, its own selection)."""
     x = inputs(t, seed=3)
     pos = torch.arange(t, dtype=torch.int32, device=DEV)
     doc = torch.zeros(t, dtype=torch.int32, device=DEV)
-    cfg = rule_cfg("max+coarse2", stage)
+    token = stage == "token"
+    cfg = replace(rule_cfg("max", "sparse"), granularity="token") if token else rule_cfg("max+coarse2", stage)
     dense = stage == "warmup"
     plan = build_plan(pos, doc, cfg, dense=dense)
     sel = sel_n = None
     if not dense:
         sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
-    _, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, 1 / math.sqrt(D), False)
-    pairs = t * (t + 1) // 2 if dense else attended(plan, sel_n, False)
+    _, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, 1 / math.sqrt(D), token)
+    pairs = t * (t + 1) // 2 if dense else attended(plan, sel_n, token)
     return x, plan, sel, sel_n, lse, pairs
 
 
@@ -60,6 +63,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sparse", default="131072", help="sizes of the sparse stage ('' = none)")
     ap.add_argument("--dense", default="32768", help="sizes of the dense warm-up ('' = none)")
+    ap.add_argument("--token", default="", help="sizes of token mode, at its own launch only ('' = none)")
     ap.add_argument("--configs",
                     default="64,8,2,16;32,16,1,16;32,16,2,16;32,16,1,32;32,16,2,32;32,8,1,16,128")
     ap.add_argument("--loss-only", type=int, default=1, help="also time each config without the gradients")
@@ -73,17 +77,19 @@ def main() -> int:
              "peak GiB above inputs |", "|---|---|---|---|---|---|---|"]
     cases = [(int(t), "sparse") for t in a.sparse.split(",") if t]
     cases += [(int(t), "warmup") for t in a.dense.split(",") if t]
+    cases += [(int(t), "token") for t in a.token.split(",") if t]
     best = {}  # stage -> (ms with gradients, config)
     for t, stage in cases:
         x, plan, sel, sel_n, lse, pairs = case(t, stage)
         flop = pairs * (2 * HQ * D + 4 * 2 * HI * DI)
         first = None
-        for c in configs:
-            install(c)
+        for c in configs if stage != "token" else [("token default", *kl_mod.CONFIG["token"])]:
+            if stage != "token":
+                install(c)
 
             def run(grad=True):
                 return indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n,  # noqa: B023
-                                  1 / math.sqrt(D), False, grad)
+                                  1 / math.sqrt(D), stage == "token", grad)
             try:
                 kl, grads = run()
                 got = [kl, *grads]
@@ -100,7 +106,7 @@ def main() -> int:
                 base = torch.cuda.memory_allocated() if gpu else 0
                 s = timeit(run, min_total=0.3, max_reps=5) if gpu else float("nan")
                 peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if gpu else float("nan")
-                if gpu and (stage not in best or s < best[stage][0]):
+                if gpu and stage != "token" and (stage not in best or s < best[stage][0]):
                     best[stage] = (s, c)
                 line = (f"| {t:,} | {stage} | {c} | {s * 1e3:.2f} | {flop / s / 1e12:.1f} | {err:.1e} "
                         f"| {peak:.2f} |")
