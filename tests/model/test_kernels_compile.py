@@ -12,7 +12,6 @@ specialisation to a Hopper cubin with Triton's own compiler (ptxas included in i
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import subprocess
@@ -22,49 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.kernel_launches import recorded_launches, unique
+
 ROOT = Path(__file__).resolve().parents[2]
-
-_DTYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
-           torch.int32: "i32", torch.int16: "i16", torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1"}
-
-
-def _arg_type(value):
-    if isinstance(value, torch.Tensor):
-        return "*" + _DTYPES[value.dtype]
-    if isinstance(value, bool):
-        return "i1"
-    if isinstance(value, int):
-        return "i32" if -2**31 <= value < 2**31 else "i64"
-    if isinstance(value, float):
-        return "fp32"
-    raise TypeError(f"no Triton type for {type(value).__name__}")
-
-
-def _record_launches(monkeypatch) -> list[dict]:
-    """Patches the interpreter's launch so that each kernel call is also written down as
-    (module, name, signature, constexprs, launch options)."""
-    from triton.runtime.interpreter import InterpretedFunction
-
-    launches: list[dict] = []
-    run = InterpretedFunction.run
-
-    def recording_run(self, *args, grid, warmup, **kwargs):
-        params = inspect.signature(self.fn).parameters
-        options = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
-        bound = dict(zip(params, args)) | {k: v for k, v in kwargs.items() if k in params}
-        signature, constexprs = {}, {}
-        for name, p in params.items():
-            value = bound.get(name, p.default)
-            if "constexpr" in str(p.annotation):
-                signature[name], constexprs[name] = "constexpr", value
-            else:
-                signature[name] = _arg_type(value)
-        launches.append({"module": self.fn.__module__, "name": self.fn.__name__, "signature": signature,
-                         "constexprs": constexprs, "options": options})
-        return run(self, *args, grid=grid, warmup=warmup, **kwargs)
-
-    monkeypatch.setattr(InterpretedFunction, "run", recording_run)
-    return launches
 
 
 def _training_launches(monkeypatch):
@@ -116,22 +75,22 @@ print(json.dumps(failed))
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="records launches through the interpreter")
 def test_every_launched_kernel_compiles_for_hopper(monkeypatch, tmp_path):
-    launches = _record_launches(monkeypatch)
-    _training_launches(monkeypatch)
+    with recorded_launches() as launches:
+        _training_launches(monkeypatch)
     # the interpreter runs the float32 adds as tl.atomic_add; a GPU launch takes the inline-PTX
     # modes (model/dsa/kernels/reduce_add.py), so those specialisations are compiled as well
     from model.dsa.kernels import reduce_add
 
     launches += [s | {"constexprs": s["constexprs"] | {"ADD": m}} for s in launches if "ADD" in s["constexprs"]
                  for m in reduce_add.MODES.values()]
-    unique = {json.dumps(s, sort_keys=True): s for s in launches}
-    names = {s["name"] for s in unique.values()}
+    specs_ = unique(launches, keep_alignment=False)
+    names = {s["name"] for s in specs_}
     # the kernels of each part of a training step were launched (and so will be compiled)
     for must in ("_attn_kernel", "_kl_kernel", "_scores_kernel", "_topk_kernel",
                  "_sample_kernel", "_filter_kernel", "_rotate", "_ce_forward", "_ce_backward"):
         assert must in names, (must, sorted(names))
     specs = tmp_path / "launches.json"
-    specs.write_text(json.dumps(list(unique.values())))
+    specs.write_text(json.dumps(specs_))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-c", COMPILE, str(specs)], env=env, capture_output=True,
