@@ -55,7 +55,8 @@ _WAIT = re.compile(r"= ttg\.async_wait %[^{]*\{num = (\d+)")
 
 
 def record(stages: str, path: str) -> list[dict]:
-    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    path_env = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path_env)
     subprocess.run([sys.executable, "-c", RECORD, path, stages], env=env, check=True, cwd=ROOT)
     with open(path) as f:
         return json.load(f)
@@ -86,13 +87,15 @@ def compile_spec(spec: dict, over: dict) -> dict:
     for k, v in over.items():
         (opts if k in ("num_warps", "num_stages", "maxnreg") else ce)[k] = v
     names = list(spec["signature"])
-    attrs = {(i,): [["tt.divisibility", 16]] for i in spec.get("aligned", []) if spec["signature"][names[i]] != "constexpr"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in spec.get("aligned", [])
+             if spec["signature"][names[i]] != "constexpr"}
     k = triton.compile(ASTSource(fn=fn, signature=spec["signature"], constexprs=ce, attrs=attrs),
                        target=GPUTarget("cuda", 90, 32), options=opts)
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(k.asm["ptx"])
-    info = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull], capture_output=True, text=True)
+    info = subprocess.run([ptxas, "-v", "-arch=sm_90a", f.name, "-o", os.devnull], capture_output=True,
+                          text=True)
     os.unlink(f.name)
     regs = re.search(r"Used (\d+) registers", info.stderr)
     spill = re.search(r"(\d+) bytes spill stores", info.stderr)
@@ -114,20 +117,21 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", default="sparse,warmup")
     ap.add_argument("--set", action="append", default=[], metavar="KERNEL:key=value,...")
-    ap.add_argument("--kernels", default="_attn_kernel,_kl_kernel", help="which kernels to compile ('' = all)")
+    ap.add_argument("--kernels", default="_attn_kernel,_kl_kernel", help="kernels to compile ('' = all)")
     a = ap.parse_args()
     over = overrides(a.set)
     wanted = set(filter(None, a.kernels.split(",")))
     with tempfile.TemporaryDirectory() as tmp:
         specs = record(a.stage, os.path.join(tmp, "launches.json"))
-    lines = ["| kernel | (BN, warps, stages) | registers | spilled bytes | shared KiB | in-loop waits (num) | "
-             "copies overlap a whole iteration |", "|---|---|---|---|---|---|---|"]
+    lines = ["| kernel | (BN, warps, stages) | registers | spilled bytes | shared KiB | in-loop waits (num) "
+             "| copies overlap a whole iteration |", "|---|---|---|---|---|---|---|"]
     for spec in specs:
         if wanted and spec["name"] not in wanted:
             continue
         r = compile_spec(spec, over.get(spec["name"], {}))
-        overlap = "none pipelined" if not r["waits"] else ("yes" if min(r["waits"]) > 0 else
-                                                           f"no ({r['waits'].count(0)} of {len(r['waits'])} loops)")
+        zeros = r["waits"].count(0)
+        overlap = "none pipelined" if not r["waits"] else ("yes" if not zeros else
+                                                           f"no ({zeros} of {len(r['waits'])} loops)")
         lines.append(f"| {label(spec)} | {r['launch']} | {r['regs']} | {r['spill']} | {r['smem_kib']:.0f} | "
                      f"{r['waits']} | {overlap} |")
         print(lines[-1], flush=True)
