@@ -54,6 +54,22 @@ json.dump(unique(launches), open(sys.argv[1], "w"))
 _WAIT = re.compile(r"= ttg\.async_wait %[^{]*\{num = (\d+)")
 
 
+def loop_waits(ttgir: str) -> list[int]:
+    """num of each token wait at the top level of an scf.for body (prologue and drain waits are
+    outside the loops; a loop's own wait is what decides the overlap)."""
+    waits, loops = [], []  # loops: indentation of each open scf.for
+    for line in ttgir.splitlines():
+        ind = len(line) - len(line.lstrip())
+        while loops and ind <= loops[-1] and line.strip().startswith("}"):
+            loops.pop()
+        m = _WAIT.search(line)
+        if m and loops and ind == loops[-1] + 2:
+            waits.append(int(m.group(1)))
+        if "scf.for" in line:
+            loops.append(ind)
+    return waits
+
+
 def record(stages: str, path: str) -> list[dict]:
     path_env = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path_env)
@@ -100,7 +116,7 @@ def compile_spec(spec: dict, over: dict) -> dict:
     regs = re.search(r"Used (\d+) registers", info.stderr)
     spill = re.search(r"(\d+) bytes spill stores", info.stderr)
     return {"regs": int(regs.group(1)) if regs else None, "spill": int(spill.group(1)) if spill else 0,
-            "smem_kib": k.metadata.shared / 1024, "waits": [int(n) for n in _WAIT.findall(k.asm["ttgir"])],
+            "smem_kib": k.metadata.shared / 1024, "waits": loop_waits(k.asm["ttgir"]),
             "launch": (ce.get("BN"), opts.get("num_warps"), opts.get("num_stages"))}
 
 
