@@ -246,7 +246,7 @@ def sweep_block_attn(t=131072, rule="pooled"):
     def install_kl(o):
         kl_mod.CONFIG["block"], kl_mod.BLOCK_QUERIES = o[:3], o[3]
     best_of("block indexer KL (BN, warps, stages, queries per step)", t,
-            [(64, 8, 2, 16), (64, 8, 3, 16), (32, 8, 3, 16), (32, 8, 2, 16)],
+            [(64, 8, 2, 16), (64, 8, 3, 16)],
             install_kl,
             lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n, scale,
                                False, True), min_total=0.2, max_reps=4)
