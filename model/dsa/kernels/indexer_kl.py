@@ -141,9 +141,10 @@ def _kl_kernel(
         a_pi = tl.zeros([QS], tl.float32)
         dqi = tl.zeros([QS * HIP, DIP], tl.float32)
         dwi = tl.zeros([QS * HIP], tl.float32)
-        # one loop over (tile, KV head) pairs, so that the pipeliner prefetches the next head's
-        # and the next tile's Q and K rows while this head computes (nested loops restarted the
-        # prefetch every tile); the KL step closes each tile
+        # one loop over (tile, KV head) pairs: from 3 stages on, Triton's pipeliner copies the next
+        # pairs' Q and K rows under this pair's work, across tiles (a head loop nested in the tile
+        # loop restarted that prefetch every tile; tests/bench/kernel_schedule.py shows where the
+        # copies go); the KL step closes each tile
         hv = tl.arange(0, HKVP)
         lse_all = tl.load(LSE + arow[:, None] * s_lt + hv[None, :] * G + ah[:, None],
                           mask=rav[:, None] & (hv[None, :] < HKV), other=0.0) * 1.4426950408889634
@@ -219,6 +220,7 @@ def tune_block_from_env(env=os.environ) -> None:
 
 
 tune_block_from_env()
+
 
 def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
     """(QS, HP, HIP): queries per inner step and padded head counts, every dot >= 16 rows."""
