@@ -214,15 +214,12 @@ def sweep_block_attn(t=131072, rule="pooled"):
     npairs = attended(plan, sel_n, False)
     # Triton issues a loop's next copies after the body at 2 stages and waits for them at the top of
     # the next iteration (sm_90 TTGIR), so the load overlaps nothing; 3 and more stages overlap it
-    # the 5th field: the selected list's gathers prefetched by hand (attention.PREFETCH)
-    for kind, opts in (("fwd", [(64, 16, 3, 256, False), (64, 16, 3, 256, True), (64, 16, 4, 256, False),
-                                (32, 16, 3, 256, True)]),
-                       ("bwd", [(64, 8, 1, 128, False), (64, 8, 3, 128, False), (64, 8, 1, 128, True),
-                                (64, 8, 3, 128, True), (32, 8, 3, 128, True)])):
+    for kind, opts in (("fwd", [(64, 16, 3, 256), (64, 16, 4, 256), (32, 16, 4, 256)]),
+                       ("bwd", [(64, 8, 1, 128), (64, 8, 2, 128), (64, 8, 3, 128), (32, 8, 3, 128),
+                                (32, 8, 4, 128)])):
         best = None
-        for bn, nw, ns, rows, pf in opts:
+        for bn, nw, ns, rows in opts:
             attn_mod.BLOCK_ROWS[kind] = rows
-            attn_mod.PREFETCH[kind]["block"] = pf
             if kind == "fwd":
                 fn = lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False, bn, nw, ns)  # noqa: E731
             else:
@@ -230,13 +227,12 @@ def sweep_block_attn(t=131072, rule="pooled"):
                                       bn, nw, ns)
             s_ = try_time(fn, min_total=0.2, max_reps=4)
             fl = 4 * D * HQ * npairs * (1 if kind == "fwd" else 2.5)
-            log(f"  sweep T={t} block attn {kind} (BN, warps, stages, rows, prefetch)={(bn, nw, ns, rows, pf)}: "
-                f"{s_ * 1e3:.2f} ms {fl / s_ / 1e12:.1f} TFLOP/s")
+            log(f"  sweep T={t} block attn {kind} (BN, warps, stages, rows)={(bn, nw, ns, rows)}: {s_ * 1e3:.2f} ms "
+                f"{fl / s_ / 1e12:.1f} TFLOP/s")
             if best is None or s_ < best[0]:
-                best = (s_, (bn, nw, ns, rows, pf))
-        bn, nw, ns, rows, pf = best[1]
+                best = (s_, (bn, nw, ns, rows))
+        bn, nw, ns, rows = best[1]
         attn_mod.BLOCK_ROWS[kind] = rows
-        attn_mod.PREFETCH[kind]["block"] = pf
         (attn_mod.FWD_CONFIG if kind == "fwd" else attn_mod.BWD_CONFIG)["block"] = (bn, nw, ns)
         ROWS.append(dict(T=t, what=f"sweep: block attn {kind} config", ms=best[0] * 1e3, note=str(best[1])))
         if kind == "fwd":

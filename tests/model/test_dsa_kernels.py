@@ -168,26 +168,6 @@ LAYER_CASES = [
 
 @pytest.mark.parametrize("gran,stage,t,cu,hq,hkv,k,bq,agg,coarse", LAYER_CASES)
 def test_layer_matches_reference(gran, stage, t, cu, hq, hkv, k, bq, agg, coarse):
-    _check_layer(gran, stage, t, cu, hq, hkv, k, bq, agg, coarse)
-
-
-@pytest.mark.parametrize("gran", ["block", "token"])
-def test_list_prefetch_matches_reference(gran, monkeypatch):
-    """The selected list's K and V gathered one tile ahead (attention.PREFETCH), forward and
-    backward, over several full 16-key list tiles, a partial one and the causal range: outputs,
-    loss and every gradient equal the reference's."""
-    from model.dsa.kernels import attention as attn_mod
-
-    for d in ("fwd", "bwd"):
-        monkeypatch.setitem(attn_mod.PREFETCH, d, dict.fromkeys(attn_mod.PREFETCH[d], True))
-    for launch in (attn_mod.FWD_CONFIG, attn_mod.BWD_CONFIG):
-        monkeypatch.setitem(launch, gran, (16, 4, 1))
-    _check_layer(gran, "sparse", 150, [0, 90, 150], 4, 2, 45, 8, "max", 0)
-
-
-def _check_layer(gran, stage, t, cu, hq, hkv, k, bq, agg, coarse):
-    """One DSA layer's output, loss and gradients, kernels against the reference on the kernels'
-    selection (the selection itself against the reference's, up to near-ties)."""
     g = gen()
     args = case(g, t, hq, hkv)
     pos, doc = rows_of(cu, t)

@@ -63,8 +63,16 @@ def _selected_by(kb, slot):
 
 
 @triton.jit
-def _kv_tile(K, V, kidx, km, hk, dd, dm, s_kt, s_kh, s_vt, s_vh, MASK_K: tl.constexpr, EVEN_D: tl.constexpr):
-    """The K and V tiles [BN, DP] of KV head hk at key rows kidx (padding rows where not km)."""
+def _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec: tl.constexpr,
+                 MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr):
+    """(K tile, V tile, base-2 logits with -inf where a key is masked) for BN keys (rows kidx of the
+    global key table).
+
+    ``MASK_K``: some of the tile's keys are padding (``km``); ``CAUSAL``: apply key <= query
+    position. Full tiles of a selected list need neither (see the kernel), which keeps the
+    predicate and select work out of the loop that carries most of the FLOPs. ``BITS``: ``keep``
+    [rows, BN] masks each row to its own query's keys (merged token owners).
+    """
     kofs = kidx.to(tl.int64)
     kp = K + kofs[:, None] * s_kt + hk * s_kh + dd[None, :]
     vp = V + kofs[:, None] * s_vt + hk * s_vh + dd[None, :]
@@ -75,19 +83,6 @@ def _kv_tile(K, V, kidx, km, hk, dd, dm, s_kt, s_kh, s_vt, s_vh, MASK_K: tl.cons
     else:
         kk = tl.load(kp)
         vv = tl.load(vp)
-    return kk, vv
-
-
-@triton.jit
-def _tile_logits(q, kk, kidx, km, keep, pos, scale_log2, prec: tl.constexpr, MASK_K: tl.constexpr,
-                 CAUSAL: tl.constexpr, BITS: tl.constexpr):
-    """Base-2 logits of the rows against a key tile, -inf where a key is masked.
-
-    ``MASK_K``: some of the tile's keys are padding (``km``); ``CAUSAL``: apply key <= query
-    position. Full tiles of a selected list need neither (see the kernel), which keeps the
-    predicate and select work out of the loop that carries most of the FLOPs. ``BITS``: ``keep``
-    [rows, BN] masks each row to its own query's keys (merged token owners).
-    """
     s = tl.dot(q, tl.trans(kk), input_precision=prec) * scale_log2
     if CAUSAL:
         s = tl.where(km[None, :] & (kidx[None, :] <= pos[:, None]), s, float("-inf"))
@@ -95,14 +90,16 @@ def _tile_logits(q, kk, kidx, km, keep, pos, scale_log2, prec: tl.constexpr, MAS
         s = tl.where(km[None, :], s, float("-inf"))
     if BITS:
         s = tl.where(keep, s, float("-inf"))
-    return s
+    return kk, vv, s
 
 
 @triton.jit
-def _fwd_tile(q, kk, vv, kidx, km, keep, pos, m_i, l_i, acc, scale_log2, prec: tl.constexpr,
-              MASK_K: tl.constexpr, CAUSAL: tl.constexpr, BITS: tl.constexpr):
+def _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log2, s_kt, s_kh, s_vt, s_vh,
+              prec: tl.constexpr, MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
+              BITS: tl.constexpr):
     """One online-softmax step over a key tile."""
-    s = _tile_logits(q, kk, kidx, km, keep, pos, scale_log2, prec, MASK_K, CAUSAL, BITS)
+    kk, vv, s = _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
+                             MASK_K, CAUSAL, EVEN_D, BITS)
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
@@ -112,12 +109,13 @@ def _fwd_tile(q, kk, vv, kidx, km, keep, pos, m_i, l_i, acc, scale_log2, prec: t
 
 
 @triton.jit
-def _bwd_tile(q, do, lse2, delta, rv, kk, vv, DK, DV, kidx, km, keep, pos, hk, dd, dm, dq, sm_scale, scale_log2,
-              s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr,
-              BITS: tl.constexpr, ADD: tl.constexpr):
+def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, dq, sm_scale, scale_log2,
+              s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
+              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr, ADD: tl.constexpr):
     """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV into the shared float32
     buffers (reduce_add, mode ``ADD``); padded rows (``rv``) get P = 0."""
-    s = _tile_logits(q, kk, kidx, km, keep, pos, scale_log2, prec, MASK_K, CAUSAL, BITS)
+    kk, vv, s = _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
+                             MASK_K, CAUSAL, EVEN_D, BITS)
     p = tl.where(rv[:, None], tl.exp2(s - lse2[:, None]), 0.0)
     dkp = kidx.to(tl.int64)[:, None] * s_dkt + hk * s_dkh + dd[None, :]
     cm = km[:, None] & dm[None, :]
@@ -155,17 +153,18 @@ def _owner_rows(QPOS, own_q0, own_nq, o, hk, hg, G, D: tl.constexpr, DP: tl.cons
 
 
 @triton.jit
-def _tile_step(q, do, lse2, delta, rv, kk, vv, DK, DV, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, sm_scale,
-               scale_log2, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr, CAUSAL: tl.constexpr,
-               EVEN_D: tl.constexpr, BWD: tl.constexpr, BITS: tl.constexpr, ADD: tl.constexpr):
-    """One key tile (K, V loaded) in either direction: ``acc`` is the output rows (forward, with the
-    online softmax's m_i, l_i) or the dQ rows (backward, m_i and l_i passed through)."""
+def _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, sm_scale,
+               scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
+               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr, BITS: tl.constexpr,
+               ADD: tl.constexpr):
+    """One key tile in either direction: ``acc`` is the output rows (forward, with the online
+    softmax's m_i, l_i) or the dQ rows (backward, m_i and l_i passed through)."""
     if BWD:
-        acc = _bwd_tile(q, do, lse2, delta, rv, kk, vv, DK, DV, kidx, km, keep, pos, hk, dd, dm, acc, sm_scale,
-                        scale_log2, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D, BITS, ADD)
+        acc = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, acc, sm_scale,
+                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D, BITS, ADD)
     else:
-        m_i, l_i, acc = _fwd_tile(q, kk, vv, kidx, km, keep, pos, m_i, l_i, acc, scale_log2, prec, MASK_K, CAUSAL,
-                                  BITS)
+        m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
+                                  s_kt, s_kh, s_vt, s_vh, prec, MASK_K, CAUSAL, EVEN_D, BITS)
     return m_i, l_i, acc
 
 
@@ -176,7 +175,6 @@ def _attn_kernel(
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, s_dkt, s_dkh, stride_sel,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
     BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr, HAS_BITS: tl.constexpr, ADD: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     """Forward (``BWD`` false: writes O, LSE) or backward (reads DO, LSE, DELTA; writes DQ, adds DK,
     DV) of one owner's rows, walking its keys in one order: full list tiles (no mask), the
@@ -212,26 +210,13 @@ def _attn_kernel(
     # query (Plan.cand_hi), so no list key needs the causal mask; full tiles need no mask at all.
     slot = tl.arange(0, QB * HPP) // HPP  # the row's query within the owner (its bit)
     n_full = (n_sel // BN) * BN
-    if PREFETCH:  # the list's gathers one tile ahead and its indices two, by hand (see PREFETCH below)
-        km_n = offs < n_full
-        kidx_n = tl.load(SEL + sel_row + offs, mask=km_n, other=0)
-        kk_n, vv_n = _kv_tile(K, V, kidx_n, km_n, hk, dd, dm, s_kt, s_kh, s_vt, s_vh, True, EVEN_D)
-        kidx_nn = tl.load(SEL + sel_row + BN + offs, mask=BN + offs < n_full, other=0)
     for j in range(0, n_full, BN):
-        if PREFETCH:
-            kidx, kk, vv = kidx_n, kk_n, vv_n
-            km_n = j + BN + offs < n_full
-            kidx_n = kidx_nn
-            kk_n, vv_n = _kv_tile(K, V, kidx_n, km_n, hk, dd, dm, s_kt, s_kh, s_vt, s_vh, True, EVEN_D)
-            kidx_nn = tl.load(SEL + sel_row + j + 2 * BN + offs, mask=j + 2 * BN + offs < n_full, other=0)
-        else:
-            kidx = tl.load(SEL + sel_row + j + offs)
-            kk, vv = _kv_tile(K, V, kidx, offs < BN, hk, dd, dm, s_kt, s_kh, s_vt, s_vh, False, EVEN_D)
+        kidx = tl.load(SEL + sel_row + j + offs)
         keep = kidx
         if HAS_BITS:
             keep = _selected_by(tl.load(SBITS + sel_row + j + offs), slot)
-        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, kk, vv, DK, DV, kidx, offs < BN, keep, pos, hk, dd, dm,
-                                   m_i, l_i, acc, sm_scale, scale_log2, s_dkt, s_dkh,
+        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, offs < BN, keep, pos, hk, dd, dm,
+                                   m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
                                    prec, False, False, EVEN_D, BWD, HAS_BITS, ADD)
     if n_full < n_sel:
         km = n_full + offs < n_sel
@@ -239,15 +224,13 @@ def _attn_kernel(
         keep = kidx
         if HAS_BITS:
             keep = _selected_by(tl.load(SBITS + sel_row + n_full + offs, mask=km, other=0), slot)
-        kk, vv = _kv_tile(K, V, kidx, km, hk, dd, dm, s_kt, s_kh, s_vt, s_vh, True, EVEN_D)
-        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, kk, vv, DK, DV, kidx, km, keep, pos, hk, dd, dm,
-                                   m_i, l_i, acc, sm_scale, scale_log2, s_dkt, s_dkh,
+        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm,
+                                   m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
                                    prec, True, False, EVEN_D, BWD, HAS_BITS, ADD)
     for j in range(lo, hi, BN):  # the contiguous range: the block's own keys, or the dense prefix
         kidx = j + offs
-        kk, vv = _kv_tile(K, V, kidx, kidx < hi, hk, dd, dm, s_kt, s_kh, s_vt, s_vh, True, EVEN_D)
-        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, kk, vv, DK, DV, kidx, kidx < hi, kidx, pos, hk, dd, dm,
-                                   m_i, l_i, acc, sm_scale, scale_log2, s_dkt, s_dkh,
+        m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, kidx < hi, kidx, pos, hk, dd, dm,
+                                   m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
                                    prec, True, True, EVEN_D, BWD, False, ADD)
     if BWD:
         tl.store(DQ + orow, (acc * sm_scale).to(DQ.dtype.element_ty), mask=rm)
@@ -261,16 +244,6 @@ def _attn_kernel(
 # "merged": token groups of m queries (merge.py), m x G rows: 32 at m = 4, 128 at m = 16 (not yet swept).
 FWD_CONFIG = {"block": (64, 16, 3), "token": (64, 2, 2), "merged": (64, 4, 2)}  # H100 sweeps, 2026-11-24
 BWD_CONFIG = {"block": (64, 8, 1), "token": (32, 4, 2), "merged": (64, 4, 2)}
-
-
-# Gathers of the selected list loaded one tile ahead by hand, per direction and mode. Triton's
-# pipeliner issues an indirect load's copies (key rows named by a loaded index tile) at the end
-# of the previous iteration and waits for them at the top of this one (sm_90 TTGIR, any number of
-# stages: tests/bench/kernel_schedule.py), so the gathers overlapped none of the tile's dots; a
-# prefetch into registers is issued before the tile's work and used an iteration later, at the
-# price of the K and V tiles' registers. bench_dsa.py's block sweep times both.
-PREFETCH = {"fwd": {"block": False, "token": False, "merged": False},
-            "bwd": {"block": False, "token": False, "merged": False}}
 
 
 # Query rows (queries x heads of one KV group) per program in block mode: every gathered key tile
@@ -313,7 +286,6 @@ def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n,
         o.stride(0), o.stride(1), lse.stride(0), dk.stride(0), dk.stride(1), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n or c[0], IEEE=ieee(q),
         BWD=bwd, HAS_BITS=bits is not None, ADD=mode_for(q, config_key(token, bits), add_mode),
-        PREFETCH=PREFETCH["bwd" if bwd else "fwd"][config_key(token, bits)],
         num_warps=num_warps or c[1], num_stages=num_stages or c[2],
     )
 
