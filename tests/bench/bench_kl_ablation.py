@@ -9,9 +9,9 @@ A variant's loss and gradients are wrong by construction; only its time means so
 
 - full: the kernel as it ships;
 - no pass 1: the indexer's log-sum-exp pass skipped (its key gathers, one dot, exps per tile);
-- no target: pass 2 without the heads' work (no Q or K loads, no Hq dots and exps: the head-mean
+- no target: pass 2 without the head loop (no Q or K loads, no Hq dots and exps: the head-mean
   target is what the KL pays for that the indexer alone would not);
-- one KV head: pass 2 over one KV head of Hkv per tile (the cost of a head, by difference);
+- one KV head: the head loop over one KV head of Hkv (the cost of a head, by difference);
 - no dk adds: dk_I's tile summed into one row before its float32 adds (the dot stays);
 - loss only: the full kernel without gradients (the gradients' share).
 
@@ -44,9 +44,8 @@ CUTS: dict[str, list[tuple[str, str]]] = {
     "full": [],
     "no pass 1": [("l_i = tl.zeros([QS], tl.float32)\n        for t in range(0, nt):",
                    "l_i = tl.zeros([QS], tl.float32)\n        for t in range(0, 0):")],
-    "no target": [("pt = tl.where(hk == 0, 0.0, pt) + p_h", "pt = tl.where(hk == 0, 0.0, pt) + tl.sum(lse2, 0) * 0.0")],
-    "one KV head": [("for j in range(0, nt * HKV):", "for j in range(0, nt):"),
-                    ("t = j // HKV\n            hk = j % HKV", "t = j\n            hk = HKV - 1")],
+    "no target": [("for hk in range(0, HKV):", "for hk in range(0, 0):")],
+    "one KV head": [("for hk in range(0, HKV):", "for hk in range(0, 1):")],
     "no dk adds": [("add_tile(DKI + kofs[:, None] * s_dkit + di[None, :], dk, km[:, None] & dim_[None, :], "
                     "ADD)", "tl.atomic_add(DKI + di, tl.sum(dk, 0), mask=dim_)")],
 }

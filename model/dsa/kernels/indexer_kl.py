@@ -17,7 +17,9 @@ probabilities in backward.
 A head-major walk of pass 2 for block owners (one KV head at a time over a chunk of key tiles,
 its query rows loaded once per chunk, the head sums kept in a float32 scratch slice per
 persistent program) was built and measured within 2.5% of this tile-major walk with gradients
-(H100, tests/bench/RESULTS.md, 2026-12-07; the code is at commit 94dd5ff) and not kept.
+(H100, tests/bench/RESULTS.md, 2026-12-07; the code is at commit 94dd5ff) and not kept. So was pass
+2 as one loop over (tile, KV head) pairs, which lets Triton's pipeliner prefetch across tiles at 3
+stages: 45% slower on block owners and 2.7x on token owners (H100, 2026-12-07, commit 2c196e6).
 """
 from __future__ import annotations
 
@@ -89,7 +91,7 @@ def _kl_kernel(
     s_qt, s_qh, s_kt, s_kh, s_lt, s_qit, s_qih, s_wt, s_kit, s_dqit, s_dqih, s_dwt, s_dkit, stride_sel,
     HAS_SEL: tl.constexpr, WITH_GRAD: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QS: tl.constexpr,
     HP: tl.constexpr, HIP: tl.constexpr, DIP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
-    HAS_BITS: tl.constexpr, ADD: tl.constexpr, HKVP: tl.constexpr,
+    HAS_BITS: tl.constexpr, ADD: tl.constexpr,
 ):
     o = tl.program_id(0)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
@@ -141,29 +143,20 @@ def _kl_kernel(
         a_pi = tl.zeros([QS], tl.float32)
         dqi = tl.zeros([QS * HIP, DIP], tl.float32)
         dwi = tl.zeros([QS * HIP], tl.float32)
-        # one loop over (tile, KV head) pairs: from 3 stages on, Triton's pipeliner copies the next
-        # pairs' Q and K rows under this pair's work, across tiles (a head loop nested in the tile
-        # loop restarted that prefetch every tile; tests/bench/kernel_schedule.py shows where the
-        # copies go); the KL step closes each tile
-        hv = tl.arange(0, HKVP)
-        lse_all = tl.load(LSE + arow[:, None] * s_lt + hv[None, :] * G + ah[:, None],
-                          mask=rav[:, None] & (hv[None, :] < HKV), other=0.0) * 1.4426950408889634
-        pt = tl.zeros([QS, BN], tl.float32)
-        for j in range(0, nt * HKV):
-            t = j // HKV
-            hk = j % HKV
+        for t in range(0, nt):
             kidx, km, kb, kofs = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
             oka = _keys_ok(kidx, km, kb, rav, pos_a, s0 + aq, HAS_BITS)
-            head = hk * G + ah
-            qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
-                         mask=rav[:, None] & dm[None, :], other=0.0)
-            lse2 = tl.sum(tl.where(hv[None, :] == hk, lse_all, 0.0), 1)  # loaded once a step, not per tile
-            p_h = _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec, QS, HP, BN)
-            pt = tl.where(hk == 0, 0.0, pt) + p_h
-            if hk == HKV - 1:
-                a_plogp, a_pi, dqi, dwi = _kl_step(
-                    pt * inv_hq, qi_, wi, KI, DKI, kofs, km, _keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS),
-                    lse_i, a_plogp, a_pi, dqi, dwi, di, dim_, s_kit, s_dkit, prec, WITH_GRAD, QS, HIP, BN, ADD)
+            pt = tl.zeros([QS, BN], tl.float32)
+            for hk in range(0, HKV):
+                head = hk * G + ah
+                qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
+                             mask=rav[:, None] & dm[None, :], other=0.0)
+                lse2 = tl.load(LSE + arow * s_lt + head, mask=rav, other=0.0) * 1.4426950408889634
+                pt += _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec,
+                                   QS, HP, BN)
+            a_plogp, a_pi, dqi, dwi = _kl_step(
+                pt * inv_hq, qi_, wi, KI, DKI, kofs, km, _keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS),
+                lse_i, a_plogp, a_pi, dqi, dwi, di, dim_, s_kit, s_dkit, prec, WITH_GRAD, QS, HIP, BN, ADD)
         kl = a_plogp - a_pi + lse_i
         tl.store(KL + q0 + s0 + qa, kl, mask=qv)
         if WITH_GRAD:
@@ -264,7 +257,7 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
         dqi.stride(0), dqi.stride(1), dwi.stride(0), dki.stride(0), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, WITH_GRAD=with_grad, D=d, DP=max(16, next_pow2(d)), QS=qs, HP=hp, HIP=hip,
         DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), HAS_BITS=bits is not None,
-        ADD=mode_for(q, "kl", add_mode), HKVP=next_pow2(hkv), num_warps=num_warps, num_stages=num_stages,
+        ADD=mode_for(q, "kl", add_mode), num_warps=num_warps, num_stages=num_stages,
         **({"maxnreg": cap} if cap and q.is_cuda else {}),
     )
     if not with_grad:
