@@ -77,6 +77,9 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=2048)
     ap.add_argument("--granularity", choices=["block", "token"], default="block")
     ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--continue-lr", type=float, default=None,
+                    help="peak LR of the two continuations (default --lr); a continuation restarts its "
+                         "schedule, so at the pre-training's peak the dense baseline itself is disturbed")
     ap.add_argument("--shape", choices=list(SHAPES), default="small", help="tiny: a CPU smoke run")
     ap.add_argument("--text", choices=["recall", "progression"], default="recall",
                     help="synthetic answers: recall (random ids repeated: long-range attention) or "
@@ -92,11 +95,11 @@ def main() -> None:
         longshot("import-hf", "--from", str(src), "--out", str(init), "--vision-preset", args.shape,
                  "--vision-token-id", str(vision_token))
     common = ["--preset", f"from-hf:{init}", "--synthetic", str(args.packs), "--seq-len", str(args.seq_len),
-              "--synthetic-text", args.text,
-              "--lr", str(args.lr), "--lr-warmup-steps", "5", "--workers", "0"]
+              "--synthetic-text", args.text, "--lr-warmup-steps", "5", "--workers", "0"]
     pre = out / "pretrain"
     longshot("train", "--run", str(pre), "--init-from", str(init), "--attention", "dense",
-             "--steps", str(args.pretrain), "--save-every", str(args.pretrain), *common)
+             "--steps", str(args.pretrain), "--save-every", str(args.pretrain), "--lr", str(args.lr), *common)
+    common += ["--lr", str(args.continue_lr or args.lr)]
     steps = args.warmup + args.sparse
     dsa = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(args.topk),
            "--dsa-granularity", args.granularity]
