@@ -9,8 +9,9 @@ but the loop's own prefetch, and Triton's software pipeliner places it per loop.
 TTGIR a pipelined loop starts each iteration with `ttg.async_wait {num = N}` on its copies: at
 N = 0 the copies issued for this iteration, at the end of the previous one, must all have landed,
 so they overlapped nothing of the previous iteration's work; at N > 0 they ran under a whole
-iteration (2 stages gave N = 0 in the KL and the attention backward; 3 stages N > 0, H100
-timings in tests/bench/RESULTS.md).
+iteration. At 2 stages every loop waits with N = 0; from 3 on, loops of direct loads get N > 0,
+while the attention's list loop, whose K and V rows are gathered through a loaded index tile,
+keeps N = 0 at any depth (tests/bench/RESULTS.md, 2026-12-07, with the H100 timings that followed).
 
 One DSA layer's forward and backward run under TRITON_INTERPRET at 32 query / 4 KV heads of 128,
 indexer 8 x 128, bf16, T = 256, block mode (sparse and warm-up stage), recording every kernel
