@@ -69,6 +69,9 @@ def config_from_args(args) -> TrainConfig:
                                "lr_warmup_steps": args.lr_warmup_steps}.items() if v is not None}
     from model.dsa.config import MAX_TOKEN_MERGE
 
+    if args.dsa_warmup_lr is not None and not args.dsa_warmup_lr > 0:
+        raise BadInput(f"--dsa-warmup-lr {args.dsa_warmup_lr}: must be a positive learning rate")
+
     if args.dsa_token_merge is not None and not 1 <= args.dsa_token_merge <= MAX_TOKEN_MERGE:
         raise BadInput(f"--dsa-token-merge {args.dsa_token_merge}: must be 1 to {MAX_TOKEN_MERGE} "
                        "(one bit per query of a group)")
@@ -76,7 +79,8 @@ def config_from_args(args) -> TrainConfig:
                              "token_merge": args.dsa_token_merge}.items() if v is not None}
     return TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,
                        seed=args.seed, attention=args.attention,
-                       dsa_warmup_steps=args.dsa_warmup_steps, dsa=dsa, optim=optim,
+                       dsa_warmup_steps=args.dsa_warmup_steps, dsa_warmup_lr=args.dsa_warmup_lr, dsa=dsa,
+                       optim=optim,
                        dtype=args.dtype, recompute=args.recompute, save_every=args.save_every,
                        keep=args.keep, data=data, init_from=args.init_from, cp=args.cp, ep=args.ep,
                        vit_layout=args.vit_layout)
@@ -197,6 +201,9 @@ def register(sub) -> None:
     p.add_argument("--attention", choices=["dense", "dsa"], default="dense")
     p.add_argument("--dsa-warmup-steps", type=int, default=0,
                    help="with --attention dsa: steps that train only the indexer on dense attention")
+    p.add_argument("--dsa-warmup-lr", type=float, metavar="LR",
+                   help="peak LR of the indexer warm-up (default --lr): the DeepSeek-V3.2 recipe warms the "
+                        "indexer up at 1e-3, far above the sparse stage's LR")
     p.add_argument("--dsa-topk", type=int)
     p.add_argument("--dsa-granularity", choices=["token", "block"])
     p.add_argument("--dsa-token-merge", type=int, metavar="M",

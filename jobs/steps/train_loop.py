@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 1234
     attention: str = "dense"  # dense | dsa
     dsa_warmup_steps: int = 0  # with dsa: steps [0, W) train the indexer alone on dense attention
+    dsa_warmup_lr: float | None = None  # the warm-up's peak LR (None: optim's); the indexer alone trains there
     dsa: dict = field(default_factory=dict)  # DSASettings overrides: topk, granularity, block_q
     optim: dict = field(default_factory=dict)  # OptimSettings overrides
     dtype: str = "auto"  # auto = bf16 on a GPU, fp32 on the CPU
@@ -150,8 +151,10 @@ class _Session:
             model.parallel = ParallelForward(self.groups, vit_mode=self.cfg.vit_layout)
         if weights_from is not None:
             model.load_state_dict(weights_from.state_dict())
-        return Trainer(model, OptimSettings(**self.cfg.optim), self.cfg.steps, stage, self.pg,
-                       start_step=start_step)
+        optim = dict(self.cfg.optim)
+        if stage == "warmup" and self.cfg.dsa_warmup_lr is not None:
+            optim["lr"] = self.cfg.dsa_warmup_lr
+        return Trainer(model, OptimSettings(**optim), self.cfg.steps, stage, self.pg, start_step=start_step)
 
     def packs(self):
         from jobs.steps.train_data import SyntheticPacks, SyntheticSpec

@@ -76,6 +76,8 @@ def main() -> None:
     ap.add_argument("--sparse", type=int, default=40, help="sparse steps")
     ap.add_argument("--topk", type=int, default=2048)
     ap.add_argument("--granularity", choices=["block", "token"], default="block")
+    ap.add_argument("--warmup-lr", type=float, default=None, help="peak LR of the indexer warm-up "
+                    "(longshot train --dsa-warmup-lr; default: the continuation's LR)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--continue-lr", type=float, default=None,
                     help="peak LR of the two continuations (default --lr); a continuation restarts its "
@@ -103,6 +105,8 @@ def main() -> None:
     steps = args.warmup + args.sparse
     dsa = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(args.topk),
            "--dsa-granularity", args.granularity]
+    if args.warmup_lr is not None:
+        dsa += ["--dsa-warmup-lr", str(args.warmup_lr)]
     runs = {"dense": ["--attention", "dense"], "dsa": dsa}
     for name, extra in runs.items():
         longshot("train", "--run", str(out / name), "--init-from", str(pre), "--steps", str(steps),

@@ -122,3 +122,26 @@ def test_token_merge_reaches_the_attention_config_and_bad_values_are_refused(tmp
     core = CoreChoice()
     configure_core(core, "sparse", model_config(cfg).lm.dsa, False)
     assert (core.dsa.granularity, core.dsa.token_merge) == ("token", 4)
+
+
+def test_dsa_warmup_lr_is_the_peak_of_the_indexer_warmup_only(tmp_path):
+    """--dsa-warmup-lr sets the LR of the indexer warm-up and of nothing else: against the same run
+    without it, the warm-up steps run at a higher LR, their LM cross entropy is the same bit for bit
+    (the LM is frozen there) while the indexer's loss moves, and the sparse steps keep --lr's
+    schedule. A value that is not a positive LR is refused before any work."""
+    short = ["--synthetic", "2", "--seq-len", "96", "--steps", "6", "--workers", "0", "--attention", "dsa",
+             "--dsa-warmup-steps", "4", "--dsa-topk", "16", "--lr", "1e-3", "--lr-warmup-steps", "1"]
+    run("train", "--run", str(tmp_path / "a"), *short)
+    run("train", "--run", str(tmp_path / "b"), *short, "--dsa-warmup-lr", "8e-3")
+    pairs = list(zip(read_metrics(tmp_path / "a"), read_metrics(tmp_path / "b"), strict=True))
+    warm = [(x, y) for x, y in pairs if x["stage"] == "warmup"]
+    sparse = [(x, y) for x, y in pairs if x["stage"] == "sparse"]
+    assert len(warm) == 4 and len(sparse) == 2
+    assert all(y["lr"] > x["lr"] for x, y in warm if x["lr"] > 0)
+    assert any(x["lr"] > 0 for x, _ in warm)
+    assert [x["ce"] for x, _ in warm] == [y["ce"] for _, y in warm]
+    assert any(x["indexer"] != y["indexer"] for x, y in warm)
+    assert [x["lr"] for x, _ in sparse] == [y["lr"] for _, y in sparse]
+    bad = run("train", "--run", str(tmp_path / "bad"), *short, "--dsa-warmup-lr", "0", check=False)
+    assert bad.returncode == 2 and "--dsa-warmup-lr 0" in bad.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
