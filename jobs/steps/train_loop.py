@@ -75,16 +75,23 @@ def check_run_config(run_dir: Path, cfg: TrainConfig, force: bool) -> None:
         old = json.loads(meta_path.read_text())
         if old["config_hash"] == meta["config_hash"]:
             return
-        if not force:
-            changed = sorted(k for k in set(old["config"]) | set(meta["config"])
-                             if old["config"].get(k) != meta["config"].get(k))
+        # a field added to TrainConfig after the run was made holds its default there: the same
+        # run, so it resumes (and its stored config is brought up to date below)
+        def canon(c: dict) -> dict:
+            return json.loads(json.dumps(c, default=str))
+
+        old_cfg = {**canon(TrainConfig().to_dict()), **old["config"]}
+        new_cfg = canon(meta["config"])
+        changed = sorted(k for k in set(old_cfg) | set(new_cfg) if old_cfg.get(k) != new_cfg.get(k))
+        if changed and not force:
             raise ConfigMismatch(
                 f"{run_dir} holds a training run made with another config (changed: "
                 f"{', '.join(changed)}). Its checkpoints are kept. To start over with the new "
                 "config, run again with --force; or choose another run folder.")
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
+        if changed:
+            shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+            (run_dir / METRICS_FILE).unlink(missing_ok=True)
     atomic_write_bytes(meta_path, json.dumps(meta, sort_keys=True, indent=1, default=str).encode())
 
 

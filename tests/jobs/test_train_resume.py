@@ -145,3 +145,27 @@ def test_dsa_warmup_lr_is_the_peak_of_the_indexer_warmup_only(tmp_path):
     bad = run("train", "--run", str(tmp_path / "bad"), *short, "--dsa-warmup-lr", "0", check=False)
     assert bad.returncode == 2 and "--dsa-warmup-lr 0" in bad.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_a_run_made_before_a_config_field_existed_resumes(tmp_path):
+    """A run whose stored config predates a TrainConfig field (written by an older longshot, so
+    without it) is the same run when the field holds its default: killed, it resumes where it
+    stopped and its stored config is brought up to date. A value that differs is still refused,
+    by name."""
+    from jobs.job import config_hash
+
+    short = ["--synthetic", "2", "--seq-len", "96", "--workers", "0", "--save-every", "2", "--steps", "6"]
+    kill_when(longshot("train", "--run", str(tmp_path), *short), ENV, lambda: len(read_metrics(tmp_path)) >= 3,
+              timeout=240)
+    meta_path = tmp_path / ".longshot" / "train" / "job.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["dsa_warmup_lr"]  # as the version before the field wrote it
+    meta["config_hash"] = config_hash(meta["config"])
+    meta_path.write_text(json.dumps(meta))
+    res = run("train", "--run", str(tmp_path), *short)
+    assert "resumed from" in res.stdout, res.stdout[-2000:]
+    assert [r["step"] for r in read_metrics(tmp_path)] == list(range(1, 7))
+    assert "dsa_warmup_lr" in json.loads(meta_path.read_text())["config"]
+    bad = run("train", "--run", str(tmp_path), *short, "--attention", "dsa", "--dsa-warmup-lr", "1e-3",
+              check=False)
+    assert bad.returncode != 0 and "dsa_warmup_lr" in bad.stderr and "attention" in bad.stderr
