@@ -167,9 +167,10 @@ def _kl_kernel(
 
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them. Token
 # programs own one query (16-row dots): 2 warps and 2 stages ran 129 ms against 278 ms for 8 warps
-# and 1 stage at 128K. Block: 2 stages (the head loop's Q and K loads prefetched) 39.0 ms against
-# 44.5 for 1 and 44.1 for 3 at 128K, 87 against 95 ms for the dense 32K warm-up (H100,
-# tests/bench/RESULTS.md, 2026-12-06).
+# and 1 stage at 128K. Block: 2 stages 39.0 ms against 44.5 for 1 and 44.1 for 3 at 128K, 87
+# against 95 ms for the dense 32K warm-up (H100, tests/bench/RESULTS.md, 2026-12-06). At 2 stages
+# the Q and K rows are copied to shared memory asynchronously but overlap no work (sm_90 TTGIR,
+# tests/bench/kernel_schedule.py); 3 stages overlap them within a tile's head loop only.
 CONFIG = {"block": (64, 8, 2), "token": (64, 2, 2), "merged": (64, 4, 2)}
 
 # A register cap per thread (ptxas maxnreg) per mode, None: the compiler's choice. The block KL
