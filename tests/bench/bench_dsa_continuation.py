@@ -2,7 +2,7 @@
 against the same model continued dense.
 
     PYTHONUNBUFFERED=1 python tests/bench/bench_dsa_continuation.py [--out DIR] [--seq-len 16384]
-        [--pretrain 60] [--warmup 20] [--sparse 40] [--topk 2048] [--granularity block]
+        [--pretrain 60] [--warmup 20] [--sparse 40] [--topk 512,2048] [--granularity block]
     python tests/bench/bench_dsa_continuation.py --shape tiny --seq-len 512 --topk 16 \
         --pretrain 4 --warmup 2 --sparse 4          # a smoke run of the same path on the CPU
 
@@ -18,8 +18,14 @@ memorised within ~30 steps, so they cannot separate dense from sparse).
 From that checkpoint two runs of the same length, on the same synthetic packs in the same order:
 
 - dense: `--attention dense`;
-- dsa: `--attention dsa --dsa-warmup-steps W` (W steps train only the indexer on the dense
-  attention it imitates, then the model trains on sparse attention).
+- dsa_kK, one per k of --topk: `--attention dsa --dsa-warmup-steps W --dsa-topk K` (W steps train
+  only the indexer on the dense attention it imitates, then the model trains on sparse attention).
+
+Which k tests the indexer: a synthetic document puts its video first and its text after it, and
+the recall copy sits half the text back. When k is at least the text's length, the most recent
+k keys already hold every key the copy needs, so any indexer that favours nearby keys passes; a k
+below half the text's length (512 at --seq-len 16384, where the text is 2,048 tokens a document)
+passes only if the indexer finds the copied span among the earlier keys, video included.
 
 Reported: per step the LM cross entropy of both runs; at the first sparse step and over the
 sparse stage the difference dsa - dense (the issue's bar: within 0.1 nats), and the indexer KL.
@@ -74,7 +80,8 @@ def main() -> None:
     ap.add_argument("--pretrain", type=int, default=60, help="dense steps after the import")
     ap.add_argument("--warmup", type=int, default=20, help="indexer-only steps")
     ap.add_argument("--sparse", type=int, default=40, help="sparse steps")
-    ap.add_argument("--topk", type=int, default=2048)
+    ap.add_argument("--topk", default="2048", help="k of the DSA runs, comma-separated: one run each, "
+                    "from the same pre-trained checkpoint, against the same dense run")
     ap.add_argument("--granularity", choices=["block", "token"], default="block")
     ap.add_argument("--warmup-lr", type=float, default=None, help="peak LR of the indexer warm-up "
                     "(longshot train --dsa-warmup-lr; default: the continuation's LR)")
@@ -103,32 +110,38 @@ def main() -> None:
              "--steps", str(args.pretrain), "--save-every", str(args.pretrain), "--lr", str(args.lr), *common)
     common += ["--lr", str(args.continue_lr or args.lr)]
     steps = args.warmup + args.sparse
-    dsa = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(args.topk),
-           "--dsa-granularity", args.granularity]
-    if args.warmup_lr is not None:
-        dsa += ["--dsa-warmup-lr", str(args.warmup_lr)]
-    runs = {"dense": ["--attention", "dense"], "dsa": dsa}
+    topks = [int(k) for k in str(args.topk).split(",")]
+    runs = {"dense": ["--attention", "dense"]}
+    for k in topks:
+        runs[f"dsa_k{k}"] = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(k),
+                             "--dsa-granularity", args.granularity]
+        if args.warmup_lr is not None:
+            runs[f"dsa_k{k}"] += ["--dsa-warmup-lr", str(args.warmup_lr)]
     for name, extra in runs.items():
         longshot("train", "--run", str(out / name), "--init-from", str(pre), "--steps", str(steps),
                  "--save-every", str(steps), *extra, *common)
-    dense, sparse = metrics(out / "dense"), metrics(out / "dsa")
-    rows = [{"step": d["step"], "stage": s["stage"], "dense_ce": d["ce"], "dsa_ce": s["ce"],
-             "diff": s["ce"] - d["ce"], "indexer_kl": s["indexer"], "dsa_tok_s": s["tokens_per_s"],
-             "dense_tok_s": d["tokens_per_s"]} for d, s in zip(dense, sparse, strict=True)]
-    after = [r for r in rows if r["stage"] == "sparse"]
-    summary = {"first_sparse_step": after[0]["step"], "diff_at_switch": after[0]["diff"],
-               "mean_diff_sparse": sum(r["diff"] for r in after) / len(after),
-               "max_abs_diff_sparse": max(abs(r["diff"]) for r in after),
-               "mean_diff_last10": sum(r["diff"] for r in after[-10:]) / len(after[-10:]),
-               "pretrain_final_ce": metrics(pre)[-1]["ce"], "args": vars(args) | {"out": str(out)}}
-    lines = ["| step | stage | dense ce | dsa ce | dsa - dense | indexer KL |", "| --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {r['step']} | {r['stage']} | {r['dense_ce']:.4f} | {r['dsa_ce']:.4f} | {r['diff']:+.4f} | "
-              f"{r['indexer_kl']:.4f} |" for r in rows]
-    table = "\n".join(lines)
-    print(table)
-    print(json.dumps({k: v for k, v in summary.items() if k != "args"}, indent=1))
-    (out / "results.json").write_text(json.dumps({"summary": summary, "rows": rows}, indent=1))
-    (out / "results.md").write_text(table + "\n")
+    dense = metrics(out / "dense")
+    result = {"pretrain_final_ce": metrics(pre)[-1]["ce"], "args": vars(args) | {"out": str(out)}, "runs": {}}
+    for k in topks:
+        rows = [{"step": d["step"], "stage": s["stage"], "dense_ce": d["ce"], "dsa_ce": s["ce"],
+                 "diff": s["ce"] - d["ce"], "indexer_kl": s["indexer"], "dsa_tok_s": s["tokens_per_s"],
+                 "dense_tok_s": d["tokens_per_s"]} for d, s in zip(dense, metrics(out / f"dsa_k{k}"), strict=True)]
+        after = [r for r in rows if r["stage"] == "sparse"]
+        summary = {"topk": k, "first_sparse_step": after[0]["step"], "diff_at_switch": after[0]["diff"],
+                   "mean_diff_sparse": sum(r["diff"] for r in after) / len(after),
+                   "max_abs_diff_sparse": max(abs(r["diff"]) for r in after),
+                   "mean_diff_last10": sum(r["diff"] for r in after[-10:]) / len(after[-10:])}
+        lines = [f"k = {k}", "", "| step | stage | dense ce | dsa ce | dsa - dense | indexer KL |",
+                 "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['step']} | {r['stage']} | {r['dense_ce']:.4f} | {r['dsa_ce']:.4f} | {r['diff']:+.4f} | "
+                  f"{r['indexer_kl']:.4f} |" for r in rows]
+        table = "\n".join(lines)
+        print(table)
+        print(json.dumps(summary, indent=1))
+        result["runs"][k] = {"summary": summary, "rows": rows}
+        with open(out / "results.md", "a" if k != topks[0] else "w") as f:
+            f.write(table + "\n\n")
+    (out / "results.json").write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":
