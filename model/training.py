@@ -55,14 +55,15 @@ def configure_core(core: CoreChoice, stage: Stage, dsa_settings, on_gpu: bool) -
     if stage == "dense":
         core.kind, core.dsa, core.local_indexer_grads = "dense", None, False
         return
-    from model.dsa.config import DSAConfig
+    from model.dsa.config import DSAConfig, block_rule_fields
 
     core.kind = "dsa"
     core.local_indexer_grads = stage == "warmup"
     core.backend = "triton" if on_gpu else "reference"
     core.dsa = DSAConfig(index_heads=dsa_settings.index_heads, index_dim=dsa_settings.index_dim,
                          topk=dsa_settings.topk, granularity=dsa_settings.granularity,
-                         block_q=dsa_settings.block_q, stage=stage, token_merge=dsa_settings.token_merge)
+                         block_q=dsa_settings.block_q, stage=stage, token_merge=dsa_settings.token_merge,
+                         **block_rule_fields(dsa_settings.block_rule))
 
 
 class Trainer:

@@ -84,11 +84,13 @@ class EvalModel:
 
 
 def block_rule_fields(rule: str) -> dict:
-    """'max' | 'sum' | 'pooled' | 'AGG+coarseN' -> DSAConfig's block_agg and coarse."""
-    agg, plus, coarse = rule.partition("+coarse")
-    if agg not in ("max", "sum", "pooled") or (plus and not coarse.isdigit()):
-        raise BadInput(f"block rule {rule!r}: expected max, sum or pooled, optionally +coarseN (e.g. max+coarse2)")
-    return {"block_agg": agg, "coarse": int(coarse or 0)}
+    """model.dsa.config.block_rule_fields, a bad rule refused as bad input."""
+    from model.dsa.config import block_rule_fields as fields
+
+    try:
+        return fields(rule)
+    except ValueError as e:
+        raise BadInput(str(e)) from None
 
 
 _LOADED: dict[str, EvalModel] = {}

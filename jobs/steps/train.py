@@ -75,8 +75,13 @@ def config_from_args(args) -> TrainConfig:
     if args.dsa_token_merge is not None and not 1 <= args.dsa_token_merge <= MAX_TOKEN_MERGE:
         raise BadInput(f"--dsa-token-merge {args.dsa_token_merge}: must be 1 to {MAX_TOKEN_MERGE} "
                        "(one bit per query of a group)")
+    if args.dsa_block_rule is not None:
+        from jobs.steps.eval_model import block_rule_fields
+
+        block_rule_fields(args.dsa_block_rule)  # a bad rule is refused before anything runs
     dsa = {k: v for k, v in {"topk": args.dsa_topk, "granularity": args.dsa_granularity,
-                             "token_merge": args.dsa_token_merge}.items() if v is not None}
+                             "token_merge": args.dsa_token_merge, "block_rule": args.dsa_block_rule}.items()
+           if v is not None}
     return TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,
                        seed=args.seed, attention=args.attention,
                        dsa_warmup_steps=args.dsa_warmup_steps, dsa_warmup_lr=args.dsa_warmup_lr, dsa=dsa,
@@ -206,6 +211,9 @@ def register(sub) -> None:
                         "indexer up at 1e-3, far above the sparse stage's LR")
     p.add_argument("--dsa-topk", type=int)
     p.add_argument("--dsa-granularity", choices=["token", "block"])
+    p.add_argument("--dsa-block-rule", metavar="RULE",
+                   help="block granularity: how a block of queries scores keys, max | sum | pooled, optionally "
+                        "+coarseN (pooled scores pick N*k candidates first); default max+coarse2")
     p.add_argument("--dsa-token-merge", type=int, metavar="M",
                    help="token granularity on a GPU: M (2-16) neighbouring queries share one gathered key list "
                         "(the union of their selections); same result, fewer bytes read")

@@ -85,3 +85,13 @@ class DSAConfig:
             raise ValueError(f"coarse must be >= 0, got {self.coarse}")
         if self.topk < 1 or self.block_q < 1 or self.index_heads < 1 or self.index_dim < 1:
             raise ValueError("topk, block_q, index_heads and index_dim must be positive")
+
+
+def block_rule_fields(rule: str) -> dict:
+    """A block rule as users write it, 'max' | 'sum' | 'pooled' | 'AGG+coarseN' (e.g. the default
+    'max+coarse2'), -> DSAConfig's block_agg and coarse."""
+    agg, plus, coarse = rule.partition("+coarse")
+    if agg not in ("max", "sum", "pooled") or (plus and not coarse.isdigit()):
+        raise ValueError(f"block rule {rule!r}: expected max, sum or pooled, optionally +coarseN (e.g. max+coarse2)")
+    return {"block_agg": agg, "coarse": int(coarse or 0)}
+

@@ -8,7 +8,8 @@ head h's dense causal softmax over its document's keys up to t,
 
 where A(t) is what t attends to in sparse mode: its owner's selected keys, plus (``block``) the
 block's own keys up to t. That is the attention mass summed over heads that the selection keeps,
-as a share of the whole (each head's mass is 1, so the denominator is Hq). A query with at most
+as a share of the whole (each head's mass is 1, so the denominator is Hq); ``head_share`` keeps
+the terms per head, sum over s in A(t) of p_h(t, s). A query with at most
 k visible keys sees them all (recall 1); ``selective`` marks the others, where the rule matters.
 The selection is the one the model runs: model/dsa/reference.py's on the CPU, the Triton path's
 (model/dsa/select.py) with ``backend="triton"``.
@@ -29,6 +30,9 @@ from .plan import plan_for_packed
 class Recall:
     share: torch.Tensor  # [T] float32: the kept share of each query's head-summed dense attention mass
     selective: torch.Tensor  # [T] bool: the query has more visible keys than k
+    # [T, Hq] float32: the kept share of each head's own mass. The head sum can look fine while
+    # one head (e.g. the one that copies from far back) loses the only key it attends to.
+    head_share: torch.Tensor | None = None
 
     def stats(self, only_selective: bool = True) -> dict:
         """mean and 5th percentile (of the selective queries by default), and how many queries."""
@@ -51,7 +55,7 @@ def selection_recall(q, k, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, back
     scale = 1.0 / math.sqrt(d)
     hkv = k.shape[1]
     pos, doc = plan.q_pos.long(), plan.q_doc.long()
-    share = torch.empty(t, dtype=torch.float32, device=q.device)
+    head_share = torch.empty(t, hq, dtype=torch.float32, device=q.device)
     pos_cpu, doc_cpu = pos.cpu(), doc.cpu()
     a = 0
     while a < t:
@@ -65,10 +69,10 @@ def selection_recall(q, k, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, back
         kept = ref._visible_mask(plan, rows, sel, base, width)
         qc = q[rows].float().unflatten(1, (hkv, hq // hkv))
         s = torch.einsum("cgjd,wgd->cgjw", qc, k[base:base + width].float()) * scale
-        p = torch.softmax(s.masked_fill(~visible[:, None, None, :], float("-inf")), dim=-1).sum((1, 2))
-        share[a:b] = (p * kept).sum(-1) / p.sum(-1)
+        p = torch.softmax(s.masked_fill(~visible[:, None, None, :], float("-inf")), dim=-1)
+        head_share[a:b] = (p * kept[:, None, None, :]).sum(-1).flatten(1)
         a = b
-    return Recall(share=share, selective=(pos - doc + 1) > cfg.topk)
+    return Recall(share=head_share.mean(1), selective=(pos - doc + 1) > cfg.topk, head_share=head_share)
 
 
 def _triton_select():

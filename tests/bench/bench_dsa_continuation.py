@@ -18,8 +18,13 @@ memorised within ~30 steps, so they cannot separate dense from sparse).
 From that checkpoint two runs of the same length, on the same synthetic packs in the same order:
 
 - dense: `--attention dense`;
-- dsa_kK, one per k of --topk: `--attention dsa --dsa-warmup-steps W --dsa-topk K` (W steps train
-  only the indexer on the dense attention it imitates, then the model trains on sparse attention).
+- dsa_kK[_RULE], one per k of --topk and block rule of --block-rules: `--attention dsa
+  --dsa-warmup-steps W --dsa-topk K [--dsa-block-rule RULE]` (W steps train only the indexer on the
+  dense attention it imitates, then the model trains on sparse attention).
+
+At the switch (the checkpoint of step W) tests/bench/bench_selection_recall.py measures, on the
+loss rows of the same synthetic packs, how much of each head's dense attention the selection keeps
+(`recall_at_switch.md` in each DSA run), to tell a lost copy from a slow one.
 
 Which k tests the indexer: a synthetic document puts its video first and its text after it, and
 the recall copy sits half the text back. When k is at least the text's length, the most recent
@@ -68,6 +73,12 @@ def longshot(*args: str) -> None:
     print(f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
 
+def bench(script: str, *args: str) -> None:
+    """Another script of tests/bench, in its own process."""
+    print(f"$ python tests/bench/{script} " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, str(ROOT / "tests" / "bench" / script), *args], cwd=ROOT, check=True)
+
+
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -83,6 +94,8 @@ def main() -> None:
     ap.add_argument("--topk", default="2048", help="k of the DSA runs, comma-separated: one run each, "
                     "from the same pre-trained checkpoint, against the same dense run")
     ap.add_argument("--granularity", choices=["block", "token"], default="block")
+    ap.add_argument("--block-rules", default="max+coarse2", help="block rules (longshot train --dsa-block-rule), "
+                    "comma-separated: one DSA run each per k; the first is named dsa_kK")
     ap.add_argument("--warmup-lr", type=float, default=None, help="peak LR of the indexer warm-up "
                     "(longshot train --dsa-warmup-lr; default: the continuation's LR)")
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -111,35 +124,53 @@ def main() -> None:
     common += ["--lr", str(args.continue_lr or args.lr)]
     steps = args.warmup + args.sparse
     topks = [int(k) for k in str(args.topk).split(",")]
-    runs = {"dense": ["--attention", "dense"]}
+    rules = args.block_rules.split(",") if args.granularity == "block" else [""]
+    longshot("train", "--run", str(out / "dense"), "--init-from", str(pre), "--steps", str(steps),
+             "--save-every", str(steps), "--attention", "dense", *common)
+    dsa_runs = {}
     for k in topks:
-        runs[f"dsa_k{k}"] = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(k),
-                             "--dsa-granularity", args.granularity]
-        if args.warmup_lr is not None:
-            runs[f"dsa_k{k}"] += ["--dsa-warmup-lr", str(args.warmup_lr)]
-    for name, extra in runs.items():
-        longshot("train", "--run", str(out / name), "--init-from", str(pre), "--steps", str(steps),
-                 "--save-every", str(steps), *extra, *common)
+        for i, rule in enumerate(rules):
+            name = f"dsa_k{k}" + (f"_{rule.replace('+', '_')}" if i else "")
+            dsa_runs[name] = (k, rule)
+            extra = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(k),
+                     "--dsa-granularity", args.granularity] + (["--dsa-block-rule", rule] if rule else [])
+            if args.warmup_lr is not None:
+                extra += ["--dsa-warmup-lr", str(args.warmup_lr)]
+            # a checkpoint at the switch (step W) for the recall measurement, and the last one
+            longshot("train", "--run", str(out / name), "--init-from", str(pre), "--steps", str(steps),
+                     "--save-every", str(args.warmup), "--keep", str(steps // args.warmup + 1), *extra, *common)
+            recall = out / name / "recall_at_switch.md"
+            if not recall.exists():
+                bench("bench_selection_recall.py", "--checkpoint",
+                      str(out / name / "checkpoints" / f"iter_{args.warmup:07d}"), "--synthetic", "2",
+                      "--seq-len", str(args.seq_len), "--synthetic-text", args.text, "--loss-rows",
+                      "--rules", rule or "max+coarse2", "--out", str(recall))
     dense = metrics(out / "dense")
     result = {"pretrain_final_ce": metrics(pre)[-1]["ce"], "args": vars(args) | {"out": str(out)}, "runs": {}}
-    for k in topks:
+    for n, (name, (k, rule)) in enumerate(dsa_runs.items()):
         rows = [{"step": d["step"], "stage": s["stage"], "dense_ce": d["ce"], "dsa_ce": s["ce"],
                  "diff": s["ce"] - d["ce"], "indexer_kl": s["indexer"], "dsa_tok_s": s["tokens_per_s"],
-                 "dense_tok_s": d["tokens_per_s"]} for d, s in zip(dense, metrics(out / f"dsa_k{k}"), strict=True)]
+                 "dense_tok_s": d["tokens_per_s"]} for d, s in zip(dense, metrics(out / name), strict=True)]
         after = [r for r in rows if r["stage"] == "sparse"]
-        summary = {"topk": k, "first_sparse_step": after[0]["step"], "diff_at_switch": after[0]["diff"],
+        summary = {"run": name, "topk": k, "block_rule": rule, "first_sparse_step": after[0]["step"],
+                   "diff_at_switch": after[0]["diff"],
                    "mean_diff_sparse": sum(r["diff"] for r in after) / len(after),
                    "max_abs_diff_sparse": max(abs(r["diff"]) for r in after),
                    "mean_diff_last10": sum(r["diff"] for r in after[-10:]) / len(after[-10:])}
-        lines = [f"k = {k}", "", "| step | stage | dense ce | dsa ce | dsa - dense | indexer KL |",
+        lines = [f"{name}: k = {k}" + (f", block rule {rule}" if rule else ""), "",
+                 "| step | stage | dense ce | dsa ce | dsa - dense | indexer KL |",
                  "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['step']} | {r['stage']} | {r['dense_ce']:.4f} | {r['dsa_ce']:.4f} | {r['diff']:+.4f} | "
                   f"{r['indexer_kl']:.4f} |" for r in rows]
         table = "\n".join(lines)
         print(table)
         print(json.dumps(summary, indent=1))
-        result["runs"][k] = {"summary": summary, "rows": rows}
-        with open(out / "results.md", "a" if k != topks[0] else "w") as f:
+        recall = out / name / "recall_at_switch.md"
+        if recall.exists():
+            table += "\n\nAt the switch:\n\n" + recall.read_text()
+            print(recall.read_text())
+        result["runs"][name] = {"summary": summary, "rows": rows}
+        with open(out / "results.md", "a" if n else "w") as f:
             f.write(table + "\n\n")
     (out / "results.json").write_text(json.dumps(result, indent=1))
 

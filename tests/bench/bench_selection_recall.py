@@ -3,13 +3,18 @@ attention mass (summed over heads) that the keys DSA lets it attend hold, token 
 
     python tests/bench/bench_selection_recall.py --checkpoint RUN_OR_ITER --data DATA \\
         --packs DATA/packs128k [--max-packs 2] [--rules max+coarse2,max,sum,pooled] [--out recall.md]
+    python tests/bench/bench_selection_recall.py --checkpoint RUN_OR_ITER --synthetic 2 --seq-len 16384 \\
+        --synthetic-text recall --loss-rows      # the synthetic packs `longshot train --synthetic` reads
 
 The model runs forward with dense attention on each pack; a hook on every LM attention layer
 takes the layer's q and k (after norm and rotary), its indexer's outputs and the pack's
 cu_seqlens, and model/dsa/recall.py computes each query's recall under token selection and
 under block selection (one row per block rule given). Reported per layer and over all layers:
 mean and 5th percentile over the queries with more than k visible keys (elsewhere every rule
-keeps everything). On a GPU the selection is the Triton path's, on the CPU the reference's.
+keeps everything). Also reported: the worst head, per query the smallest share any single head
+keeps of its own mass, averaged. A head that copies from far back attends one key; losing it costs
+that head everything and the head sum only 1/Hq. ``--loss-rows`` counts only the queries whose next
+token carries the loss. On a GPU the selection is the Triton path's, on the CPU the reference's.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ class RecallHooks:
         from model.dsa.recall import selection_recall
 
         self.shares: dict[int, dict[str, list]] = {}
+        self.worst: dict[int, dict[str, list]] = {}  # per query, the smallest share of one head
         self.selective: dict[int, list] = {}
         self.restore = []
         layers = [m for m in model.language.modules() if isinstance(m, PackedSelfAttention) and m.indexer is not None]
@@ -55,6 +61,7 @@ class RecallHooks:
                 for name, cfg in rules.items():
                     r = selection_recall(q, k, qi, ki, wi, cu, cfg, backend=backend, chunk_elems=chunk_elems)
                     self.shares.setdefault(i, {}).setdefault(name, []).append(r.share.cpu())
+                    self.worst.setdefault(i, {}).setdefault(name, []).append(r.head_share.min(1).values.cpu())
                 self.selective.setdefault(i, []).append(r.selective.cpu())
                 return core(q, k, v, cu, hidden, cos, sin)
 
@@ -74,8 +81,13 @@ def stats(v: torch.Tensor) -> tuple[float, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True, help="a run folder (its latest checkpoint) or iter_NNNNNNN")
-    ap.add_argument("--data", required=True, help="the dataset of the packs")
-    ap.add_argument("--packs", required=True, help="a pack plan (e.g. the dataset packed at 131072 tokens)")
+    ap.add_argument("--data", help="the dataset of the packs")
+    ap.add_argument("--packs", help="a pack plan (e.g. the dataset packed at 131072 tokens)")
+    ap.add_argument("--synthetic", type=int, help="instead of --data/--packs: this many synthetic packs "
+                    "(jobs/steps/train_data.py, as `longshot train --synthetic` makes them)")
+    ap.add_argument("--seq-len", type=int, default=16384, help="of the synthetic packs")
+    ap.add_argument("--synthetic-text", choices=["progression", "recall"], default="recall")
+    ap.add_argument("--loss-rows", action="store_true", help="only the queries whose next token has a loss")
     ap.add_argument("--max-packs", type=int, default=2)
     ap.add_argument("--rules", default="max+coarse2,max,pooled", help="block rules to measure besides token")
     ap.add_argument("--out", help="also write the markdown table here")
@@ -92,34 +104,55 @@ def main() -> None:
     rules = {"token": rule_config(base, "token")}
     rules |= {f"block {r}": rule_config(base, r) for r in a.rules.split(",") if r}
     v = em.model_cfg.vision
-    packs = PackDataset(a.packs, a.data, vision_token_id=em.model_cfg.vision_token_id,
-                        geometry=PatchGeometry(v.patch, v.temporal_patch, v.merge))
+    if a.synthetic:
+        from jobs.steps.train_data import SyntheticPacks, SyntheticSpec
+
+        packs = SyntheticPacks(SyntheticSpec(packs=a.synthetic, seq_len=a.seq_len, vocab=em.model_cfg.lm.vocab,
+                                             vision_token_id=em.model_cfg.vision_token_id, text=a.synthetic_text))
+        source = f"{a.synthetic} synthetic {a.synthetic_text} packs of {a.seq_len}"
+    elif a.data and a.packs:
+        packs = PackDataset(a.packs, a.data, vision_token_id=em.model_cfg.vision_token_id,
+                            geometry=PatchGeometry(v.patch, v.temporal_patch, v.merge))
+        source = str(a.packs)
+    else:
+        raise SystemExit("give --data and --packs, or --synthetic")
+    rows = []  # per pack, the queries counted
     hooks = RecallHooks(em.model, rules, "triton" if em.on_gpu else "reference", 1 << 28 if em.on_gpu else 1 << 24)
     tokens = 0
     try:
         for i in range(min(a.max_packs, len(packs))):
             batch = packs[i]
             tokens += batch.num_tokens
+            rows.append((batch.labels != -100).flatten() if a.loss_rows
+                        else torch.ones(batch.num_tokens, dtype=torch.bool))
             with torch.no_grad():
                 em.model(batch.to(em.device))
             print(f"pack {i}: {batch.num_tokens} tokens, {time.time() - t0:.0f} s", flush=True)
     finally:
         hooks.close()
     lines = [(f"Checkpoint {em.folder} (stage {em.stage}); k = {base.topk}, B_q = {base.block_q}; "
-             f"{min(a.max_packs, len(packs))} packs of {a.packs}, {tokens} tokens; "
+             f"{min(a.max_packs, len(packs))} packs: {source}, {tokens} tokens"
+             f"{', loss rows only' if a.loss_rows else ''}; "
              f"{datetime.date.today().isoformat()}, {torch.cuda.get_device_name() if em.on_gpu else 'CPU'}."),
-             "", "Recall: mean / 5th percentile over queries with more than k visible keys.", "",
-             "| layer | queries | " + " | ".join(rules) + " |", "| --- | --- |" + " --- |" * len(rules)]
+             "", "Recall: mean / 5th percentile over queries with more than k visible keys; worst head: the "
+             "mean over those queries of the smallest share one head keeps.", "",
+             "| layer | queries | " + " | ".join(f"{r} | {r} worst head" for r in rules) + " |",
+             "| --- | --- |" + " --- | --- |" * len(rules)]
     pooled: dict[str, list] = {}
+    worst: dict[str, list] = {}
+    counted = torch.cat(rows)
     for layer in sorted(hooks.shares):
-        sel = torch.cat(hooks.selective[layer])
+        sel = torch.cat(hooks.selective[layer]) & counted
         cells = []
         for name in rules:
             share = torch.cat(hooks.shares[layer][name])[sel]
+            head = torch.cat(hooks.worst[layer][name])[sel]
             pooled.setdefault(name, []).append(share)
-            cells.append("{:.4f} / {:.4f}".format(*stats(share)))
+            worst.setdefault(name, []).append(head)
+            cells.append("{:.4f} / {:.4f} | {:.4f}".format(*stats(share), stats(head)[0]))
         lines.append(f"| {layer} | {int(sel.sum())} | " + " | ".join(cells) + " |")
-    lines.append("| all | | " + " | ".join("{:.4f} / {:.4f}".format(*stats(torch.cat(pooled[n]))) for n in rules) + " |")
+    lines.append("| all | | " + " | ".join("{:.4f} / {:.4f} | {:.4f}".format(
+        *stats(torch.cat(pooled[n])), stats(torch.cat(worst[n]))[0]) for n in rules) + " |")
     lines.append(f"\nWall time {time.time() - t0:.0f} s.")
     text = "\n".join(lines)
     print(text)

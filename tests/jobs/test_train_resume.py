@@ -147,6 +147,25 @@ def test_dsa_warmup_lr_is_the_peak_of_the_indexer_warmup_only(tmp_path):
     assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
+def test_dsa_block_rule_picks_how_blocks_select(tmp_path):
+    """--dsa-block-rule sets how a block of queries scores keys in sparse training: the default run
+    and one that names the default rule are the same run bit for bit, a different rule selects
+    other keys and so trains to other losses, and an unknown rule is refused by name before any
+    work."""
+    short = ["--synthetic", "2", "--seq-len", "96", "--steps", "2", "--workers", "0", "--attention", "dsa",
+             "--dsa-topk", "4", "--lr", "1e-3", "--lr-warmup-steps", "1"]
+    ce = {}
+    for name, extra in {"default": [], "max+coarse2": ["--dsa-block-rule", "max+coarse2"],
+                        "pooled": ["--dsa-block-rule", "pooled"]}.items():
+        run("train", "--run", str(tmp_path / name.replace("+", "_")), *short, *extra)
+        ce[name] = [r["ce"] for r in read_metrics(tmp_path / name.replace("+", "_"))]
+    assert ce["default"] == ce["max+coarse2"]
+    assert ce["pooled"] != ce["default"]
+    bad = run("train", "--run", str(tmp_path / "bad"), *short, "--dsa-block-rule", "mean", check=False)
+    assert bad.returncode == 2 and "'mean'" in bad.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
 def test_a_run_made_before_a_config_field_existed_resumes(tmp_path):
     """A run whose stored config predates a TrainConfig field (written by an older longshot, so
     without it) is the same run when the field holds its default: killed, it resumes where it

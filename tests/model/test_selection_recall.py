@@ -23,7 +23,7 @@ def tensors(seed):
 
 
 def brute_force(q, k, qi, ki, wi, cfg):
-    """Per query: sum over heads of dense softmax mass on the attended keys / number of heads."""
+    """[T, heads]: per query and head, the head's dense softmax mass on the attended keys."""
     logits = torch.einsum("tjd,sd->tjs", qi, ki).relu().mul(wi[:, :, None]).sum(1)  # [T, T] indexer scores
     out = []
     for t in range(T):
@@ -42,12 +42,12 @@ def brute_force(q, k, qi, ki, wi, cfg):
                 agg = logits[block_rows][:, d0:b0].amax(0)
                 picked = {cand[i] for i in agg.topk(cfg.topk).indices}
             attended = picked | set(range(b0, t + 1))
-        kept = 0.0
+        kept = []
         for h in range(HQ):
             s = (k[d0:t + 1, h // (HQ // HKV)] @ q[t, h]) / math.sqrt(D)
             p = torch.softmax(s, 0)
-            kept += sum(float(p[j - d0]) for j in attended)
-        out.append(kept / HQ)
+            kept.append(sum(float(p[j - d0]) for j in attended))
+        out.append(kept)
     return torch.tensor(out, dtype=torch.float64)
 
 
@@ -58,7 +58,9 @@ def test_recall_equals_brute_force(granularity, seed):
     q, k, qi, ki, wi = tensors(seed)
     got = selection_recall(q, k, qi, ki, wi, CU, cfg)
     want = brute_force(q, k, qi, ki, wi, cfg)
-    assert torch.allclose(got.share.double(), want, atol=1e-5)
+    assert torch.allclose(got.head_share.double(), want, atol=1e-5)
+    assert torch.allclose(got.share.double(), want.mean(1), atol=1e-5)
+    assert (want.max(1).values - want.min(1).values).max() > 0.1  # heads keep different shares
     assert got.share.min() < 0.9  # the selection drops real mass somewhere: the comparison means something
     visible = torch.tensor([t - max(int(c) for c in CU[:-1] if c <= t) + 1 for t in range(T)])
     assert torch.equal(got.selective, visible > cfg.topk)
