@@ -103,6 +103,8 @@ def main() -> None:
                     help="peak LR of the two continuations (default --lr); a continuation restarts its "
                          "schedule, so at the pre-training's peak the dense baseline itself is disturbed")
     ap.add_argument("--shape", choices=list(SHAPES), default="small", help="tiny: a CPU smoke run")
+    ap.add_argument("--layers", type=int, help="LM layers (default: the shape's); copying needs two, and "
+                    "fewer layers fit pre-training and every continuation into one device call")
     ap.add_argument("--text", choices=["recall", "progression"], default="recall",
                     help="synthetic answers: recall (random ids repeated: long-range attention) or "
                          "progression (learnt from the previous token; memorised quickly)")
@@ -111,6 +113,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     src, init = out / "hf_source", out / "init"
     shape, layers, vision_token = SHAPES[args.shape]
+    layers = args.layers or layers
     if not (src / "config.json").exists():
         write_source(src, layers, shape)
     if not init.exists():
