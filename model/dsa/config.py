@@ -94,4 +94,3 @@ def block_rule_fields(rule: str) -> dict:
     if agg not in ("max", "sum", "pooled") or (plus and not coarse.isdigit()):
         raise ValueError(f"block rule {rule!r}: expected max, sum or pooled, optionally +coarseN (e.g. max+coarse2)")
     return {"block_agg": agg, "coarse": int(coarse or 0)}
-

@@ -9,8 +9,8 @@ head h's dense causal softmax over its document's keys up to t,
 where A(t) is what t attends to in sparse mode: its owner's selected keys, plus (``block``) the
 block's own keys up to t. That is the attention mass summed over heads that the selection keeps,
 as a share of the whole (each head's mass is 1, so the denominator is Hq); ``head_share`` keeps
-the terms per head, sum over s in A(t) of p_h(t, s). A query with at most
-k visible keys sees them all (recall 1); ``selective`` marks the others, where the rule matters.
+the terms per head, sum over s in A(t) of p_h(t, s). A query with at most k visible keys sees
+them all (recall 1); ``selective`` marks the others, where the rule matters.
 The selection is the one the model runs: model/dsa/reference.py's on the CPU, the Triton path's
 (model/dsa/select.py) with ``backend="triton"``.
 """
