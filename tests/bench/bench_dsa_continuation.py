@@ -2,7 +2,7 @@
 against the same model continued dense.
 
     PYTHONUNBUFFERED=1 python tests/bench/bench_dsa_continuation.py [--out DIR] [--seq-len 16384]
-        [--pretrain 60] [--warmup 20] [--sparse 40] [--topk 512,2048] [--granularity block]
+        [--pretrain 60] [--warmup 20] [--sparse 40] [--topk 512,2048] [--granularity block,token]
     python tests/bench/bench_dsa_continuation.py --shape tiny --seq-len 512 --topk 16 \
         --pretrain 4 --warmup 2 --sparse 4          # a smoke run of the same path on the CPU
 
@@ -18,8 +18,9 @@ memorised within ~30 steps, so they cannot separate dense from sparse).
 From that checkpoint two runs of the same length, on the same synthetic packs in the same order:
 
 - dense: `--attention dense`;
-- dsa_kK[_RULE], one per k of --topk and block rule of --block-rules: `--attention dsa
-  --dsa-warmup-steps W --dsa-topk K [--dsa-block-rule RULE]` (W steps train only the indexer on the
+- dsa_kK[_RULE | _token], one per k of --topk and arm (each block rule of --block-rules, and token
+  mode when --granularity names it; the first arm is dsa_kK): `--attention dsa --dsa-warmup-steps W
+  --dsa-topk K --dsa-granularity G [--dsa-block-rule RULE]` (W steps train only the indexer on the
   dense attention it imitates, then the model trains on sparse attention).
 
 At the switch (the checkpoint of step W) tests/bench/bench_selection_recall.py measures, on the
@@ -93,9 +94,10 @@ def main() -> None:
     ap.add_argument("--sparse", type=int, default=40, help="sparse steps")
     ap.add_argument("--topk", default="2048", help="k of the DSA runs, comma-separated: one run each, "
                     "from the same pre-trained checkpoint, against the same dense run")
-    ap.add_argument("--granularity", choices=["block", "token"], default="block")
+    ap.add_argument("--granularity", default="block", help="block, token, or both (comma-separated): one DSA "
+                    "run each (block: one per rule of --block-rules)")
     ap.add_argument("--block-rules", default="max+coarse2", help="block rules (longshot train --dsa-block-rule), "
-                    "comma-separated: one DSA run each per k; the first is named dsa_kK")
+                    "comma-separated: one DSA run each per k")
     ap.add_argument("--warmup-lr", type=float, default=None, help="peak LR of the indexer warm-up "
                     "(longshot train --dsa-warmup-lr; default: the continuation's LR)")
     ap.add_argument("--lr", type=float, default=3e-4)
@@ -127,16 +129,19 @@ def main() -> None:
     common += ["--lr", str(args.continue_lr or args.lr)]
     steps = args.warmup + args.sparse
     topks = [int(k) for k in str(args.topk).split(",")]
-    rules = args.block_rules.split(",") if args.granularity == "block" else [""]
+    grans = args.granularity.split(",")
+    if not set(grans) <= {"block", "token"}:
+        raise SystemExit(f"--granularity {args.granularity!r}: block, token or block,token")
+    arms = [(g, r) for g in grans for r in (args.block_rules.split(",") if g == "block" else [""])]
     longshot("train", "--run", str(out / "dense"), "--init-from", str(pre), "--steps", str(steps),
              "--save-every", str(steps), "--attention", "dense", *common)
     dsa_runs = {}
     for k in topks:
-        for i, rule in enumerate(rules):
-            name = f"dsa_k{k}" + (f"_{rule.replace('+', '_')}" if i else "")
-            dsa_runs[name] = (k, rule)
+        for i, (gran, rule) in enumerate(arms):
+            name = f"dsa_k{k}" + (f"_{rule.replace('+', '_') or gran}" if i else "")
+            dsa_runs[name] = (k, gran, rule)
             extra = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(k),
-                     "--dsa-granularity", args.granularity] + (["--dsa-block-rule", rule] if rule else [])
+                     "--dsa-granularity", gran] + (["--dsa-block-rule", rule] if rule else [])
             if args.warmup_lr is not None:
                 extra += ["--dsa-warmup-lr", str(args.warmup_lr)]
             # a checkpoint at the switch (step W) for the recall measurement, and the last one
@@ -150,17 +155,18 @@ def main() -> None:
                       "--rules", rule or "max+coarse2", "--out", str(recall))
     dense = metrics(out / "dense")
     result = {"pretrain_final_ce": metrics(pre)[-1]["ce"], "args": vars(args) | {"out": str(out)}, "runs": {}}
-    for n, (name, (k, rule)) in enumerate(dsa_runs.items()):
+    for n, (name, (k, gran, rule)) in enumerate(dsa_runs.items()):
         rows = [{"step": d["step"], "stage": s["stage"], "dense_ce": d["ce"], "dsa_ce": s["ce"],
                  "diff": s["ce"] - d["ce"], "indexer_kl": s["indexer"], "dsa_tok_s": s["tokens_per_s"],
                  "dense_tok_s": d["tokens_per_s"]} for d, s in zip(dense, metrics(out / name), strict=True)]
         after = [r for r in rows if r["stage"] == "sparse"]
-        summary = {"run": name, "topk": k, "block_rule": rule, "first_sparse_step": after[0]["step"],
+        summary = {"run": name, "topk": k, "granularity": gran, "block_rule": rule,
+                   "first_sparse_step": after[0]["step"],
                    "diff_at_switch": after[0]["diff"],
                    "mean_diff_sparse": sum(r["diff"] for r in after) / len(after),
                    "max_abs_diff_sparse": max(abs(r["diff"]) for r in after),
                    "mean_diff_last10": sum(r["diff"] for r in after[-10:]) / len(after[-10:])}
-        lines = [f"{name}: k = {k}" + (f", block rule {rule}" if rule else ""), "",
+        lines = [f"{name}: k = {k}, {gran}" + (f", block rule {rule}" if rule else ""), "",
                  "| step | stage | dense ce | dsa ce | dsa - dense | indexer KL |",
                  "| --- | --- | --- | --- | --- | --- |"]
         lines += [f"| {r['step']} | {r['stage']} | {r['dense_ce']:.4f} | {r['dsa_ce']:.4f} | {r['diff']:+.4f} | "
