@@ -32,7 +32,7 @@ class Recall:
     selective: torch.Tensor  # [T] bool: the query has more visible keys than k
     # [T, Hq] float32: the kept share of each head's own mass. The head sum can look fine while
     # one head (e.g. the one that copies from far back) loses the only key it attends to.
-    head_share: torch.Tensor | None = None
+    head_share: torch.Tensor
 
     def stats(self, only_selective: bool = True) -> dict:
         """mean and 5th percentile (of the selective queries by default), and how many queries."""
