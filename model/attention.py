@@ -133,7 +133,7 @@ class PackedSelfAttention(MegatronModule):
 
     def __init__(self, config: TransformerConfig, submodules: PackedAttentionSubmodules,
                  layer_number: int = 1, causal: bool = True, core: CoreChoice | None = None,
-                 index_heads: int = 0, index_dim: int = 0,
+                 index_heads: int = 0, index_dim: int = 0, dense_layers: tuple[int, ...] = (),
                  pg_collection: ProcessGroupCollection | None = None, **unused):
         super().__init__(config=config)
         if pg_collection is None:
@@ -161,6 +161,9 @@ class PackedSelfAttention(MegatronModule):
         self.indexer = (submodules.indexer(config, index_heads, index_dim)
                         if submodules.indexer is not None else None)
         self.indexer_loss: torch.Tensor | None = None
+        # a layer of DSASettings.dense_layers keeps its indexer (checkpoints of every layout hold
+        # the same parameters) but attends densely in every stage and never trains it
+        self.sparse = self.indexer is not None and layer_number - 1 not in dense_layers
 
     def _split_qkv(self, mixed: torch.Tensor):
         """[T, groups*(g+2)*D] in Megatron's per-group layout -> q [T,Hq,D], k, v [T,Hkv,D]."""
@@ -196,7 +199,7 @@ class PackedSelfAttention(MegatronModule):
         rows = self.core.rows if self.causal else None
         if rows is not None:  # one collective for keys and values
             k, v = rows.gather(torch.cat([k, v], dim=-1)).split(self.head_dim, dim=-1)
-        if self.core.kind == "dense" or self.indexer is None:
+        if self.core.kind == "dense" or not self.sparse:
             if rows is not None:
                 return packed_attention_rows(q, k, v, rows.q_pos, rows.q_doc, host_pos=rows.host_pos)
             return packed_attention(q, k, v, cu, causal=self.causal)

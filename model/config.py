@@ -64,6 +64,17 @@ class DSASettings:
     # block granularity: how a block scores keys (model/dsa/config.py, DSAConfig's block_agg and
     # coarse), as 'max', 'sum', 'pooled' or 'AGG+coarseN'
     block_rule: str = "max+coarse2"
+    # LM layers (0-based) whose attention stays dense in every stage: their indexers neither
+    # select nor train. Early layers of a trained model often attend diffusely (thousands of keys,
+    # none holding much), which no top-k keeps; measured in tests/bench/RESULTS.md (2026-12-07,
+    # issue 16), where layer 0 of a copying model alone cost +22 nats at k = 512.
+    dense_layers: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        layers = tuple(sorted(set(int(i) for i in self.dense_layers)))  # from JSON as a list
+        if any(i < 0 for i in layers):
+            raise ValueError(f"dense_layers {list(self.dense_layers)}: layer indices start at 0")
+        object.__setattr__(self, "dense_layers", layers)
 
 
 @dataclass(frozen=True)
@@ -106,6 +117,16 @@ class LMConfig:
             raise ValueError(f"mrope_layout must be 'sections' or 'interleaved', got {self.mrope_layout!r}")
         if self.dsa.index_dim != self.head_dim:
             raise ValueError("the indexer shares the rotary of the heads: index_dim must equal head_dim")
+        if any(i >= self.layers for i in self.dsa.dense_layers):
+            raise ValueError(f"dsa.dense_layers {list(self.dsa.dense_layers)}: the LM has {self.layers} layers "
+                             f"(0 to {self.layers - 1})")
+        if len(self.dsa.dense_layers) == self.layers and self.attention == "dsa":
+            raise ValueError("dsa.dense_layers names every layer: nothing would be sparse (use dense attention)")
+
+    @property
+    def sparse_layers(self) -> int:
+        """How many layers run DSA (the indexer loss is their mean)."""
+        return self.layers - len(self.dsa.dense_layers)
 
 
 @dataclass(frozen=True)

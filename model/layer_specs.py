@@ -38,7 +38,7 @@ def lm_block_spec(lm: LMConfig, core: CoreChoice) -> TransformerBlockSubmodules:
     attention = ModuleSpec(
         module=PackedSelfAttention,
         params={"causal": True, "core": core, "index_heads": lm.dsa.index_heads,
-                "index_dim": lm.dsa.index_dim},
+                "index_dim": lm.dsa.index_dim, "dense_layers": lm.dsa.dense_layers},
         submodules=PackedAttentionSubmodules(
             linear_qkv=ColumnParallelLinear, linear_proj=RowParallelLinear,
             q_layernorm=WrappedTorchNorm, k_layernorm=WrappedTorchNorm, indexer=Indexer),

@@ -66,6 +66,15 @@ def configure_core(core: CoreChoice, stage: Stage, dsa_settings, on_gpu: bool) -
                          **block_rule_fields(dsa_settings.block_rule))
 
 
+def idle_indexer_params(model) -> set[int]:
+    """ids of the indexer parameters of layers kept dense (DSASettings.dense_layers): never used,
+    so frozen, or weight decay alone would move them."""
+    from model.attention import PackedSelfAttention
+
+    return {id(p) for m in model.modules() if isinstance(m, PackedSelfAttention) and m.indexer is not None
+            and not m.sparse for p in m.indexer.parameters()}
+
+
 class Trainer:
     def __init__(self, model, settings: OptimSettings, total_steps: int, stage: Stage,
                  pg_collection=None, start_step: int = 0):
@@ -75,8 +84,9 @@ class Trainer:
             raise ValueError("the DSA warm-up trains only the indexers, layer by layer in forward: "
                              "build its model without activation recomputation (it keeps no "
                              "activations for a backward anyway)")
+        idle = idle_indexer_params(model)
         for name, p in model.named_parameters():
-            p.requires_grad_(stage != "warmup" or ".indexer." in name)
+            p.requires_grad_((stage != "warmup" or ".indexer." in name) and id(p) not in idle)
         bf16 = model.config.bf16
         self.ddp = DistributedDataParallel(
             model.config,

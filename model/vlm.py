@@ -69,7 +69,7 @@ class VLM(MegatronModule):
         for name, part in build_vision_parts(cfg, vit_config, vit_pg_collection or pg_collection).items():
             setattr(self, name, part)
         self.language = MoELanguageModel(cfg.lm, lm_config, core, pg_collection, max_sequence_length)
-        core.indexer_weight = cfg.lm.dsa.indexer_loss_coeff / cfg.lm.layers
+        core.indexer_weight = cfg.lm.dsa.indexer_loss_coeff / max(cfg.lm.sparse_layers, 1)
         self.deepstack_injection = (DeepStackInjection(self.language.decoder.layers)
                                     if cfg.vision.deepstack else None)
 

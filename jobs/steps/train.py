@@ -79,8 +79,16 @@ def config_from_args(args) -> TrainConfig:
         from jobs.steps.eval_model import block_rule_fields
 
         block_rule_fields(args.dsa_block_rule)  # a bad rule is refused before anything runs
+    dense_layers = None
+    if args.dsa_dense_layers is not None:
+        try:
+            dense_layers = sorted({int(x) for x in args.dsa_dense_layers.split(",") if x.strip()})
+        except ValueError:
+            raise BadInput(f"--dsa-dense-layers {args.dsa_dense_layers!r}: give LM layer indices, "
+                           "comma-separated, e.g. 0,1") from None
     dsa = {k: v for k, v in {"topk": args.dsa_topk, "granularity": args.dsa_granularity,
-                             "token_merge": args.dsa_token_merge, "block_rule": args.dsa_block_rule}.items()
+                             "token_merge": args.dsa_token_merge, "block_rule": args.dsa_block_rule,
+                             "dense_layers": dense_layers}.items()
            if v is not None}
     return TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,
                        seed=args.seed, attention=args.attention,
@@ -165,10 +173,23 @@ def _argv_without_launch(argv: list[str]) -> list[str]:
 
 
 def run_train(args) -> int:
+    cfg = config_from_args(args)
+    _check_model(cfg)
     code = _relaunch(args, _argv_without_launch(args.argv))
     if code is not None:
         return code
-    return _run(config_from_args(args), args.run, args.force, args)
+    return _run(cfg, args.run, args.force, args)
+
+
+def _check_model(cfg) -> None:
+    """The model the options describe, refused here (before any rank starts) when it cannot exist,
+    e.g. --dsa-dense-layers past the preset's last layer."""
+    from jobs.steps.train_loop import model_config
+
+    try:
+        model_config(cfg)
+    except ValueError as e:
+        raise BadInput(f"--preset {cfg.preset} with these options: {e}") from None
 
 
 def run_resume(args) -> int:
@@ -214,6 +235,9 @@ def register(sub) -> None:
     p.add_argument("--dsa-block-rule", metavar="RULE",
                    help="block granularity: how a block of queries scores keys, max | sum | pooled, optionally "
                         "+coarseN (pooled scores pick N*k candidates first); default max+coarse2")
+    p.add_argument("--dsa-dense-layers", metavar="I,J",
+                   help="LM layers (0-based) that keep dense attention with --attention dsa; their indexers "
+                        "stay untrained (early layers that attend diffusely lose the most to any top-k)")
     p.add_argument("--dsa-token-merge", type=int, metavar="M",
                    help="token granularity on a GPU: M (2-16) neighbouring queries share one gathered key list "
                         "(the union of their selections); same result, fewer bytes read")

@@ -18,14 +18,15 @@ memorised within ~30 steps, so they cannot separate dense from sparse).
 From that checkpoint two runs of the same length, on the same synthetic packs in the same order:
 
 - dense: `--attention dense`;
-- dsa_kK[_RULE | _token], one per k of --topk and arm (each block rule of --block-rules, and token
+- dsa_kK[_RULE | _token][_denseI_J], one per k of --topk and arm (each block rule of --block-rules, and token
   mode when --granularity names it; the first arm is dsa_kK): `--attention dsa --dsa-warmup-steps W
   --dsa-topk K --dsa-granularity G [--dsa-block-rule RULE]` (W steps train only the indexer on the
   dense attention it imitates, then the model trains on sparse attention).
 
 At the switch (the checkpoint of step W) tests/bench/bench_selection_recall.py measures, on the
-loss rows of the same synthetic packs, how much of each head's dense attention the selection keeps
-(`recall_at_switch.md` in each DSA run), to tell a lost copy from a slow one.
+loss rows of the same synthetic packs, how much of each head's dense attention the selection keeps,
+and the loss of the same weights under dense and under each sparse rule (`recall_at_switch.md` in
+each DSA run, at the k values of --recall-topk), to tell a lost copy from a slow one.
 
 Which k tests the indexer: a synthetic document puts its video first and its text after it, and
 the recall copy sits half the text back. When k is at least the text's length, the most recent
@@ -104,6 +105,12 @@ def main() -> None:
     ap.add_argument("--continue-lr", type=float, default=None,
                     help="peak LR of the two continuations (default --lr); a continuation restarts its "
                          "schedule, so at the pre-training's peak the dense baseline itself is disturbed")
+    ap.add_argument("--recall-topk", help="k values of the recall and loss table at the switch (default: the "
+                    "run's own k); a k of a whole document is the control that must give the dense loss")
+    ap.add_argument("--dense-layers", metavar="I,J", help="LM layers that stay dense in the DSA runs "
+                    "(longshot train --dsa-dense-layers)")
+    ap.add_argument("--keep-dense", action="append", default=[], metavar="I,J",
+                    help="at the switch, also the loss with these layers dense (repeatable; no training)")
     ap.add_argument("--shape", choices=list(SHAPES), default="small", help="tiny: a CPU smoke run")
     ap.add_argument("--layers", type=int, help="LM layers (default: the shape's); copying needs two, and "
                     "fewer layers fit pre-training and every continuation into one device call")
@@ -138,10 +145,12 @@ def main() -> None:
     dsa_runs = {}
     for k in topks:
         for i, (gran, rule) in enumerate(arms):
-            name = f"dsa_k{k}" + (f"_{rule.replace('+', '_') or gran}" if i else "")
+            name = f"dsa_k{k}" + (f"_{rule.replace('+', '_') or gran}" if i else "") \
+                + (f"_dense{args.dense_layers.replace(',', '_')}" if args.dense_layers else "")
             dsa_runs[name] = (k, gran, rule)
             extra = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(k),
-                     "--dsa-granularity", gran] + (["--dsa-block-rule", rule] if rule else [])
+                     "--dsa-granularity", gran] + (["--dsa-block-rule", rule] if rule else []) \
+                + (["--dsa-dense-layers", args.dense_layers] if args.dense_layers else [])
             if args.warmup_lr is not None:
                 extra += ["--dsa-warmup-lr", str(args.warmup_lr)]
             # a checkpoint at the switch (step W) for the recall measurement, and the last one
@@ -152,7 +161,9 @@ def main() -> None:
                 bench("bench_selection_recall.py", "--checkpoint",
                       str(out / name / "checkpoints" / f"iter_{args.warmup:07d}"), "--synthetic", "2",
                       "--seq-len", str(args.seq_len), "--synthetic-text", args.text, "--loss-rows",
-                      "--rules", rule or "max+coarse2", "--out", str(recall))
+                      "--per-layer", "--rules", rule or "max+coarse2", "--out", str(recall),
+                      *(["--topk", args.recall_topk] if args.recall_topk else []),
+                      *[x for d in args.keep_dense for x in ("--keep-dense", d)])
     dense = metrics(out / "dense")
     result = {"pretrain_final_ce": metrics(pre)[-1]["ce"], "args": vars(args) | {"out": str(out)}, "runs": {}}
     for n, (name, (k, gran, rule)) in enumerate(dsa_runs.items()):

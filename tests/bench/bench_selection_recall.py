@@ -14,7 +14,10 @@ mean and 5th percentile over the queries with more than k visible keys (elsewher
 keeps everything). Also reported: the worst head, per query the smallest share any single head
 keeps of its own mass, averaged. A head that copies from far back attends one key; losing it costs
 that head everything and the head sum only 1/Hq. ``--loss-rows`` counts only the queries whose next
-token carries the loss. On a GPU the selection is the Triton path's, on the CPU the reference's.
+token carries the loss. Then the loss (CE) of the same weights on the same packs with dense attention
+and under each rule's sparse attention: the recall says what a rule keeps, the loss what that costs.
+``--topk`` measures other k than the model's own; a k of a whole document is the control, where
+every rule must give the dense loss. On a GPU the selection is the Triton path's, on the CPU the reference's.
 """
 from __future__ import annotations
 
@@ -42,18 +45,17 @@ def rule_config(base, rule: str):
 
 
 class RecallHooks:
-    """On every LM attention layer: recall of each rule, computed inside the layer's forward."""
+    """On every sparse LM attention layer: recall of each rule, computed inside the layer's forward."""
 
     def __init__(self, model, rules: dict, backend: str, chunk_elems: int):
-        from model.attention import PackedSelfAttention
         from model.dsa.recall import selection_recall
 
         self.shares: dict[int, dict[str, list]] = {}
         self.worst: dict[int, dict[str, list]] = {}  # per query, the smallest share of one head
-        self.selective: dict[int, list] = {}
+        self.selective: dict[int, dict[str, list]] = {}  # per rule: its k decides
         self.restore = []
-        layers = [m for m in model.language.modules() if isinstance(m, PackedSelfAttention) and m.indexer is not None]
-        for i, mod in enumerate(layers):
+        for mod in sparse_layers(model):
+            i = mod.layer_number - 1
             core = mod._core
 
             def wrapped(q, k, v, cu, hidden, cos, sin, i=i, mod=mod, core=core):
@@ -62,7 +64,7 @@ class RecallHooks:
                     r = selection_recall(q, k, qi, ki, wi, cu, cfg, backend=backend, chunk_elems=chunk_elems)
                     self.shares.setdefault(i, {}).setdefault(name, []).append(r.share.cpu())
                     self.worst.setdefault(i, {}).setdefault(name, []).append(r.head_share.min(1).values.cpu())
-                self.selective.setdefault(i, []).append(r.selective.cpu())
+                    self.selective.setdefault(i, {}).setdefault(name, []).append(r.selective.cpu())
                 return core(q, k, v, cu, hidden, cos, sin)
 
             mod._core = wrapped
@@ -71,6 +73,61 @@ class RecallHooks:
     def close(self):
         for mod in self.restore:
             del mod._core  # back to the class's method
+
+
+def sparse_layers(model) -> list:
+    """The LM attention layers that run DSA (not those of DSASettings.dense_layers)."""
+    from model.attention import PackedSelfAttention
+
+    return [m for m in model.language.modules() if isinstance(m, PackedSelfAttention) and m.sparse]
+
+
+def mean_ce(em, packs, n: int) -> float:
+    total = labels = 0.0
+    with torch.no_grad():
+        for i in range(n):
+            res = em.model(packs[i].to(em.device))
+            total += float(res.ce) * int(res.n_labels)
+            labels += int(res.n_labels)
+    return total / max(labels, 1)
+
+
+def arm_losses(em, packs, n: int, rules: dict) -> dict[str, float]:
+    """CE of the same weights with dense attention and under each rule's sparse attention: what the
+    selection costs the loss, next to what it keeps of the attention (a low recall that costs
+    nothing is a head the model does not need; a k that sees every key must give the dense loss)."""
+    out = {}
+    for arm, cfg in {"dense": None, **rules}.items():
+        em.set_arm("dense" if cfg is None else cfg.granularity)
+        if cfg is not None:
+            em.core.dsa = cfg
+        out[arm] = mean_ce(em, packs, n)
+    em.set_arm("dense")
+    return out
+
+
+def layer_losses(em, packs, n: int, cfg, keep_dense: list[tuple[int, ...]]) -> dict[str, float]:
+    """CE with ``cfg``'s sparse attention in one LM layer at a time (dense in all others), and in
+    all layers but those of each ``keep_dense`` set: which layers' selection costs the loss, and
+    what keeping them dense (DSASettings.dense_layers) would give back."""
+    layers = sparse_layers(em.model)
+    em.set_arm(cfg.granularity)
+    em.core.dsa = cfg
+    out = {}
+    try:
+        for mod in layers:
+            for other in layers:
+                other.sparse = other is mod
+            out[f"layer {mod.layer_number - 1} only"] = mean_ce(em, packs, n)
+        for dense in keep_dense:
+            for mod in layers:
+                mod.sparse = mod.layer_number - 1 not in dense
+            out[f"all but {','.join(map(str, dense))}"] = mean_ce(em, packs, n)
+    finally:
+        for mod in layers:
+            mod.sparse = True
+        em.set_arm("dense")
+    return out
 
 
 def stats(v: torch.Tensor) -> tuple[float, float]:
@@ -90,6 +147,13 @@ def main() -> None:
     ap.add_argument("--loss-rows", action="store_true", help="only the queries whose next token has a loss")
     ap.add_argument("--max-packs", type=int, default=2)
     ap.add_argument("--rules", default="max+coarse2,max,pooled", help="block rules to measure besides token")
+    ap.add_argument("--topk", help="k values to measure instead of the model's own (comma-separated; a k "
+                    "at least a document's length is the control: it must give the dense loss)")
+    ap.add_argument("--per-layer", action="store_true", help="also the loss with the first block rule's "
+                    "sparse attention in one layer at a time")
+    ap.add_argument("--keep-dense", action="append", default=[], metavar="I,J",
+                    help="with --per-layer: also the loss with these layers dense and the rest sparse "
+                         "(repeatable)")
     ap.add_argument("--out", help="also write the markdown table here")
     a = ap.parse_args()
     from jobs.steps.eval_model import EvalModel, resolve_checkpoint
@@ -101,8 +165,13 @@ def main() -> None:
     em.set_arm("block")
     base = em.core.dsa  # the model's own DSA settings, as configure_core makes them
     em.set_arm("dense")
-    rules = {"token": rule_config(base, "token")}
-    rules |= {f"block {r}": rule_config(base, r) for r in a.rules.split(",") if r}
+    ks = [int(k) for k in a.topk.split(",")] if a.topk else [base.topk]
+    rules = {}
+    for k in ks:
+        at = replace(base, topk=k)
+        tag = f" k{k}" if a.topk else ""
+        rules[f"token{tag}"] = rule_config(at, "token")
+        rules |= {f"block {r}{tag}": rule_config(at, r) for r in a.rules.split(",") if r}
     v = em.model_cfg.vision
     if a.synthetic:
         from jobs.steps.train_data import SyntheticPacks, SyntheticSpec
@@ -130,6 +199,7 @@ def main() -> None:
             print(f"pack {i}: {batch.num_tokens} tokens, {time.time() - t0:.0f} s", flush=True)
     finally:
         hooks.close()
+    ce = arm_losses(em, packs, min(a.max_packs, len(packs)), rules)
     lines = [(f"Checkpoint {em.folder} (stage {em.stage}); k = {base.topk}, B_q = {base.block_q}; "
              f"{min(a.max_packs, len(packs))} packs: {source}, {tokens} tokens"
              f"{', loss rows only' if a.loss_rows else ''}; "
@@ -142,17 +212,29 @@ def main() -> None:
     worst: dict[str, list] = {}
     counted = torch.cat(rows)
     for layer in sorted(hooks.shares):
-        sel = torch.cat(hooks.selective[layer]) & counted
         cells = []
         for name in rules:
+            sel = torch.cat(hooks.selective[layer][name]) & counted
             share = torch.cat(hooks.shares[layer][name])[sel]
             head = torch.cat(hooks.worst[layer][name])[sel]
             pooled.setdefault(name, []).append(share)
             worst.setdefault(name, []).append(head)
             cells.append("{:.4f} / {:.4f} | {:.4f}".format(*stats(share), stats(head)[0]))
-        lines.append(f"| {layer} | {int(sel.sum())} | " + " | ".join(cells) + " |")
+        first = torch.cat(hooks.selective[layer][next(iter(rules))]) & counted  # the first k's queries
+        lines.append(f"| {layer} | {int(first.sum())} | " + " | ".join(cells) + " |")
     lines.append("| all | | " + " | ".join("{:.4f} / {:.4f} | {:.4f}".format(
         *stats(torch.cat(pooled[n])), stats(torch.cat(worst[n]))[0]) for n in rules) + " |")
+    lines += ["", "Loss of each arm on the same packs and weights (CE over the loss rows, packs pooled):", "",
+              "| arm | CE | CE - dense |", "| --- | --- | --- |"]
+    lines += [f"| {arm} | {v:.4f} | {v - ce['dense']:+.4f} |" for arm, v in ce.items()]
+    if a.per_layer:
+        first = next(n for n in rules if n.startswith("block")) if any(n.startswith("block") for n in rules) \
+            else next(iter(rules))
+        keep = [tuple(int(x) for x in v.split(",")) for v in a.keep_dense]
+        per = layer_losses(em, packs, min(a.max_packs, len(packs)), rules[first], keep)
+        lines += ["", f"{first} in some layers, dense attention in the others:", "",
+                  "| sparse layers | CE | CE - dense |", "| --- | --- | --- |"]
+        lines += [f"| {name} | {v:.4f} | {v - ce['dense']:+.4f} |" for name, v in per.items()]
     lines.append(f"\nWall time {time.time() - t0:.0f} s.")
     text = "\n".join(lines)
     print(text)

@@ -188,3 +188,20 @@ def test_a_run_made_before_a_config_field_existed_resumes(tmp_path):
     bad = run("train", "--run", str(tmp_path), *short, "--attention", "dsa", "--dsa-warmup-lr", "1e-3",
               check=False)
     assert bad.returncode != 0 and "dsa_warmup_lr" in bad.stderr and "attention" in bad.stderr
+
+
+def test_dsa_dense_layers_reach_the_model_and_bad_values_are_refused(tmp_path):
+    """--dsa-dense-layers is stored with the run and becomes the model's dense_layers (the rest
+    of the layers still train their indexers in warm-up); a layer the preset lacks, or a value
+    that is not a list of indices, is refused by name before any work."""
+    from jobs.steps.train_loop import model_config, stored_config
+
+    short = ["--synthetic", "2", "--seq-len", "96", "--steps", "2", "--workers", "0", "--attention", "dsa",
+             "--dsa-warmup-steps", "1", "--dsa-topk", "4"]
+    for value, says in (("2", "dense_layers [2]: the LM has 2 layers"), ("first", "--dsa-dense-layers 'first'")):
+        bad = run("train", "--run", str(tmp_path / "bad"), *short, "--dsa-dense-layers", value, check=False)
+        assert bad.returncode == 2 and says in bad.stderr, bad.stderr[-2000:]
+        assert not (tmp_path / "bad" / "checkpoints").exists()
+    run("train", "--run", str(tmp_path / "ok"), *short, "--dsa-dense-layers", "0")
+    assert model_config(stored_config(tmp_path / "ok")).lm.dsa.dense_layers == (0,)
+    assert all(r["indexer"] > 0 for r in read_metrics(tmp_path / "ok"))

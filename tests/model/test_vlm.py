@@ -103,3 +103,65 @@ def test_indexer_warmup_trains_only_the_indexers(pg):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed and all(".indexer." in n for n in changed), sorted(changed)[:5]
     assert {n for n in before if ".indexer.wq." in n} <= changed
+
+
+def _layer_outputs(model, batch) -> list[torch.Tensor]:
+    """Each LM attention layer's output on ``batch`` (forward hooks)."""
+    from model.attention import PackedSelfAttention
+
+    outs, hooks = [], []
+    for m in model.language.modules():
+        if isinstance(m, PackedSelfAttention):
+            hooks.append(m.register_forward_hook(lambda mod, args, out: outs.append(out[0].detach().clone())))
+    with torch.no_grad():
+        model(batch)
+    for h in hooks:
+        h.remove()
+    return outs
+
+
+def test_dense_layers_attend_densely_and_leave_their_indexers_untrained(pg):
+    """DSASettings.dense_layers: in the sparse stage the named layer computes what the dense model
+    computes while the others attend to their top-k (k = 4 < the keys each query sees); in warm-up
+    and sparse training that layer's indexer stays as it was while the other layer's trains, and
+    the reported indexer loss is the mean over the sparse layers alone."""
+    from dataclasses import replace
+
+    settings = replace(CFG.lm.dsa, topk=4, granularity="block", dense_layers=(0,))
+    cfg = CFG.with_overrides(dsa=settings)
+    batch = make_batch(cfg.lm.vocab, cfg.vision_token_id, docs=((40, (2, 2, 2)), (30, None)))
+    core = CoreChoice("dense")
+    torch.manual_seed(5)
+    model = build_vlm(cfg, pg, core).eval()
+    dense = _layer_outputs(model, batch)
+    configure_core(core, "sparse", settings, on_gpu=False)
+    sparse = _layer_outputs(model, batch)
+    torch.testing.assert_close(sparse[0], dense[0], rtol=0, atol=0)
+    assert not torch.allclose(sparse[1], dense[1])
+
+    model.train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if ".indexer." in n}
+    layer0 = {n for n in before if ".layers.0." in n}
+    assert layer0 and len(layer0) < len(before)
+    for stage in ("warmup", "sparse"):
+        configure_core(core, stage, settings, on_gpu=False)
+        trainer = Trainer(model, OptimSettings(lr=1e-2, lr_warmup_steps=0), total_steps=2, stage=stage,
+                          pg_collection=pg)
+        results = [trainer.step(batch) for _ in range(2)]
+        assert all(r.indexer > 0 for r in results)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n].detach(), before[n]) for n in layer0)
+    assert all(not torch.equal(after[n].detach(), before[n]) for n in before if ".indexer.wq." in n and n not in layer0)
+    # the loss reported is layer 1's alone (the mean over one sparse layer)
+    layers = [m.self_attention for m in model.language.decoder.layers]
+    assert layers[0].indexer_loss is None and layers[1].indexer_loss is not None
+    assert float(model.language.indexer_loss(torch.device("cpu"))) == float(layers[1].indexer_loss)
+
+
+def test_dense_layers_past_the_last_layer_are_refused():
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match=r"dense_layers \[2\]: the LM has 2 layers"):
+        CFG.with_overrides(dsa=replace(CFG.lm.dsa, dense_layers=(2,)))
+    with pytest.raises(ValueError, match="nothing would be sparse"):
+        CFG.with_overrides(dsa=replace(CFG.lm.dsa, dense_layers=(0, 1)))
