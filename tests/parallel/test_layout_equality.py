@@ -64,3 +64,13 @@ def test_deepstack_context_parallel(tmp_path):
     # its own place in the text, numbered per group), so a group's tokens can straddle ranks
     _run(tmp_path, 2, [{"cp": 2, "ep": 1, "stage": "sparse", "vit": "balanced"}],
          cfg=DEEPSTACK_CFG, group_places=True)
+
+
+def test_dense_layer_of_a_dsa_model_context_parallel(tmp_path):
+    # DSASettings.dense_layers: layer 0 attends densely over the gathered keys while layer 1 runs
+    # DSA, in warm-up and in sparse training under activation recomputation
+    cfg = replace(CFG, lm=replace(CFG.lm, dsa=replace(CFG.lm.dsa, dense_layers=(0,))))
+    _run(tmp_path, 2, [
+        {"cp": 2, "ep": 1, "stage": "warmup", "vit": "balanced"},
+        {"cp": 2, "ep": 1, "stage": "sparse", "vit": "balanced", "recompute": True},
+    ], cfg=cfg)
