@@ -47,10 +47,10 @@ class DSAConfig:
       ``pooled`` loses 1.4-2 points at the 5th percentile. The 5% over ``pooled`` buys that tail.
       On a trained (tiny, demo-pack) indexer no rule wins on both layers and every rule's tail is
       poor (``bench_indexer_quality.py``, RESULTS.md): the default stays until a real-size
-      indexer is measured. Open (RESULTS.md, 2026-12-07): a small-shape model that copies from
-      1,024 tokens back lost the copy at the switch to sparse at k = 512 under this default; whether
-      the coarse pass (pooling dilutes each query's own peak) or the warm-up's head-mean target
-      drops the copied keys is the next measurement (`longshot train --dsa-block-rule` picks a rule).
+      indexer is measured. A copying small-shape model that lost its copy at the switch to sparse
+      (RESULTS.md, 2026-12-07) lost it alike under this default, exact max and token mode. The
+      cause was its layer 0, whose diffuse attention no top-k keeps, not the coarse pass:
+      DSASettings.dense_layers keeps such layers dense.
     stage: ``warmup`` = dense causal attention, the indexer trains on KL(head-mean dense attention
       || indexer); ``sparse`` = attention over the selected keys, the indexer trains on the KL over
       the selected set.
