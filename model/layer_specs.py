@@ -1,9 +1,10 @@
 """Megatron ModuleSpecs of the two transformer layers, from Megatron's local (non-TE) modules.
 
-LM layer: RMSNorm -> PackedSelfAttention (GQA, qk RMSNorm, DSA indexer) -> RMSNorm -> MoE
-(Megatron's MoELayer, its experts as grouped GEMMs: model/grouped_experts.py; SwiGLU). ViT layer: LayerNorm -> bidirectional
-PackedSelfAttention within frame groups -> LayerNorm -> GELU MLP, with biases (added by the
-GEMMs: model/bias_gemm_linear.py).
+LM layer: RMSNorm -> PackedSelfAttention (GQA, qk RMSNorm, DSA indexer; dense in the layers of
+DSASettings.dense_layers) -> RMSNorm -> MoE (Megatron's MoELayer, its experts as grouped GEMMs:
+model/grouped_experts.py; SwiGLU). ViT layer: LayerNorm -> bidirectional PackedSelfAttention
+within frame groups -> LayerNorm -> GELU MLP, with biases (added by the GEMMs:
+model/bias_gemm_linear.py).
 """
 from __future__ import annotations
 
