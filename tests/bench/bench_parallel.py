@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,10 +46,14 @@ def _config(args):
     from model.presets import preset
 
     if args.preset == "keye-cut":
-        return preset("keye-30b-a3b", layers=args.layers)
-    if args.preset == "tiny":  # 8 experts: room for expert parallel 8 in the dry run
-        return preset("tiny", experts=8)
-    return preset(args.preset)
+        cfg = preset("keye-30b-a3b", layers=args.layers)
+    elif args.preset == "tiny":  # 8 experts: room for expert parallel 8 in the dry run
+        cfg = preset("tiny", experts=8)
+    else:
+        cfg = preset(args.preset)
+    if args.dense_layers:  # DSASettings.dense_layers: what keeping those layers dense costs
+        cfg = cfg.with_overrides(dsa=replace(cfg.lm.dsa, dense_layers=tuple(map(int, args.dense_layers.split(",")))))
+    return cfg
 
 
 def worker(args) -> None:
@@ -124,6 +129,7 @@ def worker(args) -> None:
     dist.all_reduce(mem, op=dist.ReduceOp.MAX)
     if dist.get_rank() == 0:
         tags = [t for t in (args.stage != "sparse" and args.stage, args.experts == "loop" and "experts loop",
+                            args.dense_layers and args.stage != "dense" and f"dense layers {args.dense_layers}",
                             not recompute and args.stage != "warmup" and "no recompute") if t]
         row = {"layout": name + (f" [{', '.join(tags)}]" if tags else ""), "world": world, "cp": cp, "ep": ep, "dp": groups.layout.dp, "vit": vit,
                "seq_len": args.seq_len, "preset": args.preset, "tokens_per_step": tokens, "step_time_s": dt, "step_spread": spread,
@@ -209,7 +215,8 @@ def run_row(args, world: int, spec: str, tag: str) -> dict:
            str(Path(__file__).resolve()), "--worker", "--spec", spec, "--row-out", str(row_out), "--tag", tag,
            "--seq-len", str(args.seq_len), "--docs", str(args.docs), "--grid", *map(str, args.grid),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--preset", args.preset,
-           "--layers", str(args.layers), "--stage", args.stage, "--experts", args.experts, "--out", args.out]
+           "--layers", str(args.layers), "--stage", args.stage, "--experts", args.experts, "--out", args.out,
+           "--dense-layers", args.dense_layers]
     cmd += ["--profile-step"] if tag in args.profile_tags else []
     cmd += [] if args.recompute else ["--no-recompute"]
     env = {**os.environ, "OMP_NUM_THREADS": "1" if args.dry_run else "4", "NCCL_NVLS_ENABLE": "0",
@@ -238,6 +245,8 @@ def main() -> None:
                    help="MoE experts as grouped GEMMs, or Megatron's SequentialMLP loop (the before of issue 15)")
     p.add_argument("--no-recompute", dest="recompute", action="store_false",
                    help="keep activations (default: recompute every layer in the backward)")
+    p.add_argument("--dense-layers", default="", metavar="I,J", help="LM layers kept dense under DSA "
+                   "(longshot train --dsa-dense-layers)")
     p.add_argument("--profile", default="", help="WORLD:SPEC rows to profile one more step of")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--out", default=str(ROOT / "tests" / "bench" / "out" / "parallel"))
