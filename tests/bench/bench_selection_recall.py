@@ -93,14 +93,13 @@ def mean_ce(em, packs, n: int) -> float:
 
 
 def arm_losses(em, packs, n: int, rules: dict) -> dict[str, float]:
-    """CE of the same weights with dense attention and under each rule's sparse attention: what the
-    selection costs the loss, next to what it keeps of the attention (a low recall that costs
-    nothing is a head the model does not need; a k that sees every key must give the dense loss)."""
+    """CE of the same weights under each rule's sparse attention: what the selection costs the
+    loss, next to what it keeps of the attention (a low recall that costs nothing is a head the
+    model does not need; a k that sees every key must give the dense loss)."""
     out = {}
-    for arm, cfg in {"dense": None, **rules}.items():
-        em.set_arm("dense" if cfg is None else cfg.granularity)
-        if cfg is not None:
-            em.core.dsa = cfg
+    for arm, cfg in rules.items():
+        em.set_arm(cfg.granularity)
+        em.core.dsa = cfg
         out[arm] = mean_ce(em, packs, n)
     em.set_arm("dense")
     return out
@@ -188,6 +187,7 @@ def main() -> None:
     rows = []  # per pack, the queries counted
     hooks = RecallHooks(em.model, rules, "triton" if em.on_gpu else "reference", 1 << 28 if em.on_gpu else 1 << 24)
     tokens = 0
+    dense_sum = dense_labels = 0.0  # the recall pass is the dense arm's forward: its loss, kept
     try:
         for i in range(min(a.max_packs, len(packs))):
             batch = packs[i]
@@ -195,11 +195,13 @@ def main() -> None:
             rows.append((batch.labels != -100).flatten() if a.loss_rows
                         else torch.ones(batch.num_tokens, dtype=torch.bool))
             with torch.no_grad():
-                em.model(batch.to(em.device))
+                res = em.model(batch.to(em.device))
+            dense_sum += float(res.ce) * int(res.n_labels)
+            dense_labels += int(res.n_labels)
             print(f"pack {i}: {batch.num_tokens} tokens, {time.time() - t0:.0f} s", flush=True)
     finally:
         hooks.close()
-    ce = arm_losses(em, packs, min(a.max_packs, len(packs)), rules)
+    ce = {"dense": dense_sum / max(dense_labels, 1)} | arm_losses(em, packs, min(a.max_packs, len(packs)), rules)
     lines = [(f"Checkpoint {em.folder} (stage {em.stage}); k = {base.topk}, B_q = {base.block_q}; "
              f"{min(a.max_packs, len(packs))} packs: {source}, {tokens} tokens"
              f"{', loss rows only' if a.loss_rows else ''}; "
@@ -228,8 +230,7 @@ def main() -> None:
               "| arm | CE | CE - dense |", "| --- | --- | --- |"]
     lines += [f"| {arm} | {v:.4f} | {v - ce['dense']:+.4f} |" for arm, v in ce.items()]
     if a.per_layer:
-        first = next(n for n in rules if n.startswith("block")) if any(n.startswith("block") for n in rules) \
-            else next(iter(rules))
+        first = next((n for n in rules if n.startswith("block")), next(iter(rules)))
         keep = [tuple(int(x) for x in v.split(",")) for v in a.keep_dense]
         per = layer_losses(em, packs, min(a.max_packs, len(packs)), rules[first], keep)
         lines += ["", f"{first} in some layers, dense attention in the others:", "",
