@@ -23,6 +23,7 @@ import os
 import queue
 import random
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -146,9 +147,13 @@ def _read_train_state(folder: Path) -> dict:
 
 
 class Checkpoints:
-    def __init__(self, run_dir: Path, keep: int = 2):
+    """A run's checkpoints: the newest `keep` are kept, and the steps in `pinned` (the end of a
+    DSA warm-up: a sparse stage can restart from it with another k or rule) are never pruned."""
+
+    def __init__(self, run_dir: Path, keep: int = 2, pinned: Iterable[int] = ()):
         self.root = Path(run_dir) / "checkpoints"
         self.keep = max(1, keep)
+        self.pinned = frozenset(pinned)
 
     def path(self, step: int) -> Path:
         return self.root / f"iter_{step:07d}"
@@ -236,7 +241,7 @@ class Checkpoints:
             os.replace(tmp, self.path(step))
             fsync_dir(self.root)
             atomic_write_bytes(self.root / LATEST, f"{step}\n".encode())
-            for old in self.steps()[:-self.keep]:
+            for old in [s for s in self.steps() if s not in self.pinned][:-self.keep]:
                 if old != step:
                     shutil.rmtree(self.path(old), ignore_errors=True)
         _barrier()

@@ -247,7 +247,8 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["auto", "bf16", "fp32"], default="auto")
     p.add_argument("--recompute", action="store_true", help="recompute layer activations in backward")
     p.add_argument("--save-every", type=int, default=10, help="checkpoint every N steps (and at the end)")
-    p.add_argument("--keep", type=int, default=2, help="checkpoints to keep")
+    p.add_argument("--keep", type=int, default=2, help="checkpoints to keep (besides the "
+                   "one at the end of a DSA warm-up, always kept)")
     p.add_argument("--init-from", help="a checkpoint folder (iter_NNNNNNN) to take model weights from")
     p.add_argument("--force", action="store_true", help="start over when the run folder holds another config")
     p.add_argument("--cp", type=int, default=1, help="LM context parallel size")

@@ -61,6 +61,13 @@ class TrainConfig:
             return "dense"
         return "warmup" if step < self.dsa_warmup_steps else "sparse"
 
+    @property
+    def switch_step(self) -> int | None:
+        """The step that ends a DSA warm-up inside the run: always checkpointed and never pruned."""
+        if self.attention == "dsa" and 0 < self.dsa_warmup_steps < self.steps:
+            return self.dsa_warmup_steps
+        return None
+
 
 def _rank_world() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -141,7 +148,7 @@ class _Session:
                  "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
         self.opts = BuildOptions(dtype=dtype, recompute=cfg.recompute, expert_parallel=cfg.ep)
         self.core = CoreChoice()
-        self.ckpts = Checkpoints(run_dir, keep=cfg.keep)
+        self.ckpts = Checkpoints(run_dir, keep=cfg.keep, pinned=[cfg.switch_step] if cfg.switch_step else [])
 
     def build_trainer(self, stage: str, weights_from=None, start_step: int = 0):
         from model.build import build_vlm
@@ -259,7 +266,7 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool,
                 log(f"step {step + 1}/{cfg.steps} loss {res.loss:.4f} (ce {res.ce:.4f} aux "
                     f"{res.aux:.4f} idx {res.indexer:.4f}) | {tokens / dt:,.0f} tok/s | "
                     f"{dt:.3f} s/step | lr {res.lr:.2e} | {stage}")
-            if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            if (step + 1) % cfg.save_every == 0 or step + 1 in (cfg.steps, cfg.switch_step):
                 s.ckpts.save(step + 1, trainer.sharded_state_dict(),
                              {"step": step + 1, "scheduler": trainer.scheduler.state_dict(),
                               "stage": stage, "config": cfg.to_dict()})

@@ -153,9 +153,10 @@ def main() -> None:
                 + (["--dsa-dense-layers", args.dense_layers] if args.dense_layers else [])
             if args.warmup_lr is not None:
                 extra += ["--dsa-warmup-lr", str(args.warmup_lr)]
-            # a checkpoint at the switch (step W) for the recall measurement, and the last one
+            # train keeps the checkpoint at the switch (step W) for the recall measurement, and the
+            # last one (a checkpoint of the small shape is several GB: a device's disk holds few)
             longshot("train", "--run", str(out / name), "--init-from", str(pre), "--steps", str(steps),
-                     "--save-every", str(args.warmup), "--keep", str(steps // args.warmup + 1), *extra, *common)
+                     "--save-every", str(steps), "--keep", "1", *extra, *common)
             recall = out / name / "recall_at_switch.md"
             if not recall.exists():
                 bench("bench_selection_recall.py", "--checkpoint",

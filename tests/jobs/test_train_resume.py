@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+from jobs.checkpoint import Checkpoints
 from jobs.steps.train_metrics import read_metrics
 from tests.jobs.helpers import kill_when
 
@@ -41,6 +42,8 @@ def test_sigkill_then_resume_gives_identical_losses(tmp_path):
     want = numbers(read_metrics(straight))
     assert [w[0] for w in want] == list(range(1, STEPS + 1))
     assert want[-1][2] < want[0][2]  # the loss goes down
+    # --keep 2 prunes older checkpoints, but never the one that ends the warm-up (step 3)
+    assert Checkpoints(straight).steps() == [3, 6, 8]
 
     killed = tmp_path / "killed"
     kill_after = random.Random().randint(3, 6)  # a random step: metrics of a later step exist
