@@ -17,9 +17,9 @@ must not lose (the `progression` answers of bench_train are learnt from the prev
 memorised within ~30 steps, so they cannot separate dense from sparse).
 From that checkpoint two runs of the same length, on the same synthetic packs in the same order:
 
-- dense: `--attention dense`;
-- dsa_kK[_RULE | _token][_denseI_J], one per k of --topk and arm (each block rule of --block-rules, and token
-  mode when --granularity names it; the first arm is dsa_kK): `--attention dsa --dsa-warmup-steps W
+- dense_N (N = W + S steps): `--attention dense`;
+- dsa_kK[_RULE | _token][_denseI_J]_wW, one per k of --topk and arm (each block rule of --block-rules, and token
+  mode when --granularity names it; the first arm is dsa_kK_wW): `--attention dsa --dsa-warmup-steps W
   --dsa-topk K --dsa-granularity G [--dsa-block-rule RULE]` (W steps train only the indexer on the
   dense attention it imitates, then the model trains on sparse attention).
 
@@ -140,13 +140,15 @@ def main() -> None:
     if not set(grans) <= {"block", "token"}:
         raise SystemExit(f"--granularity {args.granularity!r}: block, token or block,token")
     arms = [(g, r) for g in grans for r in (args.block_rules.split(",") if g == "block" else [""])]
-    longshot("train", "--run", str(out / "dense"), "--init-from", str(pre), "--steps", str(steps),
+    dense_run = out / f"dense_{steps}"  # one --out holds arms of other warm-up or sparse lengths
+    longshot("train", "--run", str(dense_run), "--init-from", str(pre), "--steps", str(steps),
              "--save-every", str(steps), "--attention", "dense", *common)
     dsa_runs = {}
     for k in topks:
         for i, (gran, rule) in enumerate(arms):
             name = f"dsa_k{k}" + (f"_{rule.replace('+', '_') or gran}" if i else "") \
-                + (f"_dense{args.dense_layers.replace(',', '_')}" if args.dense_layers else "")
+                + (f"_dense{args.dense_layers.replace(',', '_')}" if args.dense_layers else "") \
+                + f"_w{args.warmup}"
             dsa_runs[name] = (k, gran, rule)
             extra = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(k),
                      "--dsa-granularity", gran] + (["--dsa-block-rule", rule] if rule else []) \
@@ -165,7 +167,7 @@ def main() -> None:
                       "--per-layer", "--rules", rule or "max+coarse2", "--out", str(recall),
                       *(["--topk", args.recall_topk] if args.recall_topk else []),
                       *[x for d in args.keep_dense for x in ("--keep-dense", d)])
-    dense = metrics(out / "dense")
+    dense = metrics(dense_run)
     result = {"pretrain_final_ce": metrics(pre)[-1]["ce"], "args": vars(args) | {"out": str(out)}, "runs": {}}
     for n, (name, (k, gran, rule)) in enumerate(dsa_runs.items()):
         rows = [{"step": d["step"], "stage": s["stage"], "dense_ce": d["ce"], "dsa_ce": s["ce"],
