@@ -87,6 +87,32 @@ def test_init_from_keeps_the_loaded_weights_after_the_first_update(tmp_path):
     assert max(abs(c - continued[0]) for c in continued[1:]) < 0.15, continued
 
 
+def test_a_sparse_stage_starts_from_the_kept_warmup_checkpoint(tmp_path):
+    """The checkpoint that ends a warm-up survives --keep 1, and a run that starts sparse from it
+    (--init-from, no warm-up) computes the loss the warmed-up run computed at its first sparse
+    step: same backbone, same trained indexer, so the same selection. One pack, so both steps
+    read the same tokens."""
+    common = ["--synthetic", "1", "--seq-len", "160", "--attention", "dsa", "--dsa-topk", "16",
+              "--lr", "2e-3", "--lr-warmup-steps", "1", "--workers", "0"]
+    warmed = tmp_path / "warmed"
+    run("train", "--run", str(warmed), *common, "--steps", "4", "--dsa-warmup-steps", "2",
+        "--save-every", "4", "--keep", "1")
+    assert Checkpoints(warmed).steps() == [2, 4]
+    sparse = tmp_path / "sparse"
+    run("train", "--run", str(sparse), *common, "--steps", "1", "--dsa-warmup-steps", "0",
+        "--init-from", str(Checkpoints(warmed).path(2)))
+    first_sparse = read_metrics(warmed)[2]
+    assert first_sparse["stage"] == "sparse"
+    got = read_metrics(sparse)[0]
+    assert got["stage"] == "sparse"
+    assert abs(got["ce"] - first_sparse["ce"]) < 1e-5 and abs(got["indexer"] - first_sparse["indexer"]) < 1e-5, \
+        (got, first_sparse)
+    # the warm-up moved the indexer: a run from the checkpoint before it selects differently
+    untrained = tmp_path / "untrained"
+    run("train", "--run", str(untrained), *common, "--steps", "1", "--dsa-warmup-steps", "0")
+    assert abs(read_metrics(untrained)[0]["indexer"] - first_sparse["indexer"]) > 1e-4
+
+
 def test_resume_on_another_number_of_ranks_reshards_and_trains_on(tmp_path):
     """Saved by two data-parallel ranks, resumed by one: Megatron's checkpoint is resharded
     (the distributed optimizer's shards included), the note says so, and training continues
