@@ -18,8 +18,8 @@ memorised within ~30 steps, so they cannot separate dense from sparse).
 From that checkpoint two runs of the same length, on the same synthetic packs in the same order:
 
 - dense_N (N = W + S steps): `--attention dense`;
-- dsa_kK[_RULE | _token][_denseI_J]_wW, one per k of --topk and arm (each block rule of --block-rules, and token
-  mode when --granularity names it; the first arm is dsa_kK_wW): `--attention dsa --dsa-warmup-steps W
+- dsa_kK[_RULE | _token][_denseI_J]_wW_sS, one per k of --topk and arm (each block rule of --block-rules, and token
+  mode when --granularity names it; the first arm is dsa_kK_wW_sS): `--attention dsa --dsa-warmup-steps W
   --dsa-topk K --dsa-granularity G [--dsa-block-rule RULE]` (W steps train only the indexer on the
   dense attention it imitates, then the model trains on sparse attention).
 
@@ -148,7 +148,7 @@ def main() -> None:
         for i, (gran, rule) in enumerate(arms):
             name = f"dsa_k{k}" + (f"_{rule.replace('+', '_') or gran}" if i else "") \
                 + (f"_dense{args.dense_layers.replace(',', '_')}" if args.dense_layers else "") \
-                + f"_w{args.warmup}"
+                + f"_w{args.warmup}_s{args.sparse}"
             dsa_runs[name] = (k, gran, rule)
             extra = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(k),
                      "--dsa-granularity", gran] + (["--dsa-block-rule", rule] if rule else []) \
