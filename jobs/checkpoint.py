@@ -136,7 +136,7 @@ def check_folder(folder: Path, quick: bool = False) -> Verdict:
     return Verdict(verdict.folder, DAMAGED, verdict.file, "missing")
 
 
-def _read_train_state(folder: Path) -> dict:
+def read_train_state(folder: Path) -> dict:
     path = folder / TRAIN_STATE
     if path.exists():
         try:
@@ -255,7 +255,7 @@ class Checkpoints:
         path = self.path(step)
         with megatron_loading(path):
             loaded = dist_checkpointing.load(sharded_state, str(path))
-        train_state = _read_train_state(path)
+        train_state = read_train_state(path)
         saved = len(list((path / "rng").glob("rank_*.pt")))
         world = dist.get_world_size() if dist.is_initialized() else 1
         if saved != world:

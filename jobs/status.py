@@ -81,9 +81,23 @@ def _describe_checkpoints(folder: Path, quick: bool = False) -> list[str]:
 
     lines = []
     for v in Checkpoints(folder).verdicts(quick):
-        detail = f": {v.file}: {v.reason}" if v.file else ""
+        detail = f": {v.file}: {v.reason}" if v.file else _role(v.folder)
         lines.append(f"    checkpoint {v.folder.name}  {v.state}{detail}")
     return lines
+
+
+def _role(checkpoint: Path) -> str:
+    """Names the checkpoint that ends a DSA warm-up: the one to start another sparse stage from."""
+    from jobs.checkpoint import DamagedCheckpoint, read_train_state
+
+    try:
+        state = read_train_state(checkpoint)
+    except (OSError, ValueError, DamagedCheckpoint):  # unreadable: the verdict above already says so
+        return ""
+    cfg = state.get("config") or {}
+    if cfg.get("attention") == "dsa" and state.get("step") == cfg.get("dsa_warmup_steps"):
+        return "  (end of the DSA warm-up: --init-from it to start a sparse stage)"
+    return ""
 
 
 def status_text(root: Path, quick: bool = False) -> str:

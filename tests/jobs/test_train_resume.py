@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from jobs.checkpoint import Checkpoints
+from jobs.status import status_text
 from jobs.steps.train_metrics import read_metrics
 from tests.jobs.helpers import kill_when
 
@@ -98,6 +99,8 @@ def test_a_sparse_stage_starts_from_the_kept_warmup_checkpoint(tmp_path):
     run("train", "--run", str(warmed), *common, "--steps", "4", "--dsa-warmup-steps", "2",
         "--save-every", "4", "--keep", "1")
     assert Checkpoints(warmed).steps() == [2, 4]
+    shown = status_text(warmed)
+    assert "iter_0000002  intact  (end of the DSA warm-up" in shown and "iter_0000004  intact\n" in shown + "\n", shown
     sparse = tmp_path / "sparse"
     run("train", "--run", str(sparse), *common, "--steps", "1", "--dsa-warmup-steps", "0",
         "--init-from", str(Checkpoints(warmed).path(2)))
