@@ -10,7 +10,10 @@ where A(t) is what t attends to in sparse mode: its owner's selected keys, plus 
 block's own keys up to t. That is the attention mass summed over heads that the selection keeps,
 as a share of the whole (each head's mass is 1, so the denominator is Hq); ``head_share`` keeps
 the terms per head, sum over s in A(t) of p_h(t, s). A query with at most k visible keys sees
-them all (recall 1); ``selective`` marks the others, where the rule matters.
+them all (recall 1); ``selective`` marks the others, where the rule matters. ``spread`` is how many
+keys a head's dense attention effectively covers, exp of its entropy: a head spread over many more
+keys than k loses mass under any selection, however good the indexer (a layer to keep dense, or
+for the sparse stage to re-train).
 The selection is the one the model runs: model/dsa/reference.py's on the CPU, the Triton path's
 (model/dsa/select.py) with ``backend="triton"``.
 """
@@ -33,6 +36,7 @@ class Recall:
     # [T, Hq] float32: the kept share of each head's own mass. The head sum can look fine while
     # one head (e.g. the one that copies from far back) loses the only key it attends to.
     head_share: torch.Tensor
+    spread: torch.Tensor  # [T, Hq] float32: exp(entropy) of each head's dense attention, in keys
 
     def stats(self, only_selective: bool = True) -> dict:
         """mean and 5th percentile (of the selective queries by default), and how many queries."""
@@ -56,6 +60,7 @@ def selection_recall(q, k, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, back
     hkv = k.shape[1]
     pos, doc = plan.q_pos.long(), plan.q_doc.long()
     head_share = torch.empty(t, hq, dtype=torch.float32, device=q.device)
+    spread = torch.empty_like(head_share)
     pos_cpu, doc_cpu = pos.cpu(), doc.cpu()
     a = 0
     while a < t:
@@ -71,8 +76,10 @@ def selection_recall(q, k, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, back
         s = torch.einsum("cgjd,wgd->cgjw", qc, k[base:base + width].float()) * scale
         p = torch.softmax(s.masked_fill(~visible[:, None, None, :], float("-inf")), dim=-1)
         head_share[a:b] = (p * kept[:, None, None, :]).sum(-1).flatten(1)
+        spread[a:b] = torch.special.entr(p).sum(-1).exp().flatten(1)
         a = b
-    return Recall(share=head_share.mean(1), selective=(pos - doc + 1) > cfg.topk, head_share=head_share)
+    return Recall(share=head_share.mean(1), selective=(pos - doc + 1) > cfg.topk, head_share=head_share,
+                  spread=spread)
 
 
 def _triton_select():

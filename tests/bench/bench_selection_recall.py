@@ -53,6 +53,7 @@ class RecallHooks:
         self.shares: dict[int, dict[str, list]] = {}
         self.worst: dict[int, dict[str, list]] = {}  # per query, the smallest share of one head
         self.selective: dict[int, dict[str, list]] = {}  # per rule: its k decides
+        self.spread: dict[int, list] = {}  # per query and head, keys covered (one rule's pass is enough)
         self.restore = []
         for mod in sparse_layers(model):
             i = mod.layer_number - 1
@@ -65,6 +66,8 @@ class RecallHooks:
                     self.shares.setdefault(i, {}).setdefault(name, []).append(r.share.cpu())
                     self.worst.setdefault(i, {}).setdefault(name, []).append(r.head_share.min(1).values.cpu())
                     self.selective.setdefault(i, {}).setdefault(name, []).append(r.selective.cpu())
+                    if name == next(iter(rules)):
+                        self.spread.setdefault(i, []).append(r.spread.cpu())
                 return core(q, k, v, cu, hidden, cos, sin)
 
             mod._core = wrapped
@@ -207,9 +210,10 @@ def main() -> None:
              f"{', loss rows only' if a.loss_rows else ''}; "
              f"{datetime.date.today().isoformat()}, {torch.cuda.get_device_name() if em.on_gpu else 'CPU'}."),
              "", "Recall: mean / 5th percentile over queries with more than k visible keys; worst head: the "
-             "mean over those queries of the smallest share one head keeps.", "",
-             "| layer | queries | " + " | ".join(f"{r} | {r} worst head" for r in rules) + " |",
-             "| --- | --- |" + " --- | --- |" * len(rules)]
+             "mean over those queries of the smallest share one head keeps. Spread: the keys a head's dense "
+             "attention covers (exp of its entropy), mean / most spread head, over the same queries.", "",
+             "| layer | queries | spread | " + " | ".join(f"{r} | {r} worst head" for r in rules) + " |",
+             "| --- | --- | --- |" + " --- | --- |" * len(rules)]
     pooled: dict[str, list] = {}
     worst: dict[str, list] = {}
     counted = torch.cat(rows)
@@ -223,8 +227,10 @@ def main() -> None:
             worst.setdefault(name, []).append(head)
             cells.append("{:.4f} / {:.4f} | {:.4f}".format(*stats(share), stats(head)[0]))
         first = torch.cat(hooks.selective[layer][next(iter(rules))]) & counted  # the first k's queries
-        lines.append(f"| {layer} | {int(first.sum())} | " + " | ".join(cells) + " |")
-    lines.append("| all | | " + " | ".join("{:.4f} / {:.4f} | {:.4f}".format(
+        spread = torch.cat(hooks.spread[layer])[first]
+        lines.append(f"| {layer} | {int(first.sum())} | {spread.mean():.1f} / {spread.max(1).values.mean():.1f} | "
+                     + " | ".join(cells) + " |")
+    lines.append("| all | | | " + " | ".join("{:.4f} / {:.4f} | {:.4f}".format(
         *stats(torch.cat(pooled[n])), stats(torch.cat(worst[n]))[0]) for n in rules) + " |")
     lines += ["", "Loss of each arm on the same packs and weights (CE over the loss rows, packs pooled):", "",
               "| arm | CE | CE - dense |", "| --- | --- | --- |"]

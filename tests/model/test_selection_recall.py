@@ -65,6 +65,13 @@ def test_recall_equals_brute_force(granularity, seed):
     visible = torch.tensor([t - max(int(c) for c in CU[:-1] if c <= t) + 1 for t in range(T)])
     assert torch.equal(got.selective, visible > cfg.topk)
     assert torch.all(got.share[~got.selective] > 1 - 1e-6)
+    # spread: exp of each head's dense entropy; 1 for a query that sees only itself
+    for t in (0, 13, T - 1):
+        d0 = max(int(c) for c in CU[:-1] if c <= t)
+        for h in range(HQ):
+            p = torch.softmax((k[d0:t + 1, h // (HQ // HKV)] @ q[t, h]) / math.sqrt(D), 0)
+            assert math.isclose(float(got.spread[t, h]), float(torch.exp(-(p * p.log()).sum())), rel_tol=1e-5)
+    assert torch.allclose(got.spread[0], torch.ones(HQ)) and got.spread.max() > 2
 
 
 @pytest.mark.parametrize("granularity", ["token", "block"])
