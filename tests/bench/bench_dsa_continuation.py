@@ -17,9 +17,9 @@ must not lose (the `progression` answers of bench_train are learnt from the prev
 memorised within ~30 steps, so they cannot separate dense from sparse).
 From that checkpoint two runs of the same length, on the same synthetic packs in the same order:
 
-- dense_N (N = W + S steps): `--attention dense`;
-- dsa_kK[_RULE | _token][_denseI_J]_wW_sS, one per k of --topk and arm (each block rule of --block-rules, and token
-  mode when --granularity names it; the first arm is dsa_kK_wW_sS): `--attention dsa --dsa-warmup-steps W
+- dense_TAG (TAG = wW_sS_lrLR: warm-up and sparse steps, the continuation's LR): `--attention dense`;
+- dsa_kK[_RULE | _token][_denseI_J]_TAG, one per k of --topk and arm (each block rule of --block-rules, and token
+  mode when --granularity names it; the first arm is dsa_kK_TAG): `--attention dsa --dsa-warmup-steps W
   --dsa-topk K --dsa-granularity G [--dsa-block-rule RULE]` (W steps train only the indexer on the
   dense attention it imitates, then the model trains on sparse attention).
 
@@ -140,7 +140,9 @@ def main() -> None:
     if not set(grans) <= {"block", "token"}:
         raise SystemExit(f"--granularity {args.granularity!r}: block, token or block,token")
     arms = [(g, r) for g in grans for r in (args.block_rules.split(",") if g == "block" else [""])]
-    dense_run = out / f"dense_{steps}"  # one --out holds arms of other warm-up or sparse lengths
+    # one --out holds arms of other warm-up or sparse lengths and LRs, each against its own dense run
+    tag = f"w{args.warmup}_s{args.sparse}_lr{args.continue_lr or args.lr:g}"
+    dense_run = out / f"dense_{tag}"
     longshot("train", "--run", str(dense_run), "--init-from", str(pre), "--steps", str(steps),
              "--save-every", str(steps), "--attention", "dense", *common)
     dsa_runs = {}
@@ -148,7 +150,7 @@ def main() -> None:
         for i, (gran, rule) in enumerate(arms):
             name = f"dsa_k{k}" + (f"_{rule.replace('+', '_') or gran}" if i else "") \
                 + (f"_dense{args.dense_layers.replace(',', '_')}" if args.dense_layers else "") \
-                + f"_w{args.warmup}_s{args.sparse}"
+                + f"_{tag}"
             dsa_runs[name] = (k, gran, rule)
             extra = ["--attention", "dsa", "--dsa-warmup-steps", str(args.warmup), "--dsa-topk", str(k),
                      "--dsa-granularity", gran] + (["--dsa-block-rule", rule] if rule else []) \
