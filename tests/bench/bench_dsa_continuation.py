@@ -62,6 +62,10 @@ SMALL = {**SHAPE, "hidden_size": 1024, "num_attention_heads": 16, "num_key_value
 TINY = {**SHAPE, "vocab_size": 512, "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
         "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
 SHAPES = {"small": (SMALL, 12, 151656), "tiny": (TINY, 2, 7)}  # config, layers, vision token id
+# Every run keeps one checkpoint (two in a DSA run: the switch's too), written every 200 steps: a
+# checkpoint of the small shape is several GB, a device's disk holds about ten, and a call cut off
+# by its time limit loses at most 200 steps of a run when the next call resumes it.
+SAVE_EVERY = 200
 
 
 def longshot(*args: str) -> None:
@@ -132,7 +136,8 @@ def main() -> None:
               "--synthetic-text", args.text, "--lr-warmup-steps", "5", "--workers", "0"]
     pre = out / "pretrain"
     longshot("train", "--run", str(pre), "--init-from", str(init), "--attention", "dense",
-             "--steps", str(args.pretrain), "--save-every", str(args.pretrain), "--lr", str(args.lr), *common)
+             "--steps", str(args.pretrain), "--save-every", str(SAVE_EVERY), "--keep", "1", "--lr", str(args.lr),
+             *common)
     common += ["--lr", str(args.continue_lr or args.lr)]
     steps = args.warmup + args.sparse
     topks = [int(k) for k in str(args.topk).split(",")]
@@ -144,7 +149,7 @@ def main() -> None:
     tag = f"w{args.warmup}_s{args.sparse}_lr{args.continue_lr or args.lr:g}"
     dense_run = out / f"dense_{tag}"
     longshot("train", "--run", str(dense_run), "--init-from", str(pre), "--steps", str(steps),
-             "--save-every", str(steps), "--attention", "dense", *common)
+             "--save-every", str(SAVE_EVERY), "--keep", "1", "--attention", "dense", *common)
     dsa_runs = {}
     for k in topks:
         for i, (gran, rule) in enumerate(arms):
@@ -157,10 +162,9 @@ def main() -> None:
                 + (["--dsa-dense-layers", args.dense_layers] if args.dense_layers else [])
             if args.warmup_lr is not None:
                 extra += ["--dsa-warmup-lr", str(args.warmup_lr)]
-            # train keeps the checkpoint at the switch (step W) for the recall measurement, and the
-            # last one (a checkpoint of the small shape is several GB: a device's disk holds few)
+            # train keeps the checkpoint at the switch (step W) for the recall measurement
             longshot("train", "--run", str(out / name), "--init-from", str(pre), "--steps", str(steps),
-                     "--save-every", str(steps), "--keep", "1", *extra, *common)
+                     "--save-every", str(SAVE_EVERY), "--keep", "1", *extra, *common)
             recall = out / name / "recall_at_switch.md"
             if not recall.exists():
                 bench("bench_selection_recall.py", "--checkpoint",
