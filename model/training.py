@@ -66,13 +66,16 @@ def configure_core(core: CoreChoice, stage: Stage, dsa_settings, on_gpu: bool) -
                          **block_rule_fields(dsa_settings.block_rule))
 
 
-def idle_indexer_params(model) -> set[int]:
-    """ids of the indexer parameters of layers kept dense (DSASettings.dense_layers): never used,
-    so frozen, or weight decay alone would move them."""
+def mark_trainable(model, stage: Stage) -> None:
+    """requires_grad for the stage: the warm-up trains the indexers alone. The indexers of layers
+    kept dense (DSASettings.dense_layers) are never used, so they stay frozen in every stage, or
+    weight decay alone would move them."""
     from model.attention import PackedSelfAttention
 
-    return {id(p) for m in model.modules() if isinstance(m, PackedSelfAttention) and m.indexer is not None
+    idle = {id(p) for m in model.modules() if isinstance(m, PackedSelfAttention) and m.indexer is not None
             and not m.sparse for p in m.indexer.parameters()}
+    for name, p in model.named_parameters():
+        p.requires_grad_((stage != "warmup" or ".indexer." in name) and id(p) not in idle)
 
 
 class Trainer:
@@ -84,9 +87,7 @@ class Trainer:
             raise ValueError("the DSA warm-up trains only the indexers, layer by layer in forward: "
                              "build its model without activation recomputation (it keeps no "
                              "activations for a backward anyway)")
-        idle = idle_indexer_params(model)
-        for name, p in model.named_parameters():
-            p.requires_grad_((stage != "warmup" or ".indexer." in name) and id(p) not in idle)
+        mark_trainable(model, stage)
         bf16 = model.config.bf16
         self.ddp = DistributedDataParallel(
             model.config,

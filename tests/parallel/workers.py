@@ -19,7 +19,7 @@ def equality_worker(rank: int, world: int, path: str) -> None:
     from model.attention import CoreChoice
     from model.build import BuildOptions, build_vlm
     from model.config import VLMConfig
-    from model.training import configure_core, idle_indexer_params
+    from model.training import configure_core, mark_trainable
     from parallel.forward import ParallelForward
     from parallel.groups import init_layout
     from parallel.layout import Layout
@@ -42,9 +42,7 @@ def equality_worker(rank: int, world: int, path: str) -> None:
         missing, unexpected = model.load_state_dict(local_state(ref, "state", ep_rank, per_rank),
                                                     strict=False)
         assert not unexpected and all(k.endswith("_extra_state") for k in missing), (missing, unexpected)
-        idle = idle_indexer_params(model)  # the indexers of DSASettings.dense_layers, as Trainer does
-        for name, p in model.named_parameters():
-            p.requires_grad_((stage != "warmup" or ".indexer." in name) and id(p) not in idle)
+        mark_trainable(model, stage)  # as Trainer does
         model.parallel = ParallelForward(groups, vit_mode=case["vit"])
         ddp = DistributedDataParallel(
             model.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True,
