@@ -281,14 +281,30 @@ class Checkpoints:
         and loaded safely either way: the manifest says nothing about who wrote it."""
         from megatron.core import dist_checkpointing
 
-        path = Path(path)
-        if not (path / "metadata.json").is_file():
-            raise BadInput(f"{path}: not a checkpoint folder (no metadata.json)")
-        if not verified:
-            verdict = verify(path)
-            if verdict.state == DAMAGED:
-                raise DamagedCheckpoint(f"checkpoint {verdict.describe()}")
-            if verdict.state == UNVERIFIED and _rank() == 0:
-                log(f"note: {path} has no {verdict.file}; its files are not verified")
+        path = _checked_source(Path(path), log, verified)
         with megatron_loading(path):
             return dist_checkpointing.load({"model": sharded_model_state}, str(path))["model"]
+
+    def read_model_part(self, path: Path, entries: dict, log=print, verified: bool = False) -> dict:
+        """Some model tensors of a checkpoint, without reading the rest (jobs/checkpoint_slices.py):
+        ``entries`` are entries of the model's sharded state dict (of a meta-device model, say).
+        Verified and loaded safely as load_model_only."""
+        from jobs.checkpoint_slices import read_tensors
+
+        path = _checked_source(Path(path), log, verified)
+        with megatron_loading(path):
+            return read_tensors(path, entries)
+
+
+def _checked_source(path: Path, log, verified: bool) -> Path:
+    """``path`` if it is a checkpoint folder whose files are intact (or carry no manifest, said
+    in a note); unless the caller has just verified it."""
+    if not (path / "metadata.json").is_file():
+        raise BadInput(f"{path}: not a checkpoint folder (no metadata.json)")
+    if not verified:
+        verdict = verify(path)
+        if verdict.state == DAMAGED:
+            raise DamagedCheckpoint(f"checkpoint {verdict.describe()}")
+        if verdict.state == UNVERIFIED and _rank() == 0:
+            log(f"note: {path} has no {verdict.file}; its files are not verified")
+    return path

@@ -6,12 +6,17 @@ DIR's config.json with longshot's shapes and reverses the name map of model/hf_n
 DSA indexer weights go under `...self_attn.indexer.*`, which transformers' Qwen3 models do not
 read (it lists them as unexpected keys and ignores them), and which import-hf reads back.
 
-The model is loaded whole on the host, in the export's dtype (bf16: 2 bytes per parameter).
+Streamed: the model is built on the meta device (its names, shapes and checkpoint layout
+only) and the checkpoint is read one layer's tensors at a time, converted and handed to the
+safetensors writer, so host memory holds one layer and the shard being written (<= 4 GiB), never
+the model: a 30B-A3B export would otherwise need some 60 GB of host memory in bf16.
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -62,7 +67,7 @@ def _dtype(choice: str, source: dict) -> torch.dtype:
 
 def export_hf(run_dir: Path, out: Path, *, dtype: str = "source", force: bool = False) -> int:
     from jobs.checkpoint import Checkpoints
-    from jobs.steps.train_loop import load_init_weights
+    from jobs.steps.train_loop import init_checkpoint
     from model.build import BuildOptions, build_vlm, init_megatron
     from model.hf_config import export_config, family
     from model.hf_names import check_coverage, rules_for
@@ -75,21 +80,39 @@ def export_hf(run_dir: Path, out: Path, *, dtype: str = "source", force: bool = 
             raise BadInput(f"{out} exists: choose another --out or pass --force to replace it")
         shutil.rmtree(out)
     out_dtype = _dtype(dtype, source)
-    # bf16 exports load into a bf16 model: half the host memory of fp32
+    # bf16 exports read the checkpoint as bf16: half the host memory of fp32
     build_dtype = torch.bfloat16 if out_dtype == torch.bfloat16 else torch.float32
-    model = build_vlm(cfg, init_megatron(), opts=BuildOptions(dtype=build_dtype))
-    model.load_state_dict(load_init_weights(run_dir, model.sharded_state_dict()))
-    params = {n: p.detach().cpu() for n, p in model.named_parameters()}
-    rules = rules_for(cfg, family(source), parameter_names=tuple(params))
+    model = build_vlm(cfg, init_megatron(), opts=BuildOptions(dtype=build_dtype, meta=True))
+    names = tuple(n for n, _ in model.named_parameters())
+    rules = rules_for(cfg, family(source), parameter_names=names)
     every_source_name = {n for r in rules for n in r.hf}
-    check_coverage(rules, every_source_name, set(params), lambda name: False)
+    check_coverage(rules, every_source_name, set(names), lambda name: False)
+    ckpt, verified = init_checkpoint(run_dir)
+    sharded = model.sharded_state_dict()  # metadata only: the model lives on the meta device
     work = out.with_name(out.name + ".tmp")
     shutil.rmtree(work, ignore_errors=True)
     writer = SafetensorsWriter(work)
-    for rule in rules:
-        for name, t in zip(rule.hf, rule.to_hf([params[n] for n in rule.ours]), strict=True):
-            writer.add(name, t.to(out_dtype))
+    for _, group in groupby(rules, key=lambda rule: layer_of(rule.ours[0])):
+        group = list(group)
+        wanted = {n: sharded[n] for rule in group for n in rule.ours}
+        params = Checkpoints(run_dir).read_model_part(ckpt, wanted, verified=verified)
+        verified = True  # hashed once, on the first read
+        for rule in group:
+            for name, t in zip(rule.hf, rule.to_hf([params[n] for n in rule.ours]), strict=True):
+                writer.add(name, t.to(out_dtype))
     writer.close()
     atomic_write_bytes(work / "config.json", json.dumps(export_config(cfg, source), indent=2).encode())
     work.rename(out)
     return len(every_source_name)
+
+
+_LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")
+
+
+def layer_of(name: str) -> str:
+    """The layer a parameter belongs to (``language.decoder.layers.3``), or "" for the parts
+    outside the layer stacks (embeddings, head, patch embedding, merger): the unit the export
+    reads at once."""
+    m = _LAYER.match(name)
+    return m.group(1) if m else ""
+

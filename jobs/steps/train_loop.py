@@ -275,15 +275,22 @@ def _train(cfg: TrainConfig, run_dir: Path, workers: int, log, rank0: bool,
     return summary
 
 
-def load_init_weights(source: Path, sharded_model_state: dict, log=print) -> dict:
-    """Model weights from what --init-from names: a checkpoint (iter_NNNNNNN), or a run or
-    `import-hf` folder (its newest intact checkpoint). Collective. Each checkpoint is hashed
-    once: choosing the newest intact one already verified it."""
+def init_checkpoint(source: Path, log=print) -> tuple[Path, bool]:
+    """(checkpoint folder, already verified) of what --init-from names: a checkpoint
+    (iter_NNNNNNN), or a run or `import-hf` folder (its newest intact checkpoint, which choosing
+    it verified). Collective."""
     ckpts = Checkpoints(Path(source))
     step = ckpts.latest(log)
     if step is not None:
-        return ckpts.load_model_only(ckpts.path(step), sharded_model_state, log, verified=True)
-    return ckpts.load_model_only(Path(source), sharded_model_state, log)
+        return ckpts.path(step), True
+    return Path(source), False
+
+
+def load_init_weights(source: Path, sharded_model_state: dict, log=print) -> dict:
+    """Model weights from what --init-from names (see init_checkpoint). Collective. Each
+    checkpoint is hashed once."""
+    path, verified = init_checkpoint(source, log)
+    return Checkpoints(Path(source)).load_model_only(path, sharded_model_state, log, verified=verified)
 
 
 def flush_print(msg: str) -> None:

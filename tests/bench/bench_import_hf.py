@@ -1,4 +1,5 @@
-"""`longshot import-hf` on a Qwen3-30B-A3B-shaped checkpoint of random weights: time and memory.
+"""`longshot import-hf` and `export-hf` on a Qwen3-30B-A3B-shaped checkpoint of random weights:
+time and memory.
 
     python tests/bench/bench_import_hf.py [--layers 4 8] [--work DIR] [--keep]
 
@@ -6,7 +7,8 @@ Writes a random bf16 source with the real shapes of Qwen3-30B-A3B (hidden 2048, 
 heads of 128, 128 experts of 768, vocab 151,936), one layer per safetensors shard, streamed (one
 tensor in memory at a time), with only the first N of its 48 layers so that source, stage and
 output fit on a small disk (48 layers are 61 GB per copy). Then runs `longshot import-hf` (ViT
-of keye-30b-a3b, fresh) in a subprocess and samples its process tree every 50 ms:
+of keye-30b-a3b, fresh) and `longshot export-hf` of its output, each in a subprocess whose
+process tree is sampled every 50 ms:
 
 - peak anonymous memory (RssAnon: what the import holds itself),
 - peak resident memory (VmRSS, which also counts the page cache of the memory-mapped stage
@@ -105,8 +107,12 @@ def _tree_memory(pid: int) -> tuple[int, int]:
 
 
 def run_import(source: Path, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "jobs.cli", "import-hf", "--from", str(source), "--out", str(out),
-           "--vision-token-id", "151656"]
+    return run_measured(["import-hf", "--from", str(source), "--out", str(out), "--vision-token-id", "151656"], out)
+
+
+def run_measured(args: list[str], out: Path) -> dict:
+    """Time, peak RssAnon and VmRSS of `longshot ARGS` (its process tree), and the size of OUT."""
+    cmd = [sys.executable, "-m", "jobs.cli", *args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     peak = {"anon": 0, "rss": 0}
     t0 = time.perf_counter()
@@ -125,7 +131,7 @@ def run_import(source: Path, out: Path) -> dict:
     done.set()
     sampler.join()
     if proc.returncode:
-        raise SystemExit(f"import-hf failed ({proc.returncode}):\n{output[-3000:]}")
+        raise SystemExit(f"{args[0]} failed ({proc.returncode}):\n{output[-3000:]}")
     return {"seconds": time.perf_counter() - t0, **peak,
             "out_bytes": sum(p.stat().st_size for p in out.rglob("*") if p.is_file())}
 
@@ -146,19 +152,27 @@ def main() -> None:
         size = write_source(src, layers)
         made = time.perf_counter() - t0
         res = run_import(src, out)
-        rows.append({"layers": layers, "source_gb": size / 1e9, "write_source_s": made, **res})
+        if not args.keep:  # the export does not read the source: free its disk first
+            shutil.rmtree(src, ignore_errors=True)
+        exp = run_measured(["export-hf", "--run", str(out), "--out", str(work / f"export{layers}")],
+                           work / f"export{layers}")
+        rows.append({"layers": layers, "source_gb": size / 1e9, "write_source_s": made, **res,
+                     "export": exp})
         print(f"{layers} layers: source {size / 1e9:.2f} GB (written in {made:.0f} s); import "
               f"{res['seconds']:.1f} s, peak anon {res['anon'] / 2**30:.2f} GiB, peak rss "
-              f"{res['rss'] / 2**30:.2f} GiB, output {res['out_bytes'] / 1e9:.2f} GB", flush=True)
+              f"{res['rss'] / 2**30:.2f} GiB, output {res['out_bytes'] / 1e9:.2f} GB; export "
+              f"{exp['seconds']:.1f} s, peak anon {exp['anon'] / 2**30:.2f} GiB, peak rss "
+              f"{exp['rss'] / 2**30:.2f} GiB, output {exp['out_bytes'] / 1e9:.2f} GB", flush=True)
         if not args.keep:
-            shutil.rmtree(src, ignore_errors=True)
-            shutil.rmtree(out, ignore_errors=True)
+            for folder in (out, work / f"export{layers}"):
+                shutil.rmtree(folder, ignore_errors=True)
     if len(rows) >= 2:
         a, b = rows[0], rows[-1]
-        per_layer = (b["seconds"] - a["seconds"]) / (b["layers"] - a["layers"])
-        fixed = a["seconds"] - per_layer * a["layers"]
-        print(f"per layer {per_layer:.1f} s, fixed {fixed:.1f} s: {FULL_LAYERS} layers ~ "
-              f"{fixed + per_layer * FULL_LAYERS:.0f} s (extrapolated)")
+        for what, secs in (("import", lambda r: r["seconds"]), ("export", lambda r: r["export"]["seconds"])):
+            per_layer = (secs(b) - secs(a)) / (b["layers"] - a["layers"])
+            fixed = secs(a) - per_layer * a["layers"]
+            print(f"{what}: per layer {per_layer:.1f} s, fixed {fixed:.1f} s: {FULL_LAYERS} layers ~ "
+                  f"{fixed + per_layer * FULL_LAYERS:.0f} s (extrapolated)")
     print(json.dumps(rows, indent=1))
 
 

@@ -42,21 +42,21 @@ def hf_logits(folder: Path, input_ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=input_ids[None]).logits[0]
 
 
-def imported_model(init_dir: Path):
+def imported_model(init_dir: Path, weights: Path | None = None):
     """The imported model built from `--preset from-hf:DIR` and loaded the way `train
-    --init-from DIR` loads it."""
+    --init-from DIR` loads it (or from `weights`: a run trained from it)."""
     from jobs.steps.train_loop import load_init_weights
     from model.build import build_vlm, init_megatron
     from model.presets import preset
 
     model = build_vlm(preset(f"from-hf:{init_dir}"), init_megatron())
-    model.load_state_dict(load_init_weights(init_dir, model.sharded_state_dict()))
+    model.load_state_dict(load_init_weights(weights or init_dir, model.sharded_state_dict()))
     return model.eval()
 
 
-def longshot_logits(init_dir: Path, input_ids: torch.Tensor) -> torch.Tensor:
-    """Logits of one text document from the imported model."""
-    model = imported_model(init_dir)
+def longshot_logits(init_dir: Path, input_ids: torch.Tensor, weights: Path | None = None) -> torch.Tensor:
+    """Logits of one text document from the imported model (or a run trained from it)."""
+    model = imported_model(init_dir, weights)
     n = input_ids.shape[0]
     positions = torch.arange(n).expand(3, n)
     with torch.no_grad():

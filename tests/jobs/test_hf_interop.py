@@ -63,13 +63,13 @@ def test_unsupported_architecture_is_refused_with_the_field(tmp_path, capsys):
     assert "mlp_only_layers" in capsys.readouterr().err
 
 
-def _checkpoint_tensors(init_dir) -> dict:
+def _checkpoint_tensors(init_dir, weights=None) -> dict:
     from jobs.steps.train_loop import load_init_weights
     from model.build import build_vlm, init_megatron
     from model.presets import preset
 
     model = build_vlm(preset(f"from-hf:{init_dir}"), init_megatron())
-    return load_init_weights(init_dir, model.sharded_state_dict())
+    return load_init_weights(weights or init_dir, model.sharded_state_dict())
 
 
 def test_export_reimports_bit_identical_and_loads_in_transformers(tmp_path):
@@ -99,6 +99,32 @@ def test_export_reimports_bit_identical_and_loads_in_transformers(tmp_path):
             assert torch.equal(a.get_tensor(name), b.get_tensor(name)), name
     ids = torch.randint(0, 299, (29,), generator=torch.Generator().manual_seed(2))
     _assert_logits_match(hf_logits(tmp_path / "export", ids), hf_logits(src, ids))
+
+
+def test_a_trained_run_exports_and_transformers_gives_its_logits(tmp_path):
+    """The export of a run (not of an import folder): DSA-trained weights, its checkpoint holding
+    optimizer state too, read one layer at a time from the stacked tensors Megatron stores."""
+    from jobs.cli import main as longshot
+    from jobs.steps.export_hf import export_hf
+
+    src = save_qwen3_moe(tmp_path / "hf")
+    import_hf(src, tmp_path / "init", vision_preset="tiny", vision_token_id=VISION_TOKEN)
+    run = tmp_path / "run"
+    assert longshot(["train", "--run", str(run), "--preset", f"from-hf:{tmp_path / 'init'}", "--init-from",
+                     str(tmp_path / "init"), "--synthetic", "4", "--seq-len", "256", "--attention", "dsa",
+                     "--dsa-warmup-steps", "1", "--dsa-topk", "16", "--steps", "3", "--lr", "1e-2",
+                     "--workers", "0"]) == 0
+    export_hf(run, tmp_path / "export")
+    ids = torch.randint(0, 299, (31,), generator=torch.Generator().manual_seed(3))
+    theirs = hf_logits(tmp_path / "export", ids)
+    _assert_logits_match(longshot_logits(tmp_path / "init", ids, weights=run), theirs)
+    assert not torch.allclose(theirs, hf_logits(src, ids), atol=1e-3)  # the trained weights, not the import's
+    import_hf(tmp_path / "export", tmp_path / "again", vision_preset="tiny", vision_token_id=VISION_TOKEN)
+    trained, again = _checkpoint_tensors(tmp_path / "init", run), _checkpoint_tensors(tmp_path / "again")
+    names = [k for k in trained if not k.endswith("_extra_state")]
+    assert any(".indexer." in k for k in names)
+    for k in names:
+        assert torch.equal(trained[k], again[k]), k
 
 
 def test_imported_qwen3_vl_moe_gives_transformers_logits_on_text_and_video(tmp_path):
