@@ -44,15 +44,27 @@ class SyntheticSpec:
     text: str = "progression"
 
 
-def _synthetic_text(kind: str, rng, n: int, low: int, vocab: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """n token ids in [low, vocab) and the [start, end) span the loss is taken on."""
+def text_id_range(vocab: int, vision_token_id: int) -> tuple[int, int]:
+    """[low, high): the ids synthetic text is drawn from. Those above the vision placeholder
+    (where longshot's own tokenizers put ordinary tokens), unless fewer than two lie there, as
+    when an imported model's placeholder is its last id: then those below it."""
+    if vocab - (vision_token_id + 1) >= 2:
+        return vision_token_id + 1, vocab
+    if vision_token_id >= 2:
+        return 0, vision_token_id
+    raise ValueError(f"synthetic packs need two or more text ids besides the vision token {vision_token_id} "
+                     f"in a vocabulary of {vocab}")
+
+
+def _synthetic_text(kind: str, rng, n: int, low: int, high: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """n token ids in [low, high) and the [start, end) span the loss is taken on."""
     if kind == "progression":
-        start = int(rng.integers(low, max(low + 1, vocab - n)))
-        return (np.arange(n) % (vocab - low) + start - low) % (vocab - low) + low, (2, n)
+        start = int(rng.integers(low, max(low + 1, high - n)))
+        return (np.arange(n) % (high - low) + start - low) % (high - low) + low, (2, n)
     if kind == "recall":
         half = n // 2
-        first = rng.integers(low, vocab, size=half)
-        return np.concatenate([first, first, rng.integers(low, vocab, size=n - 2 * half)]), (half, 2 * half)
+        first = rng.integers(low, high, size=half)
+        return np.concatenate([first, first, rng.integers(low, high, size=n - 2 * half)]), (half, 2 * half)
     raise ValueError(f"synthetic text {kind!r}: progression or recall")
 
 
@@ -76,9 +88,9 @@ class SyntheticPacks(Dataset):
         groups = max(1, int(per_doc * s.video_fraction) // (rows * cols))
         n_text = max(4, per_doc - groups * rows * cols)
         docs, n_vision = [], 0
-        low = s.vision_token_id + 1
+        low, high = text_id_range(s.vocab, s.vision_token_id)
         for d in range(s.docs_per_pack):
-            text, span = _synthetic_text(s.text, rng, n_text, low, s.vocab)
+            text, span = _synthetic_text(s.text, rng, n_text, low, high)
             docs.append(Document(key=f"syn{i}_{d}", text=text.astype(np.int64), vision_at=2,
                                  loss_spans=(span,), grid=(groups, rows, cols),
                                  times=np.arange(groups, dtype=np.float64)))
