@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from itertools import groupby
 from pathlib import Path
 
@@ -33,12 +34,16 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["source", "bf16", "fp32"], default="source",
                    help="tensor dtype; source = the dtype named in the source config.json")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    n = export_hf(Path(args.run), Path(args.out), dtype=args.dtype, force=args.force)
-    print(f"export-hf: {n} tensors from {args.run} -> {args.out}")
+    t0 = time.perf_counter()
+    n = export_hf(Path(args.run), Path(args.out), dtype=args.dtype, force=args.force, progress=not args.no_progress)
+    size = sum(f.stat().st_size for f in Path(args.out).iterdir() if f.is_file())
+    print(f"export-hf: {n} tensors ({size / 1e6:,.1f} MB) from {args.run} -> {args.out} in "
+          f"{time.perf_counter() - t0:.1f} s")
     return 0
 
 
@@ -65,8 +70,10 @@ def _dtype(choice: str, source: dict) -> torch.dtype:
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(name, torch.float32)
 
 
-def export_hf(run_dir: Path, out: Path, *, dtype: str = "source", force: bool = False) -> int:
+def export_hf(run_dir: Path, out: Path, *, dtype: str = "source", force: bool = False,
+              progress: bool = False) -> int:
     from jobs.checkpoint import Checkpoints
+    from jobs.progress import Progress
     from jobs.steps.train_loop import init_checkpoint
     from model.build import BuildOptions, build_vlm, init_megatron
     from model.hf_config import export_config, family
@@ -92,14 +99,17 @@ def export_hf(run_dir: Path, out: Path, *, dtype: str = "source", force: bool = 
     work = out.with_name(out.name + ".tmp")
     shutil.rmtree(work, ignore_errors=True)
     writer = SafetensorsWriter(work)
-    for _, group in groupby(rules, key=lambda rule: layer_of(rule.ours[0])):
-        group = list(group)
+    groups = [list(g) for _, g in groupby(rules, key=lambda rule: layer_of(rule.ours[0]))]
+    bar = Progress(len(groups), desc="export-hf", enabled=progress, unit="part")  # a layer, or what lies between
+    for group in groups:
         wanted = {n: sharded[n] for rule in group for n in rule.ours}
         params = Checkpoints(run_dir).read_model_part(ckpt, wanted, verified=verified)
         verified = True  # hashed once, on the first read
         for rule in group:
             for name, t in zip(rule.hf, rule.to_hf([params[n] for n in rule.ours]), strict=True):
                 writer.add(name, t.to(out_dtype))
+        bar.update()
+    bar.close()
     writer.close()
     atomic_write_bytes(work / "config.json", json.dumps(export_config(cfg, source), indent=2).encode())
     work.rename(out)

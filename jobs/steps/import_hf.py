@@ -44,13 +44,14 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["source", "bf16", "fp32"], default="source")
     p.add_argument("--seed", type=int, default=1234, help="seed of the fresh parameters")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     summary = import_hf(Path(args.source), Path(args.out), vision_preset=args.vision_preset,
                         vision_token_id=args.vision_token_id, dtype=args.dtype, seed=args.seed,
-                        force=args.force)
+                        force=args.force, progress=not args.no_progress)
     print(f"import-hf: {summary['tensors']} tensors from {args.source} ({summary['fresh']} fresh "
           f"parameters) -> {args.out} in {summary['seconds']:.1f} s")
     return 0
@@ -135,7 +136,7 @@ def _is_fresh_ok(text_only: bool):
 
 def import_hf(source: Path, out: Path, *, vision_preset: str = "keye-30b-a3b",
               vision_token_id: int | None = None, dtype: str = "source", seed: int = 1234,
-              force: bool = False) -> dict:
+              force: bool = False, progress: bool = False) -> dict:
     from model.build import BuildOptions, build_vlm, init_megatron
     from model.hf_config import VL_FAMILIES, family, text_config
     from model.hf_names import NameMapError, check_coverage, rules_for
@@ -163,7 +164,7 @@ def import_hf(source: Path, out: Path, *, vision_preset: str = "keye-30b-a3b",
     work = out.with_name(out.name + ".tmp")
     shutil.rmtree(work, ignore_errors=True)
     try:
-        written = _write(model, cfg, rules, src, source, work, target, pg, seed)
+        written = _write(model, cfg, rules, src, source, work, target, pg, seed, progress)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -173,10 +174,12 @@ def import_hf(source: Path, out: Path, *, vision_preset: str = "keye-30b-a3b",
     return {"tensors": written, "fresh": len(ours) - written, "seconds": time.perf_counter() - t0}
 
 
-def _write(model, cfg, rules, src: SafetensorsSource, source: Path, work: Path, target, pg, seed: int) -> int:
+def _write(model, cfg, rules, src: SafetensorsSource, source: Path, work: Path, target, pg, seed: int,
+           progress: bool) -> int:
     """Convert rule by rule into the stage, add the fresh parameters, save the checkpoint from
     the memory-mapped stage."""
     from jobs.checkpoint import Checkpoints
+    from jobs.progress import Progress
 
     ours = dict(model.named_parameters())
     sharded = model.sharded_state_dict()  # metadata only: the model lives on the meta device
@@ -187,6 +190,7 @@ def _write(model, cfg, rules, src: SafetensorsSource, source: Path, work: Path, 
         for key, piece in _save_pieces(sharded, name, tensor):
             stage.add(key, piece)
 
+    bar = Progress(sum(len(r.hf) for r in rules), desc="import-hf", enabled=progress, unit="tensor")
     for rule in rules:
         try:
             tensors = rule.to_ours([src.get(n) for n in rule.hf])
@@ -197,6 +201,8 @@ def _write(model, cfg, rules, src: SafetensorsSource, source: Path, work: Path, 
             source_dtype = source_dtype or t.dtype
             put(name, t if target is None else t.to(target))
             written.add(name)
+        bar.update(len(rule.hf))
+    bar.close()
     fresh_names = set(ours) - written
     fresh_dtype = target or source_dtype or torch.float32
     for name, t in _fresh_parameters(cfg, fresh_names, pg, fresh_dtype, seed).items():
