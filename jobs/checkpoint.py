@@ -285,16 +285,18 @@ class Checkpoints:
         with megatron_loading(path):
             return dist_checkpointing.load({"model": sharded_model_state}, str(path))["model"]
 
-    def read_model_part(self, path: Path, entries: dict, log=print, verified: bool = False) -> dict:
-        """Some model tensors of a checkpoint, without reading the rest (jobs/checkpoint_slices.py):
-        ``entries`` are entries of the model's sharded state dict (of a meta-device model, say).
-        Verified and loaded safely as load_model_only."""
-        from jobs.checkpoint_slices import read_tensors
+    def read_model_parts(self, path: Path, parts, log=print, verified: bool = False):
+        """Yields the tensors of each part (a dict of entries of the model's sharded state dict,
+        of a meta-device model, say) in turn, without reading the rest of the checkpoint
+        (jobs/checkpoint_slices.py). Verified once and loaded safely, as load_model_only."""
+        from jobs.checkpoint_slices import OnceReader, read_tensors
 
         path = _checked_source(Path(path), log, verified)
-        with megatron_loading(path):
-            return read_tensors(path, entries)
-
+        reader = OnceReader(path)
+        for entries in parts:
+            with megatron_loading(path):
+                got = read_tensors(reader, entries)
+            yield got
 
 def _checked_source(path: Path, log, verified: bool) -> Path:
     """``path`` if it is a checkpoint folder whose files are intact (or carry no manifest, said

@@ -22,6 +22,20 @@ from torch.distributed.checkpoint.planner_helpers import create_read_items_for_c
 from torch.distributed.checkpoint.state_dict_loader import load as dcp_load
 
 
+class OnceReader(FileSystemReader):
+    """A checkpoint folder's reader that parses its .metadata once: a streamed export reads the
+    same checkpoint once a layer, and the metadata grows with the depth (every layer's chunks)."""
+
+    def __init__(self, path: Path):
+        super().__init__(str(path))
+        self._metadata = None
+
+    def read_metadata(self):
+        if self._metadata is None:
+            self._metadata = super().read_metadata()
+        return self._metadata
+
+
 class _PiecesPlanner(DefaultLoadPlanner):
     """Reads each requested chunk of a stored tensor into its own destination tensor."""
 
@@ -58,11 +72,11 @@ def _pieces(entry) -> tuple[list, bool]:
     return [entry], False
 
 
-def read_tensors(path: Path, entries: dict[str, object]) -> dict[str, torch.Tensor]:
+def read_tensors(reader: OnceReader, entries: dict[str, object]) -> dict[str, torch.Tensor]:
     """{name: tensor} for the entries (name -> ShardedTensor or ShardedTensorFactory of the
     model's sharded state dict, on any device: only their keys, offsets, shapes and dtypes are
-    used) from the torch_dist checkpoint at ``path``; a factory's pieces are merged back into the
-    tensor the model holds."""
+    used) from the torch_dist checkpoint ``reader`` reads; a factory's pieces are merged back into
+    the tensor the model holds."""
     from megatron.core.dist_checkpointing.mapping import ShardedTensorFactory
 
     wanted: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
@@ -79,7 +93,7 @@ def read_tensors(path: Path, entries: dict[str, object]) -> dict[str, torch.Tens
             merges[name] = (entry, host if as_list else host[0])
         else:
             out[name] = host[0]
-    dcp_load({}, storage_reader=FileSystemReader(str(path)), planner=_PiecesPlanner(wanted, path))
+    dcp_load({}, storage_reader=reader, planner=_PiecesPlanner(wanted, reader.path))
     for name, (factory, host) in merges.items():
         out[name] = factory.merge_fn(host)
     return out

@@ -101,10 +101,9 @@ def export_hf(run_dir: Path, out: Path, *, dtype: str = "source", force: bool = 
     writer = SafetensorsWriter(work)
     groups = [list(g) for _, g in groupby(rules, key=lambda rule: layer_of(rule.ours[0]))]
     bar = Progress(len(groups), desc="export-hf", enabled=progress, unit="part")  # a layer, or what lies between
-    for group in groups:
-        wanted = {n: sharded[n] for rule in group for n in rule.ours}
-        params = Checkpoints(run_dir).read_model_part(ckpt, wanted, verified=verified)
-        verified = True  # hashed once, on the first read
+    parts = ({n: sharded[n] for rule in group for n in rule.ours} for group in groups)
+    for group, params in zip(groups, Checkpoints(run_dir).read_model_parts(ckpt, parts, verified=verified),
+                             strict=True):
         for rule in group:
             for name, t in zip(rule.hf, rule.to_hf([params[n] for n in rule.ours]), strict=True):
                 writer.add(name, t.to(out_dtype))
