@@ -29,7 +29,7 @@ def merged_plan(plan: Plan, cfg: DSAConfig) -> Plan:
     """Owners of ``cfg.token_merge`` consecutive rows of a token plan (aligned to document starts),
     with an empty always-attended range: every key comes from the union list."""
     mp = build_plan(plan.q_pos, plan.q_doc, replace(cfg, granularity="block", block_q=cfg.token_merge), dense=False)
-    return replace(mp, rng_lo=mp.rng_hi, cand_lo=mp.rng_hi, cand_hi=mp.rng_hi)
+    return replace(mp, rng_lo=mp.rng_hi, cand_lo=mp.rng_hi, cand_hi=mp.rng_hi, max_rng=0)
 
 
 @torch.no_grad()

@@ -42,6 +42,7 @@ class Plan:
     rng_hi: torch.Tensor
     max_nq: int  # the most query rows of any owner (1 in token mode)
     owner_of_row: torch.Tensor  # [Tq] owner index of each query row
+    max_rng: int = 0  # the longest contiguous range of any owner (at most B_q when sparse, 0 in token mode)
 
     _host_bounds: tuple[torch.Tensor, torch.Tensor] | None = None
     _varlen: VarlenLayout | None = None
@@ -115,10 +116,11 @@ def build_plan(q_pos: torch.Tensor, q_doc: torch.Tensor, cfg: DSAConfig, dense: 
             rng_lo, rng_hi = bstart, last + 1
     owner_of_row = torch.repeat_interleave(torch.arange(starts.numel(), device=dev), nq)
     i32 = lambda t: t.to(torch.int32).contiguous()  # noqa: E731
+    max_nq, max_rng = torch.stack([nq.max(), (rng_hi - rng_lo).max()]).tolist()  # one read from the device
     return Plan(
         q_pos=i32(pos), q_doc=i32(doc), own_q0=i32(starts), own_nq=i32(nq),
         cand_lo=i32(cand_lo), cand_hi=i32(cand_hi), rng_lo=i32(rng_lo), rng_hi=i32(rng_hi),
-        max_nq=int(nq.max()), owner_of_row=i32(owner_of_row),
+        max_nq=int(max_nq), owner_of_row=i32(owner_of_row), max_rng=int(max_rng),
     )
 
 

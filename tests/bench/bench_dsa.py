@@ -451,7 +451,17 @@ def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True):
             s_kl = timeit(lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,
                                              sel_n, scale, token, True))
             fl_kl = npairs * (2 * HQ * D + 4 * 2 * HI * DI)
-            row(t, f"{name}: indexer KL (fwd+grads)", s_kl, flop=fl_kl)
+            key = attn_mod.config_key(token, None)
+            split = kl_mod.SPLIT_TARGET[key]
+            row(t, f"{name}: indexer KL (fwd+grads)", s_kl, flop=fl_kl,
+                note="target from its own kernel" if split else "target in the KL pass")
+            if split:  # the two parts, and the other way for comparison
+                bn = kl_mod.CONFIG.get(key + "+pt", kl_mod.CONFIG[key])[0]
+                s_tg = timeit(lambda: kl_mod.head_mean_target(x["q"], x["k"], lse, plan, sel, sel_n, scale, key, bn))
+                row(t, f"{name}: indexer KL: target kernel (in the row above)", s_tg, flop=2 * HQ * D * npairs)
+                s_kf = timeit(lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,
+                                                 sel_n, scale, token, True, split=False))
+                row(t, f"{name}: indexer KL, target in the KL pass", s_kf, flop=fl_kl)
             out = lse = dout = None
         # -- whole layer
         xg = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}

@@ -1,7 +1,8 @@
-"""The indexer KL kernel of block owners, launch configs side by side, one process.
+"""The indexer KL kernel of block owners, launch configs side by side, one process: the head-mean
+target computed inside the KL pass, or by its own kernel first (indexer_kl.SPLIT_TARGET).
 
     PYTHONUNBUFFERED=1 python tests/bench/bench_indexer_kl.py [--sparse 131072] [--dense 32768] \
-        [--configs "64,8,2,16;32,16,1,16;32,8,1,16,128"] [--out DIR]
+        [--configs "64,8,2,16;32,8,1,16,128;p64,8,2,16/8,3,32"] [--out DIR]
 
 A config is (BN, warps, stages, queries per step[, register cap]) (model/dsa/kernels/indexer_kl.py
 CONFIG["block"], BLOCK_QUERIES, MAX_REGISTERS["block"]; no cap or 0: the compiler's choice).
@@ -52,11 +53,29 @@ def case(t: int, stage: str):
     return x, plan, sel, sel_n, lse, pairs
 
 
-def install(c):
+def parse(text: str):
+    """A config: ``BN,warps,stages,queries[,register cap]`` (the target inside the KL pass) or
+    ``p BN,warps,stages,queries/warps,stages,queries`` (the target from its own kernel, then the KL
+    pass over it: the pass's launch / the target kernel's)."""
+    if text.startswith("p"):
+        kl, tgt = text[1:].split("/")
+        return ("split", tuple(int(v) for v in kl.split(",")), tuple(int(v) for v in tgt.split(",")))
+    return tuple(int(v) for v in text.split(","))
+
+
+def install(c) -> bool:
+    """Make config ``c`` the block launch; True when it takes the split target."""
+    if c[0] == "split":
+        (bn, nw, ns, qs), tgt = c[1], c[2]
+        kl_mod.CONFIG["block+pt"] = (bn, nw, ns)
+        kl_mod.PT_QUERIES = qs
+        kl_mod.TARGET_CONFIG["block"] = tgt
+        return True
     bn, nw, ns, qs, *cap = c
     kl_mod.CONFIG["block"] = (bn, nw, ns)
     kl_mod.BLOCK_QUERIES = qs
     kl_mod.MAX_REGISTERS["block"] = (cap or [0])[0] or None
+    return False
 
 
 def main() -> int:
@@ -64,12 +83,13 @@ def main() -> int:
     ap.add_argument("--sparse", default="131072", help="sizes of the sparse stage ('' = none)")
     ap.add_argument("--dense", default="32768", help="sizes of the dense warm-up ('' = none)")
     ap.add_argument("--token", default="", help="sizes of token mode, at its own launch only ('' = none)")
-    ap.add_argument("--configs",
-                    default="64,8,2,16;32,16,1,16;32,16,2,16;32,16,1,32;32,16,2,32;32,8,1,16,128")
+    ap.add_argument("--configs", default="64,8,2,16;p64,8,2,16/8,3,32;p64,8,2,32/8,3,32;p64,8,2,64/8,3,32;"
+                    "p64,8,2,16/16,3,32;p64,8,2,16/8,2,16;p64,4,2,16/8,3,32",
+                    help="';'-separated; see parse() (the split ones apply to the sparse stage only)")
     ap.add_argument("--loss-only", type=int, default=1, help="also time each config without the gradients")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
-    configs = [tuple(int(v) for v in c.split(",")) for c in a.configs.split(";") if c]
+    configs = [parse(c) for c in a.configs.split(";") if c]
     name = torch.cuda.get_device_name() if DEV == "cuda" else "cpu"
     print(f"# {name}, torch {torch.__version__}", flush=True)
     lines = ["| T | stage | (BN, warps, stages, queries[, register cap]) | ms | TFLOP/s | rel. err vs first "
@@ -83,13 +103,13 @@ def main() -> int:
         x, plan, sel, sel_n, lse, pairs = case(t, stage)
         flop = pairs * (2 * HQ * D + 4 * 2 * HI * DI)
         first = None
-        for c in configs if stage != "token" else [("token default", *kl_mod.CONFIG["token"])]:
-            if stage != "token":
-                install(c)
+        token_runs = [("token, target in the KL pass",), ("token, target kernel", "split")]
+        for c in [c for c in configs if stage == "sparse" or c[0] != "split"] if stage != "token" else token_runs:
+            split = install(c) if stage != "token" else c[-1] == "split"
 
             def run(grad=True):
                 return indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n,  # noqa: B023
-                                  1 / math.sqrt(D), stage == "token", grad)
+                                  1 / math.sqrt(D), stage == "token", grad, split=split)  # noqa: B023
             try:
                 kl, grads = run()
                 got = [kl, *grads]
@@ -106,7 +126,7 @@ def main() -> int:
                 base = torch.cuda.memory_allocated() if gpu else 0
                 s = timeit(run, min_total=0.3, max_reps=5) if gpu else float("nan")
                 peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if gpu else float("nan")
-                if gpu and stage != "token" and (stage not in best or s < best[stage][0]):
+                if gpu and stage != "token" and c[0] != "split" and (stage not in best or s < best[stage][0]):
                     best[stage] = (s, c)
                 line = (f"| {t:,} | {stage} | {c} | {s * 1e3:.2f} | {flop / s / 1e12:.1f} | {err:.1e} "
                         f"| {peak:.2f} |")

@@ -3,11 +3,10 @@
     PYTHONUNBUFFERED=1 python tests/bench/bench_kl_ablation.py [--sparse 131072] [--dense 32768] [--out DIR]
 
 Each variant is made at run time from the kernel's own source (model/dsa/kernels/indexer_kl.py,
-read with inspect, one named text cut that must match exactly once, written to a temporary
-module), so the variants follow the kernel as it changes and share none of its code by copy.
+tests/bench/kernel_variants.py), so the variants follow the kernel as it changes.
 A variant's loss and gradients are wrong by construction; only its time means something:
 
-- full: the kernel as it ships;
+- full: the kernel as it ships, its head-mean target computed inside the KL pass (split=False);
 - no pass 1: the indexer's log-sum-exp pass skipped (its key gathers, one dot, exps per tile);
 - no target: pass 2 without the head loop (no Q or K loads, no Hq dots and exps: the head-mean
   target is what the KL pays for that the indexer alone would not);
@@ -22,8 +21,6 @@ table and writes it under --out.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import inspect
 import math
 import os
 import sys
@@ -38,6 +35,7 @@ from model.dsa.kernels import indexer_kl as kl_mod  # noqa: E402
 from tests.bench.bench_dsa import DEV, HKV, D  # noqa: E402
 from tests.bench.bench_indexer_kl import case  # noqa: E402
 from tests.bench.cuda_timing import timeit  # noqa: E402
+from tests.bench.kernel_variants import variant  # noqa: E402
 
 # variant -> [(old text, new text), ...] applied to the kernel module's source; [] the module itself
 CUTS: dict[str, list[tuple[str, str]]] = {
@@ -49,27 +47,6 @@ CUTS: dict[str, list[tuple[str, str]]] = {
     "no dk adds": [("add_tile(DKI + kofs[:, None] * s_dkit + di[None, :], dk, km[:, None] & dim_[None, :], "
                     "ADD)", "tl.atomic_add(DKI + di, tl.sum(dk, 0), mask=dim_)")],
 }
-
-
-def variant(name: str, tmp: str):
-    """The kernel module with the variant's cut applied (imported from a file: Triton reads the
-    source of what it compiles)."""
-    cuts = CUTS[name]
-    if not cuts:
-        return kl_mod
-    src = inspect.getsource(kl_mod).replace("from .", "from model.dsa.kernels.")
-    for old, new in cuts:
-        if src.count(old) != 1:
-            raise SystemExit(f"variant {name!r}: a cut matches the kernel source {src.count(old)} times, "
-                             "not once (model/dsa/kernels/indexer_kl.py changed: update CUTS)")
-        src = src.replace(old, new)
-    path = os.path.join(tmp, "kl_" + name.replace(" ", "_") + ".py")
-    with open(path, "w") as f:
-        f.write(src)
-    spec = importlib.util.spec_from_file_location("kl_ablation_" + name.replace(" ", "_"), path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def main() -> int:
@@ -86,7 +63,7 @@ def main() -> int:
     cases = [(int(t), "sparse") for t in a.sparse.split(",") if t]
     cases += [(int(t), "warmup") for t in a.dense.split(",") if t]
     with tempfile.TemporaryDirectory() as tmp:
-        mods = {n: variant(n, tmp) for n in CUTS}
+        mods = {n: variant(kl_mod, n, cuts, tmp) for n, cuts in CUTS.items()}
         for t, stage in cases:
             x, plan, sel, sel_n, lse, _ = case(t, stage)
             full = None
@@ -94,7 +71,7 @@ def main() -> int:
             for label, mod, grad in runs:
                 def run(mod=mod, grad=grad):
                     return mod.indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,
-                                          sel_n, 1 / math.sqrt(D), False, grad)
+                                          sel_n, 1 / math.sqrt(D), False, grad, split=False)
                 run()
                 s = timeit(run, min_total=0.3, max_reps=5) if gpu else float("nan")
                 full = full if full is not None else s

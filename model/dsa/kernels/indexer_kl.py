@@ -86,13 +86,16 @@ def _kl_step(pt, qi_, wi, KI, DKI, kofs, km, ok, lse_i, a_plogp, a_pi, dqi, dwi,
 @triton.jit
 def _kl_kernel(
     Q, K, LSE, QI, WI, KI, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi,
-    KL, DQI, DWI, DKI,
+    KL, DQI, DWI, DKI, PT,
     scale_log2, inv_hq, G, HKV, HI, DI,
-    s_qt, s_qh, s_kt, s_kh, s_lt, s_qit, s_qih, s_wt, s_kit, s_dqit, s_dqih, s_dwt, s_dkit, stride_sel,
+    s_qt, s_qh, s_kt, s_kh, s_lt, s_qit, s_qih, s_wt, s_kit, s_dqit, s_dqih, s_dwt, s_dkit, stride_sel, s_po, s_pq,
     HAS_SEL: tl.constexpr, WITH_GRAD: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QS: tl.constexpr,
     HP: tl.constexpr, HIP: tl.constexpr, DIP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
-    HAS_BITS: tl.constexpr, ADD: tl.constexpr,
+    HAS_BITS: tl.constexpr, ADD: tl.constexpr, PT_IN: tl.constexpr,
 ):
+    """One program per owner. ``PT_IN``: the head-mean target was written by _target_kernel into PT
+    [owner, query in owner, key slot] (slot = the key's place in the walk, tile * BN + lane), so
+    pass 2 reads it instead of recomputing it from Q, K and LSE."""
     o = tl.program_id(0)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
     q0 = tl.load(own_q0 + o)
@@ -116,6 +119,7 @@ def _kl_kernel(
     ra = tl.arange(0, QS * HP)
     aq = ra // HP
     ah = ra % HP
+    lanes = tl.arange(0, BN)
     for s0 in range(0, nq, QS):
         qv = s0 + qa < nq
         pos_q = tl.load(QPOS + q0 + s0 + qa, mask=qv, other=-1)
@@ -145,17 +149,22 @@ def _kl_kernel(
         dwi = tl.zeros([QS * HIP], tl.float32)
         for t in range(0, nt):
             kidx, km, kb, kofs = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
-            oka = _keys_ok(kidx, km, kb, rav, pos_a, s0 + aq, HAS_BITS)
-            pt = tl.zeros([QS, BN], tl.float32)
-            for hk in range(0, HKV):
-                head = hk * G + ah
-                qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
-                             mask=rav[:, None] & dm[None, :], other=0.0)
-                lse2 = tl.load(LSE + arow * s_lt + head, mask=rav, other=0.0) * 1.4426950408889634
-                pt += _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec,
-                                   QS, HP, BN)
+            if PT_IN:
+                pt = tl.load(PT + o.to(tl.int64) * s_po + (s0 + qa)[:, None] * s_pq + t * BN + lanes[None, :],
+                             mask=qv[:, None], other=0.0)
+            else:
+                oka = _keys_ok(kidx, km, kb, rav, pos_a, s0 + aq, HAS_BITS)
+                pt = tl.zeros([QS, BN], tl.float32)
+                for hk in range(0, HKV):
+                    head = hk * G + ah
+                    qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
+                                 mask=rav[:, None] & dm[None, :], other=0.0)
+                    lse2 = tl.load(LSE + arow * s_lt + head, mask=rav, other=0.0) * 1.4426950408889634
+                    pt += _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec,
+                                       QS, HP, BN)
+                pt = pt * inv_hq
             a_plogp, a_pi, dqi, dwi = _kl_step(
-                pt * inv_hq, qi_, wi, KI, DKI, kofs, km, _keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS),
+                pt, qi_, wi, KI, DKI, kofs, km, _keys_ok(kidx, km, kb, qv, pos_q, s0 + qa, HAS_BITS),
                 lse_i, a_plogp, a_pi, dqi, dwi, di, dim_, s_kit, s_dkit, prec, WITH_GRAD, QS, HIP, BN, ADD)
         kl = a_plogp - a_pi + lse_i
         tl.store(KL + q0 + s0 + qa, kl, mask=qv)
@@ -163,6 +172,54 @@ def _kl_kernel(
             tl.store(DQI + irow[:, None] * s_dqit + ij[:, None] * s_dqih + di[None, :],
                      dqi.to(DQI.dtype.element_ty), mask=riv[:, None] & dim_[None, :])
             tl.store(DWI + irow * s_dwt + ij, dwi, mask=riv)
+
+
+@triton.jit
+def _target_kernel(
+    Q, K, LSE, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi, PT,
+    scale_log2, inv_hq, G,
+    s_qt, s_qh, s_kt, s_kh, s_lt, s_po, s_pq, stride_sel,
+    HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QT: tl.constexpr, HP: tl.constexpr,
+    BN: tl.constexpr, IEEE: tl.constexpr, HAS_BITS: tl.constexpr, ADD: tl.constexpr,
+):
+    """The KL's head-mean target of QT queries of one owner, from one KV head's query heads, added
+    into PT: a program holds those QT x HP rows of Q for the whole walk (as the attention forward
+    does), so each key tile it gathers feeds one dot of QT x HP rows; the KV heads' programs add
+    their shares of the same PT entries. PT is padded to whole tiles and query chunks, so every add
+    lands inside it (masked pairs add 0) and the adds need no mask."""
+    o = tl.program_id(0)
+    hk = tl.program_id(1)
+    qc = tl.program_id(2)
+    prec: tl.constexpr = "ieee" if IEEE else "tf32"
+    q0 = tl.load(own_q0 + o)
+    nq = tl.load(own_nq + o)
+    n_sel = 0
+    if HAS_SEL:
+        n_sel = tl.load(SEL_N + o)
+    nt_sel = tl.cdiv(n_sel, BN)
+    lo = tl.load(rng_lo + o)
+    hi = tl.load(rng_hi + o)
+    nt = nt_sel + tl.cdiv(hi - lo, BN)
+    sel_row = o.to(tl.int64) * stride_sel
+    dd = tl.arange(0, DP)
+    dm = dd < D
+    ra = tl.arange(0, QT * HP)
+    aq = qc * QT + ra // HP
+    ah = ra % HP
+    rav = (aq < nq) & (ah < G)
+    arow = (q0 + aq).to(tl.int64)
+    head = hk * G + ah
+    pos_a = tl.load(QPOS + arow, mask=rav, other=-1)
+    qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :], mask=rav[:, None] & dm[None, :],
+                 other=0.0)
+    lse2 = tl.load(LSE + arow * s_lt + head, mask=rav, other=0.0) * 1.4426950408889634
+    prow = o.to(tl.int64) * s_po + (qc * QT + tl.arange(0, QT)).to(tl.int64) * s_pq
+    lanes = tl.arange(0, BN)
+    for t in range(0, nt):
+        kidx, km, kb, kofs = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
+        oka = _keys_ok(kidx, km, kb, rav, pos_a, aq, HAS_BITS)
+        pt = _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec, QT, HP, BN)
+        add_tile(PT + prow[:, None] + t * BN + lanes[None, :], pt * inv_hq, None, ADD, False)
 
 
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them. Token
@@ -216,26 +273,68 @@ def tune_block_from_env(env=os.environ) -> None:
 tune_block_from_env()
 
 
-def kl_shape(max_nq: int, g: int, h_i: int, token: bool):
+# The head-mean target as its own kernel (_target_kernel, then the KL pass reads it) or inside the
+# KL pass (its head loop), per launch kind; only lists take the split: a dense warm-up's target
+# would be Tq x Tq. The split costs a float32 buffer of [owners, queries, attended keys] (1.1 GB at
+# 128K for block owners, k = 2,048) while the KL runs.
+SPLIT_TARGET = {"block": True, "token": False, "merged": False}
+# (num_warps, num_stages, queries a program) of _target_kernel; rows = queries x the KV group's heads.
+TARGET_CONFIG = {"block": (8, 3, 32), "token": (4, 2, 1), "merged": (4, 2, 16)}
+# The KL pass over a stored target, block owners: (BN, num_warps, num_stages) and queries a step.
+CONFIG["block+pt"] = (64, 8, 2)
+MAX_REGISTERS["block+pt"] = None
+PT_QUERIES = 16
+
+
+def kl_shape(max_nq: int, g: int, h_i: int, token: bool, queries: int | None = None):
     """(QS, HP, HIP): queries per inner step and padded head counts, every dot >= 16 rows."""
-    qs = 1 if token else min(BLOCK_QUERIES, next_pow2(max_nq))
+    qs = 1 if token else min(queries or BLOCK_QUERIES, next_pow2(max_nq))
     return qs, max(next_pow2(g), 16 // qs), max(next_pow2(h_i), 16 // qs)
+
+
+def head_mean_target(q, k, lse, plan, sel, sel_n, scale: float, key: str, block_n: int, bits=None,
+                     num_warps: int | None = None, num_stages: int | None = None, queries: int | None = None):
+    """PT [owners, queries padded, key slots padded to tiles of ``block_n``] float32: each query's
+    head-mean attention probability of every key it attends, at the key's place in the owner's
+    walk (list tiles, then the range), 0 elsewhere."""
+    tw = TARGET_CONFIG[key]
+    num_warps, num_stages, queries = num_warps or tw[0], num_stages or tw[1], queries or tw[2]
+    tq, hq, d = q.shape
+    g = hq // k.shape[1]
+    qt = min(queries, next_pow2(plan.max_nq))
+    hp = max(next_pow2(g), 16 // qt)
+    n_qc = triton.cdiv(plan.max_nq, qt)
+    width = (triton.cdiv(sel.shape[1], block_n) + triton.cdiv(plan.max_rng, block_n)) * block_n
+    pt = torch.zeros((plan.n_owners, n_qc * qt, width), dtype=torch.float32, device=q.device)
+    _target_kernel[(plan.n_owners, k.shape[1], n_qc)](
+        q, k, lse, plan.q_pos, plan.own_q0, plan.own_nq, sel, sel_n, bits if bits is not None else sel,
+        plan.rng_lo, plan.rng_hi, pt, scale * 1.4426950408889634, 1.0 / hq, g,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), pt.stride(0), pt.stride(1), sel.stride(0),
+        HAS_SEL=True, D=d, DP=max(16, next_pow2(d)), QT=qt, HP=hp, BN=block_n, IEEE=ieee(q),
+        HAS_BITS=bits is not None, ADD=mode_for(q, "target"), num_warps=num_warps, num_stages=num_stages,
+    )
+    return pt
 
 
 def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, token: bool, with_grad: bool,
                block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None, bits=None,
-               add_mode=None):
+               add_mode=None, split: bool | None = None):
     """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t. ``bits``: the
     list's query bits (merged token owners, model/dsa/merge.py); ``add_mode``: how dk_I is summed
-    (reduce_add.MODES; the KL's default when None)."""
-    c = CONFIG[config_key(token, bits)]
-    cap = MAX_REGISTERS[config_key(token, bits)]
+    (reduce_add.MODES; the KL's default when None); ``split``: the target from its own kernel
+    (SPLIT_TARGET's choice for this launch kind when None; lists only)."""
+    key = config_key(token, bits)
+    has_sel = sel is not None
+    split = has_sel and (SPLIT_TARGET[key] if split is None else split)
+    kind = key + "+pt" if split and key + "+pt" in CONFIG else key
+    c = CONFIG[kind]
+    cap = MAX_REGISTERS[kind]
     block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
     tq, hq, d = q.shape
     hkv = k.shape[1]
     g = hq // hkv
     h_i, d_i = q_idx.shape[1], q_idx.shape[2]
-    qs, hp, hip = kl_shape(plan.max_nq, g, h_i, token)
+    qs, hp, hip = kl_shape(plan.max_nq, g, h_i, token, PT_QUERIES if kind == "block+pt" else None)
     if qs > 1 and qs * hp < 64:  # block owners with small head groups: Triton 3.8 fails to compile
         num_stages = 1  # the 2-stage pipeline for rows this few unless every pointer is 16-byte aligned
     lse = lse.contiguous()  # the kernel reads [Tq, Hq] rows with unit head stride (FlashAttention's is [Hq, Tq])
@@ -246,19 +345,20 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
         dki = torch.zeros(k_idx.shape, dtype=torch.float32, device=q.device)
     else:
         dqi, dwi, dki = q_idx, w_idx, k_idx  # never written
-    has_sel = sel is not None
     sel_t = sel if has_sel else plan.own_q0
     sel_n_t = sel_n if has_sel else plan.own_q0
+    pt = head_mean_target(q, k, lse, plan, sel, sel_n, scale, key, block_n, bits) if split else kl
     _kl_kernel[(plan.n_owners,)](
         q, k, lse, q_idx, w_idx, k_idx, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
-        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, kl, dqi, dwi, dki,
+        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, kl, dqi, dwi, dki, pt,
         scale * 1.4426950408889634, 1.0 / hq, g, hkv, h_i, d_i,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
         q_idx.stride(0), q_idx.stride(1), w_idx.stride(0), k_idx.stride(0),
         dqi.stride(0), dqi.stride(1), dwi.stride(0), dki.stride(0), sel_t.stride(0) if has_sel else 0,
+        pt.stride(0) if split else 0, pt.stride(1) if split else 0,
         HAS_SEL=has_sel, WITH_GRAD=with_grad, D=d, DP=max(16, next_pow2(d)), QS=qs, HP=hp, HIP=hip,
         DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), HAS_BITS=bits is not None,
-        ADD=mode_for(q, "kl", add_mode), num_warps=num_warps, num_stages=num_stages,
+        ADD=mode_for(q, "kl", add_mode), PT_IN=split, num_warps=num_warps, num_stages=num_stages,
         **({"maxnreg": cap} if cap and q.is_cuda else {}),
     )
     if not with_grad:

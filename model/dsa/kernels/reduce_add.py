@@ -32,9 +32,10 @@ ATOMIC = 0  # tl.atomic_add (Triton's lowering: layout conversion, one atom per 
 QUADS = 1  # four columns a thread after a layout conversion, one red.global.add.v4.f32 each
 
 MODES = {"atomic": ATOMIC, "quads": QUADS}
-# Per launch kind (attention.config_key; "kl" for the indexer KL kernel), from the measurements
-# above; merged token groups were not measured and keep atomic_add.
-DEFAULT = {"block": QUADS, "token": ATOMIC, "merged": ATOMIC, "kl": ATOMIC}
+# Per launch kind (attention.config_key; "kl" for the indexer KL kernel, "target" for its head-mean
+# target's kernel), from the measurements above; merged token groups were not measured and keep
+# atomic_add. The target's adds are whole unmasked tiles, what the quads won on in the backward.
+DEFAULT = {"block": QUADS, "token": ATOMIC, "merged": ATOMIC, "kl": ATOMIC, "target": QUADS}
 
 _QUAD_ASM = tl.constexpr("red.global.gpu.relaxed.add.v4.f32 [$1], {$2, $3, $4, $5}; mov.b32 $0, 0;")
 
