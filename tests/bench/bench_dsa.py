@@ -840,6 +840,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1, help="time the indexer warm-up's layer work per size")
     ap.add_argument("--token-merge", default="4,8,16", help="merged token groups to time per size ('' = none)")
     ap.add_argument("--kernels", type=int, default=1, help="0 skips the per-size kernel and layer rows")
+    ap.add_argument("--kl-split", default="", help="the block KL's split launch, 'BN,warps,stages,queries/"
+                    "warps,stages,queries,kv loop' (bench_indexer_kl.py's fastest_split.txt); '' = the defaults")
     ap.add_argument("--add-modes", type=int, default=0,
                     help="T > 0: time the backward's float32 add modes at T first and keep the fastest")
     a = ap.parse_args()
@@ -848,6 +850,12 @@ def main():
         quality_vectors()
         return
     sizes = [int(s) for s in a.sizes.split(",") if s]
+    if a.kl_split.strip():
+        kl, tgt = ([int(v) for v in part.split(",")] for part in a.kl_split.strip().split("/"))
+        kl_mod.CONFIG["block+pt"], kl_mod.PT_QUERIES = tuple(kl[:3]), kl[3]
+        kl_mod.TARGET_CONFIG["block"] = tuple(tgt)
+        log(f"block KL split launch: pass {kl_mod.CONFIG['block+pt']}, {kl_mod.PT_QUERIES} queries a step; "
+            f"target {kl_mod.TARGET_CONFIG['block']}")
     commit = a.commit
     if not commit:
         try:

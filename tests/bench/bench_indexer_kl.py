@@ -11,7 +11,8 @@ k = 2,048, blocks of 64, rule max+coarse2 in the sparse stage; the dense warm-up
 visible key). Each config's loss and indexer gradients
 are compared with the first config's (the row's "rel. err"), then timed with gradients. Prints a
 markdown table and writes it under --out, with the fastest config per stage in fastest_STAGE.txt
-(the value for LONGSHOT_KL_BLOCK).
+(the value for LONGSHOT_KL_BLOCK) and the fastest split one in fastest_split.txt (for bench_dsa's
+--kl-split).
 """
 from __future__ import annotations
 
@@ -55,21 +56,27 @@ def case(t: int, stage: str):
 
 def parse(text: str):
     """A config: ``BN,warps,stages,queries[,register cap]`` (the target inside the KL pass) or
-    ``p BN,warps,stages,queries/warps,stages,queries`` (the target from its own kernel, then the KL
-    pass over it: the pass's launch / the target kernel's)."""
+    ``p BN,warps,stages,queries/warps,stages,queries[,kv loop]`` (the target from its own kernel,
+    then the KL pass over it: the pass's launch / the target kernel's, indexer_kl.TARGET_CONFIG)."""
     if text.startswith("p"):
         kl, tgt = text[1:].split("/")
-        return ("split", tuple(int(v) for v in kl.split(",")), tuple(int(v) for v in tgt.split(",")))
+        tgt = tuple(int(v) for v in tgt.split(","))
+        return ("split", tuple(int(v) for v in kl.split(",")), tgt + (0,) * (4 - len(tgt)))
     return tuple(int(v) for v in text.split(","))
+
+
+def install_split(kl, tgt) -> None:
+    """The block launch of the split KL: its pass (BN, warps, stages, queries) and target kernel."""
+    bn, nw, ns, qs = kl
+    kl_mod.CONFIG["block+pt"] = (bn, nw, ns)
+    kl_mod.PT_QUERIES = qs
+    kl_mod.TARGET_CONFIG["block"] = tgt
 
 
 def install(c) -> bool:
     """Make config ``c`` the block launch; True when it takes the split target."""
     if c[0] == "split":
-        (bn, nw, ns, qs), tgt = c[1], c[2]
-        kl_mod.CONFIG["block+pt"] = (bn, nw, ns)
-        kl_mod.PT_QUERIES = qs
-        kl_mod.TARGET_CONFIG["block"] = tgt
+        install_split(c[1], c[2])
         return True
     bn, nw, ns, qs, *cap = c
     kl_mod.CONFIG["block"] = (bn, nw, ns)
@@ -83,8 +90,8 @@ def main() -> int:
     ap.add_argument("--sparse", default="131072", help="sizes of the sparse stage ('' = none)")
     ap.add_argument("--dense", default="32768", help="sizes of the dense warm-up ('' = none)")
     ap.add_argument("--token", default="", help="sizes of token mode, at its own launch only ('' = none)")
-    ap.add_argument("--configs", default="64,8,2,16;p64,8,2,16/8,3,32;p64,8,2,32/8,3,32;p64,8,2,64/8,3,32;"
-                    "p64,8,2,16/16,3,32;p64,8,2,16/8,2,16;p64,4,2,16/8,3,32",
+    ap.add_argument("--configs", default="64,8,2,16;p64,8,2,16/8,3,32,0;p64,8,2,16/8,3,32,1;"
+                    "p64,8,2,16/16,3,32,1;p64,8,2,16/8,2,32,1;p64,8,2,16/8,3,16,1",
                     help="';'-separated; see parse() (the split ones apply to the sparse stage only)")
     ap.add_argument("--loss-only", type=int, default=1, help="also time each config without the gradients")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -98,7 +105,7 @@ def main() -> int:
     cases = [(int(t), "sparse") for t in a.sparse.split(",") if t]
     cases += [(int(t), "warmup") for t in a.dense.split(",") if t]
     cases += [(int(t), "token") for t in a.token.split(",") if t]
-    best = {}  # stage -> (ms with gradients, config)
+    best = {}  # stage (or "split") -> (ms with gradients, config)
     for t, stage in cases:
         x, plan, sel, sel_n, lse, pairs = case(t, stage)
         flop = pairs * (2 * HQ * D + 4 * 2 * HI * DI)
@@ -126,8 +133,9 @@ def main() -> int:
                 base = torch.cuda.memory_allocated() if gpu else 0
                 s = timeit(run, min_total=0.3, max_reps=5) if gpu else float("nan")
                 peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if gpu else float("nan")
-                if gpu and stage != "token" and c[0] != "split" and (stage not in best or s < best[stage][0]):
-                    best[stage] = (s, c)
+                slot = "split" if c[0] == "split" else stage
+                if gpu and stage != "token" and (slot not in best or s < best[slot][0]):
+                    best[slot] = (s, c)
                 line = (f"| {t:,} | {stage} | {c} | {s * 1e3:.2f} | {flop / s / 1e12:.1f} | {err:.1e} "
                         f"| {peak:.2f} |")
             except Exception as e:  # noqa: BLE001 - a config that fails to compile must not stop the others
@@ -142,10 +150,11 @@ def main() -> int:
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "bench_indexer_kl.md"), "w") as f:
         f.write(table + "\n")
-    for stage, (s, c) in best.items():  # for LONGSHOT_KL_BLOCK in the rows that follow on the same GPU
-        print(f"fastest {stage}: {','.join(map(str, c))} ({s * 1e3:.2f} ms)")
+    for stage, (s, c) in best.items():  # for LONGSHOT_KL_BLOCK (or bench_dsa's --kl-split) in the rows that follow
+        text = ",".join(map(str, c)) if stage != "split" else "/".join(",".join(map(str, v)) for v in c[1:])
+        print(f"fastest {stage}: {text} ({s * 1e3:.2f} ms)")
         with open(os.path.join(a.out, f"fastest_{stage}.txt"), "w") as f:
-            f.write(",".join(map(str, c)) + "\n")
+            f.write(text + "\n")
     return 0
 
 

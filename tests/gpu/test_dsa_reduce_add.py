@@ -38,7 +38,10 @@ def test_every_add_mode_gives_the_reference_gradients(gran, monkeypatch):
     dout = torch.randn(t, hq, d, device="cuda", generator=torch.Generator(device="cuda").manual_seed(4)).bfloat16()
     grads, sel = {}, None
     for name, mode in reduce_add.MODES.items():
-        monkeypatch.setattr(reduce_add, "DEFAULT", dict.fromkeys(reduce_add.DEFAULT, mode))
+        # the KL target's head sums hold each element several times, which the quads would add more
+        # than once (reduce_add.py): that kernel keeps tl.atomic_add
+        monkeypatch.setattr(reduce_add, "DEFAULT", {k: reduce_add.ATOMIC if k == "target" else mode
+                                                    for k in reduce_add.DEFAULT})
         out, loss, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton", sel=sel)
         sel = (aux["sel"], aux["sel_n"])  # every mode on the first mode's selection
         grads[name] = torch.autograd.grad((out.float() * dout.float()).sum() + 5 * loss, args)
@@ -51,3 +54,28 @@ def test_every_add_mode_gives_the_reference_gradients(gran, monkeypatch):
             assert _rel(a, b) < 3e-2, (mode, name, _rel(a, b))
             # against Triton's own atomic_add: only the order of the float32 adds differs
             assert _rel(a, grads["atomic"][NAMES.index(name)]) < 1e-2, (mode, name)
+
+
+@pytest.mark.parametrize("how", ["fused", "split, KV heads adding", "split, KV heads in one program"])
+def test_the_kl_target_kernel_gives_the_reference_gradients(how, monkeypatch):
+    """The indexer KL with its head-mean target inside the KL pass, or from its own kernel
+    (indexer_kl.SPLIT_TARGET) in both of its launches, at the production head size on the tensor
+    cores: the loss and indexer gradients of the reference on the same selection."""
+    from model.dsa.kernels import indexer_kl as kl_mod
+
+    monkeypatch.setitem(kl_mod.SPLIT_TARGET, "block", how != "fused")
+    monkeypatch.setitem(kl_mod.TARGET_CONFIG, "block", kl_mod.TARGET_CONFIG["block"][:3] + (int("one" in how),))
+    t, hq, hkv, d, hi, di = 3000, 16, 2, 128, 4, 64
+    cu = torch.tensor([0, 1100, 1130, t], dtype=torch.int32, device="cuda")
+    pos = torch.arange(t, dtype=torch.int32, device="cuda")
+    doc = doc_starts_from_cu_seqlens(cu, t)
+    cfg = DSAConfig(index_heads=hi, index_dim=di, topk=256, granularity="block", block_q=64)
+    args = _inputs(t, hq, hkv, d, hi, di, seed=5)
+    _, loss, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton")
+    got = torch.autograd.grad(loss, args[3:])
+    xs = [a.detach().float().requires_grad_() for a in args]
+    _, loss_r, _ = dsa_attention_rows(*xs, pos, doc, cfg, backend="reference", sel=(aux["sel"], aux["sel_n"]))
+    want = torch.autograd.grad(loss_r, xs[3:])
+    assert abs(float(loss) - float(loss_r)) < 2e-2 * abs(float(loss_r)), (float(loss), float(loss_r))
+    for name, a, b in zip(NAMES[3:], got, want):
+        assert _rel(a, b) < 3e-2, (how, name, _rel(a, b))

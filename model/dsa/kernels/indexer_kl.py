@@ -177,18 +177,19 @@ def _kl_kernel(
 @triton.jit
 def _target_kernel(
     Q, K, LSE, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi, PT,
-    scale_log2, inv_hq, G,
+    scale_log2, inv_hq, G, HKV,
     s_qt, s_qh, s_kt, s_kh, s_lt, s_po, s_pq, stride_sel,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QT: tl.constexpr, HP: tl.constexpr,
-    BN: tl.constexpr, IEEE: tl.constexpr, HAS_BITS: tl.constexpr, ADD: tl.constexpr,
+    BN: tl.constexpr, IEEE: tl.constexpr, HAS_BITS: tl.constexpr, ADD: tl.constexpr, KV_LOOP: tl.constexpr,
 ):
     """The KL's head-mean target of QT queries of one owner, from one KV head's query heads, added
     into PT: a program holds those QT x HP rows of Q for the whole walk (as the attention forward
     does), so each key tile it gathers feeds one dot of QT x HP rows; the KV heads' programs add
     their shares of the same PT entries. PT is padded to whole tiles and query chunks, so every add
-    lands inside it (masked pairs add 0) and the adds need no mask."""
+    lands inside it (masked pairs add 0) and the adds need no mask. ``KV_LOOP``: one program walks
+    every KV head in turn instead (grid axis 1 of size 1) and sums into its own rows of PT with
+    plain loads and stores: no atomics, a quarter of the programs."""
     o = tl.program_id(0)
-    hk = tl.program_id(1)
     qc = tl.program_id(2)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
     q0 = tl.load(own_q0 + o)
@@ -208,18 +209,27 @@ def _target_kernel(
     ah = ra % HP
     rav = (aq < nq) & (ah < G)
     arow = (q0 + aq).to(tl.int64)
-    head = hk * G + ah
     pos_a = tl.load(QPOS + arow, mask=rav, other=-1)
-    qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :], mask=rav[:, None] & dm[None, :],
-                 other=0.0)
-    lse2 = tl.load(LSE + arow * s_lt + head, mask=rav, other=0.0) * 1.4426950408889634
     prow = o.to(tl.int64) * s_po + (qc * QT + tl.arange(0, QT)).to(tl.int64) * s_pq
     lanes = tl.arange(0, BN)
-    for t in range(0, nt):
-        kidx, km, kb, kofs = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
-        oka = _keys_ok(kidx, km, kb, rav, pos_a, aq, HAS_BITS)
-        pt = _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec, QT, HP, BN)
-        add_tile(PT + prow[:, None] + t * BN + lanes[None, :], pt * inv_hq, None, ADD, False)
+    hk0 = 0 if KV_LOOP else tl.program_id(1)
+    for hk in range(hk0, HKV if KV_LOOP else hk0 + 1):
+        head = hk * G + ah
+        qh = tl.load(Q + arow[:, None] * s_qt + head[:, None] * s_qh + dd[None, :],
+                     mask=rav[:, None] & dm[None, :], other=0.0)
+        lse2 = tl.load(LSE + arow * s_lt + head, mask=rav, other=0.0) * 1.4426950408889634
+        for t in range(0, nt):
+            kidx, km, kb, kofs = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
+            oka = _keys_ok(kidx, km, kb, rav, pos_a, aq, HAS_BITS)
+            pt = _group_probs(qh, lse2, K, kofs, km, hk, oka, dd, dm, s_kt, s_kh, scale_log2, prec, QT, HP, BN)
+            ptrs = PT + prow[:, None] + t * BN + lanes[None, :]
+            if KV_LOOP:  # these rows are this program's alone; the same pointer tensor, so each
+                pt = pt * inv_hq  # element is loaded by the thread that stored it
+                if hk > 0:
+                    pt += tl.load(ptrs)
+                tl.store(ptrs, pt)
+            else:
+                add_tile(ptrs, pt * inv_hq, None, ADD, False)
 
 
 # Launch defaults (BN, num_warps, num_stages) per mode; tests/bench/bench_dsa.py sweeps them. Token
@@ -278,8 +288,9 @@ tune_block_from_env()
 # would be Tq x Tq. The split costs a float32 buffer of [owners, queries, attended keys] (1.1 GB at
 # 128K for block owners, k = 2,048) while the KL runs.
 SPLIT_TARGET = {"block": True, "token": False, "merged": False}
-# (num_warps, num_stages, queries a program) of _target_kernel; rows = queries x the KV group's heads.
-TARGET_CONFIG = {"block": (8, 3, 32), "token": (4, 2, 1), "merged": (4, 2, 16)}
+# (num_warps, num_stages, queries a program, KV heads in one program) of _target_kernel; rows =
+# queries x the KV group's heads.
+TARGET_CONFIG = {"block": (8, 3, 32, 0), "token": (4, 2, 1, 0), "merged": (4, 2, 16, 0)}
 # The KL pass over a stored target, block owners: (BN, num_warps, num_stages) and queries a step.
 CONFIG["block+pt"] = (64, 8, 2)
 MAX_REGISTERS["block+pt"] = None
@@ -293,25 +304,29 @@ def kl_shape(max_nq: int, g: int, h_i: int, token: bool, queries: int | None = N
 
 
 def head_mean_target(q, k, lse, plan, sel, sel_n, scale: float, key: str, block_n: int, bits=None,
-                     num_warps: int | None = None, num_stages: int | None = None, queries: int | None = None):
+                     num_warps: int | None = None, num_stages: int | None = None, queries: int | None = None,
+                     kv_loop: bool | None = None):
     """PT [owners, queries padded, key slots padded to tiles of ``block_n``] float32: each query's
     head-mean attention probability of every key it attends, at the key's place in the owner's
     walk (list tiles, then the range), 0 elsewhere."""
     tw = TARGET_CONFIG[key]
     num_warps, num_stages, queries = num_warps or tw[0], num_stages or tw[1], queries or tw[2]
+    kv_loop = bool(tw[3]) if kv_loop is None else kv_loop
     tq, hq, d = q.shape
     g = hq // k.shape[1]
     qt = min(queries, next_pow2(plan.max_nq))
     hp = max(next_pow2(g), 16 // qt)
     n_qc = triton.cdiv(plan.max_nq, qt)
     width = (triton.cdiv(sel.shape[1], block_n) + triton.cdiv(plan.max_rng, block_n)) * block_n
-    pt = torch.zeros((plan.n_owners, n_qc * qt, width), dtype=torch.float32, device=q.device)
-    _target_kernel[(plan.n_owners, k.shape[1], n_qc)](
+    alloc = torch.empty if kv_loop else torch.zeros
+    pt = alloc((plan.n_owners, n_qc * qt, width), dtype=torch.float32, device=q.device)
+    _target_kernel[(plan.n_owners, 1 if kv_loop else k.shape[1], n_qc)](
         q, k, lse, plan.q_pos, plan.own_q0, plan.own_nq, sel, sel_n, bits if bits is not None else sel,
-        plan.rng_lo, plan.rng_hi, pt, scale * 1.4426950408889634, 1.0 / hq, g,
+        plan.rng_lo, plan.rng_hi, pt, scale * 1.4426950408889634, 1.0 / hq, g, k.shape[1],
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), pt.stride(0), pt.stride(1), sel.stride(0),
         HAS_SEL=True, D=d, DP=max(16, next_pow2(d)), QT=qt, HP=hp, BN=block_n, IEEE=ieee(q),
-        HAS_BITS=bits is not None, ADD=mode_for(q, "target"), num_warps=num_warps, num_stages=num_stages,
+        HAS_BITS=bits is not None, ADD=mode_for(q, "target"), KV_LOOP=kv_loop, num_warps=num_warps,
+        num_stages=num_stages,
     )
     return pt
 

@@ -34,8 +34,11 @@ QUADS = 1  # four columns a thread after a layout conversion, one red.global.add
 MODES = {"atomic": ATOMIC, "quads": QUADS}
 # Per launch kind (attention.config_key; "kl" for the indexer KL kernel, "target" for its head-mean
 # target's kernel), from the measurements above; merged token groups were not measured and keep
-# atomic_add. The target's adds are whole unmasked tiles, what the quads won on in the backward.
-DEFAULT = {"block": QUADS, "token": ATOMIC, "merged": ATOMIC, "kl": ATOMIC, "target": QUADS}
+# atomic_add. The quads need values whose layout holds each element once: a dot's accumulator
+# does, a tl.sum over an axis does not (several threads then hold the same sum, and the inline
+# add runs once per copy, where tl.atomic_add masks the copies): the target's head sums gave
+# gradients 60% off with quads (H100, tests/gpu/test_dsa_reduce_add.py, 2026-12-07).
+DEFAULT = {"block": QUADS, "token": ATOMIC, "merged": ATOMIC, "kl": ATOMIC, "target": ATOMIC}
 
 _QUAD_ASM = tl.constexpr("red.global.gpu.relaxed.add.v4.f32 [$1], {$2, $3, $4, $5}; mov.b32 $0, 0;")
 
