@@ -10,7 +10,10 @@ means something:
 - no dK/dV adds: each tile's dK and dV summed into one row before the float32 adds (the dots
   stay): what the adds of whole tiles cost, i.e. what a backward without atomics could save;
 - dQ only: no dK, dV dots and no adds (the dQ half of a split backward: QK, dO V and dS K);
-- forward: the forward over the same selection, for scale.
+- full, owners spread / in order: the shipped kernel with its programs serving owners in a strided
+  order or in order (attention.SPREAD_OWNERS: do neighbouring owners' adds to the same key rows
+  queue?);
+- forward (owners in order, spread): the forward over the same selection, for scale.
 
 Shapes are bench_dsa.py's (32 / 4 heads of 128, k = 2,048, blocks of 64, rule max+coarse2).
 Prints a markdown table and writes it under --out.
@@ -68,18 +71,25 @@ def main() -> int:
             out, lse = attn_mod.attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False)
             dout = torch.randn_like(out)
             full = None
-            for label, mod in mods.items():
-                def run(mod=mod):
-                    return mod.attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False)
+            runs = [(n, m, None) for n, m in mods.items()] + [("full, owners spread", attn_mod, True),
+                                                              ("full, owners in order", attn_mod, False)]
+            for label, mod, spread in runs:
+                def run(mod=mod, spread=spread):
+                    return mod.attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False,
+                                        spread=spread)
                 run()
                 s = timeit(run, min_total=0.3, max_reps=5) if gpu else float("nan")
                 full = full if full is not None else s
                 lines.append(f"| {t:,} | {label} | {s * 1e3:.2f} | {s / full:.2f} | {flop / s / 1e12:.1f} |")
                 print(lines[-1], flush=True)
-            s = timeit(lambda: attn_mod.attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False),  # noqa: B023
-                       min_total=0.3, max_reps=5) if gpu else float("nan")
-            lines.append(f"| {t:,} | forward | {s * 1e3:.2f} | {s / full:.2f} | {flop / 2.5 / s / 1e12:.1f} (fwd) |")
-            print(lines[-1], flush=True)
+            for spread in (False, True):
+                s = timeit(lambda: attn_mod.attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False,  # noqa: B023
+                                                     spread=spread),  # noqa: B023
+                           min_total=0.3, max_reps=5) if gpu else float("nan")
+                label = "forward" + (", owners spread" if spread else "")
+                tf = flop / 2.5 / s / 1e12
+                lines.append(f"| {t:,} | {label} | {s * 1e3:.2f} | {s / full:.2f} | {tf:.1f} (fwd) |")
+                print(lines[-1], flush=True)
             x = plan = sel = sel_n = out = lse = dout = None
             if gpu:
                 torch.cuda.empty_cache()

@@ -374,3 +374,35 @@ def test_kl_target_from_its_own_kernel_matches_the_reference(gran, merge, monkey
             assert abs(float(got) - float(want)) <= 1e-5 * abs(float(want)) + 1e-6, (split, kv_loop)
             for name, a, b in zip(["q_idx", "k_idx", "w_idx"], grads, want_grads):
                 assert rel(a, b) < 1e-4, (split, kv_loop, name, rel(a, b))
+
+
+def test_owners_in_a_spread_order_give_the_same_attention(monkeypatch):
+    """The attention kernels with their programs serving owners in a strided order
+    (attention.owner_stride: every owner once) give the same output and gradients as in order, and
+    the stride is a permutation for every owner count."""
+    import math
+
+    from model.dsa.kernels import attention as attn_mod
+
+    for n in (264, 1000, 4096, 4097, 131072):
+        s = attn_mod.owner_stride(n, True)
+        assert s > 1 and math.gcd(s, n) == 1
+        assert len({i * s % n for i in range(min(n, 5000))}) == min(n, 5000)
+    assert attn_mod.owner_stride(4096, False) == 1
+    g = gen()
+    t = 70
+    args = case(g, t, 4, 2)
+    pos, doc = rows_of([0, 33, t], t)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=12, granularity="block", block_q=4)
+    dout = torch.randn(t, 4, 16, generator=g, device=DEV)
+    res = []
+    for stride in (None, 7):
+        if stride:
+            monkeypatch.setattr(attn_mod, "owner_stride", lambda n, spread: stride if math.gcd(stride, n) == 1 else 1)
+            monkeypatch.setitem(attn_mod.SPREAD_OWNERS, "fwd", True)
+            monkeypatch.setitem(attn_mod.SPREAD_OWNERS, "bwd", True)
+        out, _, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton")
+        assert aux["plan"].n_owners % 7 != 0
+        res.append([out, *torch.autograd.grad((out * dout).sum(), args[:3])])
+    for a, b in zip(*res):
+        assert rel(a, b) < 1e-5

@@ -171,7 +171,7 @@ def _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd
 @triton.jit
 def _attn_kernel(
     Q, K, V, O, LSE, DO, DELTA, DQ, DK, DV, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi,
-    sm_scale, scale_log2, G,
+    sm_scale, scale_log2, G, n_own, o_stride,
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, s_dkt, s_dkh, stride_sel,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
     BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr, HAS_BITS: tl.constexpr, ADD: tl.constexpr,
@@ -180,8 +180,9 @@ def _attn_kernel(
     DV) of one owner's rows, walking its keys in one order: full list tiles (no mask), the
     partial list tile, then the contiguous range (causal). O, DO and DQ share the strides s_ot, s_oh
     (the launcher makes them contiguous like q). ``HAS_BITS``: SBITS holds the list's query bits
-    (merged token owners), laid out like SEL."""
-    o = tl.program_id(0)
+    (merged token owners), laid out like SEL. Program i serves owner i * o_stride mod n_own
+    (o_stride coprime to n_own: a permutation; 1 keeps the order)."""
+    o = ((tl.program_id(0).to(tl.int64) * o_stride) % n_own).to(tl.int32)
     hk = tl.program_id(1)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
     EVEN_D: tl.constexpr = D == DP
@@ -256,6 +257,25 @@ BWD_CONFIG = {"block": (64, 8, 3), "token": (32, 4, 2), "merged": (64, 4, 2)}
 BLOCK_ROWS = {"fwd": 256, "bwd": 128}
 
 
+# Spread the owners that run at the same time over the sequence (owner_stride), per direction.
+# Programs start in grid order, owners fastest, so the ~one program per SM that run together are
+# neighbouring owners of one KV head: with video-like selections they pick many of the same keys, and
+# the backward's float32 dK, dV adds to those rows queue behind each other.
+SPREAD_OWNERS = {"fwd": False, "bwd": False}
+
+
+def owner_stride(n_owners: int, spread: bool) -> int:
+    """1, or a stride about n_owners / 132 (an H100's SMs) coprime to n_owners, so that program i's
+    owner i * stride mod n_owners visits every owner once and programs running together sit about
+    that far apart."""
+    if not spread or n_owners < 264:
+        return 1
+    s = max(2, n_owners // 132)
+    while math.gcd(s, n_owners) != 1:
+        s += 1
+    return s
+
+
 def config_key(token: bool, bits) -> str:
     """Which launch defaults a call takes: token owners, merged token groups, or blocks."""
     return "token" if token else ("merged" if bits is not None else "block")
@@ -272,7 +292,7 @@ def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
 
 
 def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n, scale: float, token: bool,
-            block_n, num_warps, num_stages, bits=None, add_mode=None) -> None:
+            block_n, num_warps, num_stages, bits=None, add_mode=None, spread=None) -> None:
     c = (BWD_CONFIG if bwd else FWD_CONFIG)[config_key(token, bits)]
     d = q.shape[2]
     hkv = k.shape[1]
@@ -285,6 +305,8 @@ def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n,
     _attn_kernel[grid](
         q, k, v, o, lse, do, delta, dq, dk, dv, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
         bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, scale, scale * 1.4426950408889634, g,
+        plan.n_owners, owner_stride(plan.n_owners, SPREAD_OWNERS["bwd" if bwd else "fwd"] if spread is None
+                                    else spread),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), lse.stride(0), dk.stride(0), dk.stride(1), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n or c[0], IEEE=ieee(q),
@@ -294,27 +316,28 @@ def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n,
 
 
 def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
-             num_warps: int | None = None, num_stages: int | None = None, bits=None):
+             num_warps: int | None = None, num_stages: int | None = None, bits=None, spread=None):
     """(out like q, lse [Tq, Hq] float32, natural log) of each owner's attention; q, k, v contiguous.
     ``bits``: the list's query bits (merged token owners, model/dsa/merge.py)."""
     out = torch.empty_like(q)
     lse = torch.empty(q.shape[:2], dtype=torch.float32, device=q.device)
     _launch(False, q, k, v, out, lse, q, lse, q, k, v, plan, sel, sel_n, scale, token,
-            block_n, num_warps, num_stages, bits)
+            block_n, num_warps, num_stages, bits, spread=spread)
     return out, lse
 
 
 def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
-             num_warps: int | None = None, num_stages: int | None = None, bits=None, add_mode=None):
+             num_warps: int | None = None, num_stages: int | None = None, bits=None, add_mode=None, spread=None):
     """(dq, dk, dv) for the output gradient ``dout``; dk and dv are summed in float32 (``add_mode``:
-    how, reduce_add.MODES; the default of this launch kind when None)."""
+    how, reduce_add.MODES; the default of this launch kind when None; ``spread``: SPREAD_OWNERS's
+    choice when None)."""
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)  # [Tq, Hq], rowsum(dO * O)
     dq = torch.empty_like(q)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     _launch(True, q, k, v, dout, lse, dout, delta, dq, dk, dv, plan, sel, sel_n, scale, token,
-            block_n, num_warps, num_stages, bits, add_mode)
+            block_n, num_warps, num_stages, bits, add_mode, spread)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
