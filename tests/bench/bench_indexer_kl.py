@@ -70,7 +70,7 @@ def install_split(kl, tgt) -> None:
     bn, nw, ns, qs = kl
     kl_mod.CONFIG["block+pt"] = (bn, nw, ns)
     kl_mod.PT_QUERIES = qs
-    kl_mod.TARGET_CONFIG["block"] = tgt
+    kl_mod.TARGET_CONFIG["block"] = kl_mod.TARGET_CONFIG["dense"] = tgt
 
 
 def install(c) -> bool:
@@ -92,7 +92,7 @@ def main() -> int:
     ap.add_argument("--token", default="", help="sizes of token mode, at its own launch only ('' = none)")
     ap.add_argument("--configs", default="64,8,2,16;p64,8,2,16/8,3,32,0;p64,8,2,16/8,3,32,1;"
                     "p64,8,2,16/16,3,32,1;p64,8,2,16/8,2,32,1;p64,8,2,16/8,3,16,1",
-                    help="';'-separated; see parse() (the split ones apply to the sparse stage only)")
+                    help="';'-separated; see parse()")
     ap.add_argument("--loss-only", type=int, default=1, help="also time each config without the gradients")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
@@ -111,7 +111,7 @@ def main() -> int:
         flop = pairs * (2 * HQ * D + 4 * 2 * HI * DI)
         first = None
         token_runs = [("token, target in the KL pass",), ("token, target kernel", "split")]
-        for c in [c for c in configs if stage == "sparse" or c[0] != "split"] if stage != "token" else token_runs:
+        for c in configs if stage != "token" else token_runs:
             split = install(c) if stage != "token" else c[-1] == "split"
 
             def run(grad=True):
@@ -133,7 +133,7 @@ def main() -> int:
                 base = torch.cuda.memory_allocated() if gpu else 0
                 s = timeit(run, min_total=0.3, max_reps=5) if gpu else float("nan")
                 peak = (torch.cuda.max_memory_allocated() - base) / 2**30 if gpu else float("nan")
-                slot = "split" if c[0] == "split" else stage
+                slot = ("split" if stage == "sparse" else f"split_{stage}") if c[0] == "split" else stage
                 if gpu and stage != "token" and (slot not in best or s < best[slot][0]):
                     best[slot] = (s, c)
                 line = (f"| {t:,} | {stage} | {c} | {s * 1e3:.2f} | {flop / s / 1e12:.1f} | {err:.1e} "
@@ -151,7 +151,7 @@ def main() -> int:
     with open(os.path.join(a.out, "bench_indexer_kl.md"), "w") as f:
         f.write(table + "\n")
     for stage, (s, c) in best.items():  # for LONGSHOT_KL_BLOCK (or bench_dsa's --kl-split) in the rows that follow
-        text = ",".join(map(str, c)) if stage != "split" else "/".join(",".join(map(str, v)) for v in c[1:])
+        text = ",".join(map(str, c)) if c[0] != "split" else "/".join(",".join(map(str, v)) for v in c[1:])
         print(f"fastest {stage}: {text} ({s * 1e3:.2f} ms)")
         with open(os.path.join(a.out, f"fastest_{stage}.txt"), "w") as f:
             f.write(text + "\n")

@@ -345,30 +345,32 @@ def test_block_kl_over_many_key_tiles_matches_reference(stage, monkeypatch):
         assert rel(a, b) < 1e-4, (name, rel(a, b))
 
 
-@pytest.mark.parametrize("gran,merge", [("block", 1), ("token", 1), ("token", 4)])
-def test_kl_target_from_its_own_kernel_matches_the_reference(gran, merge, monkeypatch):
+@pytest.mark.parametrize("gran,merge,stage", [("block", 1, "sparse"), ("token", 1, "sparse"), ("token", 4, "sparse"),
+                                              ("block", 1, "warmup")])
+def test_kl_target_from_its_own_kernel_matches_the_reference(gran, merge, stage, monkeypatch):
     """The head-mean target written by its own kernel and read by the KL pass (SPLIT_TARGET; one
     program a KV head adding into the target, or one walking every KV head), and the KL pass's own
     head loop: the same indexer loss and gradients as the reference, for block
-    owners, token owners and merged token groups, on a packed sequence and on a context-parallel
-    chunk of rows (GQA 4 over 2 KV heads)."""
+    owners, token owners and merged token groups, and the dense warm-up, on a packed sequence and on
+    a context-parallel chunk of rows (GQA 4 over 2 KV heads)."""
     from model.dsa.kernels import indexer_kl as kl_mod
 
     g = gen()
     t = 61
     args = case(g, t, 8, 2)
     pos, doc = rows_of([0, 21, t], t)
-    cfg = DSAConfig(index_heads=2, index_dim=16, topk=9, granularity=gran, block_q=8, token_merge=merge)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=9, granularity=gran, block_q=8, token_merge=merge,
+                    stage=stage)
     chunk = torch.cat([torch.arange(8, 24), torch.arange(40, 56)]).to(DEV)  # block borders, as CP's split
     for rows in (torch.arange(t, device=DEV), chunk):
         xs = [(a[rows] if i in (0, 3, 5) else a).detach().requires_grad_() for i, a in enumerate(args)]
-        key = "block" if gran == "block" else ("merged" if merge > 1 else "token")
+        key = "dense" if stage == "warmup" else "block" if gran == "block" else ("merged" if merge > 1 else "token")
         for split, kv_loop in ((True, 0), (True, 1), (False, 0)):
             monkeypatch.setitem(kl_mod.SPLIT_TARGET, key, split)
             monkeypatch.setitem(kl_mod.TARGET_CONFIG, key, kl_mod.TARGET_CONFIG[key][:3] + (kv_loop,))
             _, got, aux = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="triton")
             _, want, _ = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="reference",
-                                            sel=(aux["sel"], aux["sel_n"]))
+                                            sel=(aux["sel"], aux["sel_n"]) if stage == "sparse" else None)
             grads = torch.autograd.grad(got, xs[3:])
             want_grads = torch.autograd.grad(want, xs[3:])
             assert abs(float(got) - float(want)) <= 1e-5 * abs(float(want)) + 1e-6, (split, kv_loop)

@@ -284,14 +284,17 @@ tune_block_from_env()
 
 
 # The head-mean target as its own kernel (_target_kernel, then the KL pass reads it) or inside the
-# KL pass (its head loop), per launch kind; only lists take the split: a dense warm-up's target
-# would be Tq x Tq. The split costs a float32 buffer of [owners, queries, attended keys] (1.1 GB at
-# 128K for block owners, k = 2,048) while the KL runs.
-SPLIT_TARGET = {"block": True, "token": False, "merged": False}
+# KL pass (its head loop), per launch kind ("dense": the warm-up's block owners over every visible
+# key). The split costs a float32 buffer of [owners, queries, attended keys] while the KL runs: 1.1
+# GB at 128K for block owners with k = 2,048, but Tq x Tq / 2 for the dense warm-up, so a split
+# whose buffer would pass SPLIT_MAX_BYTES takes the head loop instead.
+SPLIT_TARGET = {"block": True, "token": False, "merged": False, "dense": False}
+SPLIT_MAX_BYTES = 8 << 30
 # (num_warps, num_stages, queries a program, KV heads in one program) of _target_kernel; rows =
 # queries x the KV group's heads.
-TARGET_CONFIG = {"block": (8, 3, 32, 0), "token": (4, 2, 1, 0), "merged": (4, 2, 16, 0)}
-# The KL pass over a stored target, block owners: (BN, num_warps, num_stages) and queries a step.
+TARGET_CONFIG = {"block": (8, 3, 32, 0), "token": (4, 2, 1, 0), "merged": (4, 2, 16, 0), "dense": (8, 3, 32, 1)}
+# The KL pass over a stored target, block owners (and dense): (BN, num_warps, num_stages) and
+# queries a step.
 CONFIG["block+pt"] = (64, 8, 2)
 MAX_REGISTERS["block+pt"] = None
 PT_QUERIES = 16
@@ -303,28 +306,37 @@ def kl_shape(max_nq: int, g: int, h_i: int, token: bool, queries: int | None = N
     return qs, max(next_pow2(g), 16 // qs), max(next_pow2(h_i), 16 // qs)
 
 
+def target_shape(plan, sel, key: str, block_n: int, queries: int | None = None) -> tuple[int, int, int]:
+    """(queries a target program, query rows of PT per owner, key slots of PT per owner)."""
+    qt = min(queries or TARGET_CONFIG[key][2], next_pow2(plan.max_nq))
+    listed = triton.cdiv(sel.shape[1], block_n) if sel is not None else 0
+    return qt, triton.cdiv(plan.max_nq, qt) * qt, (listed + triton.cdiv(plan.max_rng, block_n)) * block_n
+
+
 def head_mean_target(q, k, lse, plan, sel, sel_n, scale: float, key: str, block_n: int, bits=None,
                      num_warps: int | None = None, num_stages: int | None = None, queries: int | None = None,
                      kv_loop: bool | None = None):
     """PT [owners, queries padded, key slots padded to tiles of ``block_n``] float32: each query's
     head-mean attention probability of every key it attends, at the key's place in the owner's
-    walk (list tiles, then the range), 0 elsewhere."""
+    walk (list tiles, then the range), 0 elsewhere. ``sel`` None: the dense warm-up (the range
+    only; TARGET_CONFIG["dense"])."""
+    key = key if sel is not None else "dense"
     tw = TARGET_CONFIG[key]
-    num_warps, num_stages, queries = num_warps or tw[0], num_stages or tw[1], queries or tw[2]
+    num_warps, num_stages = num_warps or tw[0], num_stages or tw[1]
     kv_loop = bool(tw[3]) if kv_loop is None else kv_loop
     tq, hq, d = q.shape
     g = hq // k.shape[1]
-    qt = min(queries, next_pow2(plan.max_nq))
+    qt, rows, width = target_shape(plan, sel, key, block_n, queries)
     hp = max(next_pow2(g), 16 // qt)
-    n_qc = triton.cdiv(plan.max_nq, qt)
-    width = (triton.cdiv(sel.shape[1], block_n) + triton.cdiv(plan.max_rng, block_n)) * block_n
     alloc = torch.empty if kv_loop else torch.zeros
-    pt = alloc((plan.n_owners, n_qc * qt, width), dtype=torch.float32, device=q.device)
-    _target_kernel[(plan.n_owners, 1 if kv_loop else k.shape[1], n_qc)](
-        q, k, lse, plan.q_pos, plan.own_q0, plan.own_nq, sel, sel_n, bits if bits is not None else sel,
-        plan.rng_lo, plan.rng_hi, pt, scale * 1.4426950408889634, 1.0 / hq, g, k.shape[1],
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), pt.stride(0), pt.stride(1), sel.stride(0),
-        HAS_SEL=True, D=d, DP=max(16, next_pow2(d)), QT=qt, HP=hp, BN=block_n, IEEE=ieee(q),
+    pt = alloc((plan.n_owners, rows, width), dtype=torch.float32, device=q.device)
+    sel_t = sel if sel is not None else plan.own_q0
+    _target_kernel[(plan.n_owners, 1 if kv_loop else k.shape[1], rows // qt)](
+        q, k, lse, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n if sel is not None else sel_t,
+        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, pt, scale * 1.4426950408889634, 1.0 / hq,
+        g, k.shape[1], q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), pt.stride(0),
+        pt.stride(1), sel.stride(0) if sel is not None else 0,
+        HAS_SEL=sel is not None, D=d, DP=max(16, next_pow2(d)), QT=qt, HP=hp, BN=block_n, IEEE=ieee(q),
         HAS_BITS=bits is not None, ADD=mode_for(q, "target"), KV_LOOP=kv_loop, num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -337,10 +349,15 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t. ``bits``: the
     list's query bits (merged token owners, model/dsa/merge.py); ``add_mode``: how dk_I is summed
     (reduce_add.MODES; the KL's default when None); ``split``: the target from its own kernel
-    (SPLIT_TARGET's choice for this launch kind when None; lists only)."""
+    (SPLIT_TARGET's choice for this launch kind when None, within SPLIT_MAX_BYTES)."""
     key = config_key(token, bits)
     has_sel = sel is not None
-    split = has_sel and (SPLIT_TARGET[key] if split is None else split)
+    if split is None:
+        skey = key if has_sel else "dense"
+        split = SPLIT_TARGET[skey]
+        if split:
+            _, rows, width = target_shape(plan, sel, skey, block_n or CONFIG.get(key + "+pt", CONFIG[key])[0])
+            split = plan.n_owners * rows * width * 4 <= SPLIT_MAX_BYTES
     kind = key + "+pt" if split and key + "+pt" in CONFIG else key
     c = CONFIG[kind]
     cap = MAX_REGISTERS[kind]
