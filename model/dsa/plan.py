@@ -45,6 +45,7 @@ class Plan:
     max_rng: int = 0  # the longest contiguous range of any owner (at most B_q when sparse, 0 in token mode)
 
     _host_bounds: tuple[torch.Tensor, torch.Tensor] | None = None
+    _host_ranges: torch.Tensor | None = None
     _varlen: VarlenLayout | None = None
 
     @property
@@ -57,6 +58,13 @@ class Plan:
         if self._host_bounds is None:
             self._host_bounds = (self.cand_lo.cpu(), self.cand_hi.cpu())
         return self._host_bounds
+
+    def host_ranges(self) -> torch.Tensor:
+        """Each owner's contiguous range length on the host, read once per plan: the indexer KL
+        sizes its target buffer's waves of owners from them (kernels/indexer_kl.py)."""
+        if self._host_ranges is None:
+            self._host_ranges = (self.rng_hi - self.rng_lo).cpu()
+        return self._host_ranges
 
 
     def varlen_layout(self) -> VarlenLayout:

@@ -349,7 +349,8 @@ def test_block_kl_over_many_key_tiles_matches_reference(stage, monkeypatch):
                                               ("block", 1, "warmup")])
 def test_kl_target_from_its_own_kernel_matches_the_reference(gran, merge, stage, monkeypatch):
     """The head-mean target written by its own kernel and read by the KL pass (SPLIT_TARGET; one
-    program a KV head adding into the target, or one walking every KV head), and the KL pass's own
+    program a KV head adding into the target, or one walking every KV head; all owners at once, or
+    in waves of a few when the buffer's budget is small), and the KL pass's own
     head loop: the same indexer loss and gradients as the reference, for block
     owners, token owners and merged token groups, and the dense warm-up, on a packed sequence and on
     a context-parallel chunk of rows (GQA 4 over 2 KV heads)."""
@@ -365,17 +366,19 @@ def test_kl_target_from_its_own_kernel_matches_the_reference(gran, merge, stage,
     for rows in (torch.arange(t, device=DEV), chunk):
         xs = [(a[rows] if i in (0, 3, 5) else a).detach().requires_grad_() for i, a in enumerate(args)]
         key = "dense" if stage == "warmup" else "block" if gran == "block" else ("merged" if merge > 1 else "token")
-        for split, kv_loop in ((True, 0), (True, 1), (False, 0)):
+        for split, kv_loop, budget in ((True, 0, 1 << 30), (True, 1, 1 << 30), (True, 0, 9000), (True, 1, 3000),
+                                       (False, 0, 1 << 30)):
             monkeypatch.setitem(kl_mod.SPLIT_TARGET, key, split)
             monkeypatch.setitem(kl_mod.TARGET_CONFIG, key, kl_mod.TARGET_CONFIG[key][:3] + (kv_loop,))
+            monkeypatch.setattr(kl_mod, "SPLIT_MAX_BYTES", budget)  # small: the owners in waves
             _, got, aux = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="triton")
             _, want, _ = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="reference",
                                             sel=(aux["sel"], aux["sel_n"]) if stage == "sparse" else None)
             grads = torch.autograd.grad(got, xs[3:])
             want_grads = torch.autograd.grad(want, xs[3:])
-            assert abs(float(got) - float(want)) <= 1e-5 * abs(float(want)) + 1e-6, (split, kv_loop)
+            assert abs(float(got) - float(want)) <= 1e-5 * abs(float(want)) + 1e-6, (split, kv_loop, budget)
             for name, a, b in zip(["q_idx", "k_idx", "w_idx"], grads, want_grads):
-                assert rel(a, b) < 1e-4, (split, kv_loop, name, rel(a, b))
+                assert rel(a, b) < 1e-4, (split, kv_loop, budget, name, rel(a, b))
 
 
 def test_owners_in_a_spread_order_give_the_same_attention(monkeypatch):
@@ -408,3 +411,42 @@ def test_owners_in_a_spread_order_give_the_same_attention(monkeypatch):
         res.append([out, *torch.autograd.grad((out * dout).sum(), args[:3])])
     for a, b in zip(*res):
         assert rel(a, b) < 1e-5
+
+
+def test_target_waves_cover_every_owner_once_within_the_budget():
+    """The KL target's waves of owners (indexer_kl.target_waves) for the dense warm-up of a packed
+    sequence: consecutive, covering every owner once, each wave's buffer within the budget unless it
+    is a single owner, and each wave's slots at least its longest owner's walk."""
+    from model.dsa.kernels import indexer_kl as kl_mod
+
+    t = 3000
+    pos, doc = rows_of([0, 700, 710, t], t)
+    plan = build_plan(pos, doc, DSAConfig(index_heads=2, index_dim=16, topk=9, granularity="block", block_q=64,
+                                          stage="warmup"), dense=True)
+    ranges = (plan.rng_hi - plan.rng_lo).cpu()
+    for budget in (1, 200_000, 3_000_000, 1 << 40):
+        waves = kl_mod.target_waves(plan, None, 64, 64, budget)
+        assert waves[0][0] == 0 and waves[-1][1] == plan.n_owners
+        assert all(w1[1] == w2[0] for w1, w2 in zip(waves, waves[1:]))
+        for a, b, width in waves:
+            assert b > a and width % 64 == 0 and width >= int(ranges[a:b].max())
+            assert (b - a) * 64 * width * 4 <= budget or b - a == 1
+            if b < plan.n_owners:  # as large as the budget allows: the next owner would not fit
+                wider = max(width, -(-int(ranges[b]) // 64) * 64)
+                assert (b - a + 1) * 64 * wider * 4 > budget
+        assert len(waves) == plan.n_owners if budget == 1 else len(waves) == 1 if budget == 1 << 40 else len(waves) > 2
+
+
+def test_kl_split_kinds_from_env(monkeypatch):
+    """LONGSHOT_KL_SPLIT picks the launch kinds whose KL target has its own kernel; 'none' turns
+    every one off; an unknown kind is refused, naming the variable, and changes nothing."""
+    from model.dsa.kernels import indexer_kl as kl_mod
+
+    monkeypatch.setattr(kl_mod, "SPLIT_TARGET", dict(kl_mod.SPLIT_TARGET))
+    kl_mod.split_from_env({kl_mod.SPLIT_ENV: "dense, token"})
+    assert {k for k, on in kl_mod.SPLIT_TARGET.items() if on} == {"dense", "token"}
+    kl_mod.split_from_env({kl_mod.SPLIT_ENV: "none"})
+    assert not any(kl_mod.SPLIT_TARGET.values())
+    with pytest.raises(ValueError, match=kl_mod.SPLIT_ENV):
+        kl_mod.split_from_env({kl_mod.SPLIT_ENV: "block,sparse"})
+    assert not any(kl_mod.SPLIT_TARGET.values())

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -87,7 +88,7 @@ def _kl_step(pt, qi_, wi, KI, DKI, kofs, km, ok, lse_i, a_plogp, a_pi, dqi, dwi,
 def _kl_kernel(
     Q, K, LSE, QI, WI, KI, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi,
     KL, DQI, DWI, DKI, PT,
-    scale_log2, inv_hq, G, HKV, HI, DI,
+    scale_log2, inv_hq, G, HKV, HI, DI, o_base,
     s_qt, s_qh, s_kt, s_kh, s_lt, s_qit, s_qih, s_wt, s_kit, s_dqit, s_dqih, s_dwt, s_dkit, stride_sel, s_po, s_pq,
     HAS_SEL: tl.constexpr, WITH_GRAD: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QS: tl.constexpr,
     HP: tl.constexpr, HIP: tl.constexpr, DIP: tl.constexpr, BN: tl.constexpr, IEEE: tl.constexpr,
@@ -95,8 +96,9 @@ def _kl_kernel(
 ):
     """One program per owner. ``PT_IN``: the head-mean target was written by _target_kernel into PT
     [owner, query in owner, key slot] (slot = the key's place in the walk, tile * BN + lane), so
-    pass 2 reads it instead of recomputing it from Q, K and LSE."""
-    o = tl.program_id(0)
+    pass 2 reads it instead of recomputing it from Q, K and LSE; PT holds the owners from o_base on
+    (a wave of them, when the whole target would not fit)."""
+    o = o_base + tl.program_id(0)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
     q0 = tl.load(own_q0 + o)
     nq = tl.load(own_nq + o)
@@ -150,7 +152,8 @@ def _kl_kernel(
         for t in range(0, nt):
             kidx, km, kb, kofs = _tile_keys(t, nt_sel, SEL, SBITS, sel_row, n_sel, lo, hi, BN, HAS_BITS)
             if PT_IN:
-                pt = tl.load(PT + o.to(tl.int64) * s_po + (s0 + qa)[:, None] * s_pq + t * BN + lanes[None, :],
+                pt = tl.load(PT + tl.program_id(0).to(tl.int64) * s_po + (s0 + qa)[:, None] * s_pq + t * BN
+                             + lanes[None, :],
                              mask=qv[:, None], other=0.0)
             else:
                 oka = _keys_ok(kidx, km, kb, rav, pos_a, s0 + aq, HAS_BITS)
@@ -177,7 +180,7 @@ def _kl_kernel(
 @triton.jit
 def _target_kernel(
     Q, K, LSE, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi, PT,
-    scale_log2, inv_hq, G, HKV,
+    scale_log2, inv_hq, G, HKV, o_base,
     s_qt, s_qh, s_kt, s_kh, s_lt, s_po, s_pq, stride_sel,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QT: tl.constexpr, HP: tl.constexpr,
     BN: tl.constexpr, IEEE: tl.constexpr, HAS_BITS: tl.constexpr, ADD: tl.constexpr, KV_LOOP: tl.constexpr,
@@ -188,8 +191,8 @@ def _target_kernel(
     their shares of the same PT entries. PT is padded to whole tiles and query chunks, so every add
     lands inside it (masked pairs add 0) and the adds need no mask. ``KV_LOOP``: one program walks
     every KV head in turn instead (grid axis 1 of size 1) and sums into its own rows of PT with
-    plain loads and stores: no atomics, a quarter of the programs."""
-    o = tl.program_id(0)
+    plain loads and stores: no atomics, a quarter of the programs. PT holds the owners from o_base on."""
+    o = o_base + tl.program_id(0)
     qc = tl.program_id(2)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
     q0 = tl.load(own_q0 + o)
@@ -210,7 +213,7 @@ def _target_kernel(
     rav = (aq < nq) & (ah < G)
     arow = (q0 + aq).to(tl.int64)
     pos_a = tl.load(QPOS + arow, mask=rav, other=-1)
-    prow = o.to(tl.int64) * s_po + (qc * QT + tl.arange(0, QT)).to(tl.int64) * s_pq
+    prow = tl.program_id(0).to(tl.int64) * s_po + (qc * QT + tl.arange(0, QT)).to(tl.int64) * s_pq
     lanes = tl.arange(0, BN)
     hk0 = 0 if KV_LOOP else tl.program_id(1)
     for hk in range(hk0, HKV if KV_LOOP else hk0 + 1):
@@ -285,11 +288,12 @@ tune_block_from_env()
 
 # The head-mean target as its own kernel (_target_kernel, then the KL pass reads it) or inside the
 # KL pass (its head loop), per launch kind ("dense": the warm-up's block owners over every visible
-# key). The split costs a float32 buffer of [owners, queries, attended keys] while the KL runs: 1.1
-# GB at 128K for block owners with k = 2,048, but Tq x Tq / 2 for the dense warm-up, so a split
-# whose buffer would pass SPLIT_MAX_BYTES takes the head loop instead.
+# key). The split keeps the target in a float32 buffer of [owners, queries, attended keys]: 1.1 GB
+# at 128K for block owners with k = 2,048, but Tq x Tq / 2 for the dense warm-up, so the owners go
+# through in waves whose buffer stays within SPLIT_MAX_BYTES.
 SPLIT_TARGET = {"block": True, "token": False, "merged": False, "dense": False}
-SPLIT_MAX_BYTES = 8 << 30
+SPLIT_MAX_BYTES = 4 << 30
+SPLIT_ENV = "LONGSHOT_KL_SPLIT"
 # (num_warps, num_stages, queries a program, KV heads in one program) of _target_kernel; rows =
 # queries x the KV group's heads.
 TARGET_CONFIG = {"block": (8, 3, 32, 0), "token": (4, 2, 1, 0), "merged": (4, 2, 16, 0), "dense": (8, 3, 32, 1)}
@@ -300,47 +304,99 @@ MAX_REGISTERS["block+pt"] = None
 PT_QUERIES = 16
 
 
+def split_from_env(env=os.environ) -> None:
+    """``LONGSHOT_KL_SPLIT=block,dense`` (or ``none``): the launch kinds whose KL target comes from
+    its own kernel, the others computing it in the KL pass; unset keeps SPLIT_TARGET's defaults.
+    Which is faster depends on the GPU and the stage (tests/bench/bench_indexer_kl.py times both)."""
+    text = env.get(SPLIT_ENV, "").strip()
+    if not text:
+        return
+    kinds = set() if text == "none" else {v.strip() for v in text.split(",") if v.strip()}
+    unknown = kinds - set(SPLIT_TARGET)
+    if unknown:
+        raise ValueError(f"{SPLIT_ENV}={text!r}: unknown kinds {sorted(unknown)}; expected 'none' or a comma list "
+                         f"of {sorted(SPLIT_TARGET)}")
+    for kind in SPLIT_TARGET:
+        SPLIT_TARGET[kind] = kind in kinds
+
+
+split_from_env()
+
+
+def hp_for(g: int, rows_per_head: int) -> int:
+    """Query heads of a KV group padded so that a dot has at least 16 rows."""
+    return max(next_pow2(g), 16 // rows_per_head)
+
+
 def kl_shape(max_nq: int, g: int, h_i: int, token: bool, queries: int | None = None):
     """(QS, HP, HIP): queries per inner step and padded head counts, every dot >= 16 rows."""
     qs = 1 if token else min(queries or BLOCK_QUERIES, next_pow2(max_nq))
-    return qs, max(next_pow2(g), 16 // qs), max(next_pow2(h_i), 16 // qs)
+    return qs, hp_for(g, qs), hp_for(h_i, qs)
 
 
-def target_shape(plan, sel, key: str, block_n: int, queries: int | None = None) -> tuple[int, int, int]:
-    """(queries a target program, query rows of PT per owner, key slots of PT per owner)."""
+def target_rows(plan, key: str, queries: int | None = None) -> tuple[int, int]:
+    """(queries a target program, query rows of the target buffer per owner)."""
     qt = min(queries or TARGET_CONFIG[key][2], next_pow2(plan.max_nq))
-    listed = triton.cdiv(sel.shape[1], block_n) if sel is not None else 0
-    return qt, triton.cdiv(plan.max_nq, qt) * qt, (listed + triton.cdiv(plan.max_rng, block_n)) * block_n
+    return qt, triton.cdiv(plan.max_nq, qt) * qt
+
+
+def target_waves(plan, sel, block_n: int, rows: int, budget: int) -> list[tuple[int, int, int]]:
+    """[(first owner, end owner, key slots)]: consecutive owners whose target buffer of
+    (owners x rows x slots) float32 stays within ``budget`` bytes (one owner at least), slots being
+    the wave's longest walk (the list's whole tiles, then the range's)."""
+    listed = triton.cdiv(sel.shape[1], block_n) * block_n if sel is not None else 0
+    n = plan.n_owners
+    if sel is not None:  # lists: every walk within one range of at most B_q keys of the longest
+        width = listed + triton.cdiv(plan.max_rng, block_n) * block_n
+        per = max(1, budget // (rows * width * 4))
+        return [(a, min(n, a + per), width) for a in range(0, n, per)]
+    key = (block_n, rows, budget)
+    memo = plan.__dict__.setdefault("_target_waves", {})
+    if key not in memo:
+        w = ((plan.host_ranges().numpy().astype(np.int64) + block_n - 1) // block_n) * block_n
+        waves, a = [], 0
+        while a < n:
+            widest = np.maximum.accumulate(w[a:])
+            fits = np.arange(1, n - a + 1) * rows * widest * 4 <= budget
+            count = n - a if fits.all() else max(1, int(fits.argmin()))
+            waves.append((a, a + count, max(int(widest[count - 1]), block_n)))
+            a += count
+        memo[key] = waves
+    return memo[key]
 
 
 def head_mean_target(q, k, lse, plan, sel, sel_n, scale: float, key: str, block_n: int, bits=None,
                      num_warps: int | None = None, num_stages: int | None = None, queries: int | None = None,
-                     kv_loop: bool | None = None):
+                     kv_loop: bool | None = None, owners: tuple[int, int] | None = None, out=None):
     """PT [owners, queries padded, key slots padded to tiles of ``block_n``] float32: each query's
     head-mean attention probability of every key it attends, at the key's place in the owner's
     walk (list tiles, then the range), 0 elsewhere. ``sel`` None: the dense warm-up (the range
-    only; TARGET_CONFIG["dense"])."""
+    only; TARGET_CONFIG["dense"]). ``owners``: a wave (first, end) of them, written into ``out``
+    [end - first, rows, slots] when given (its slots must hold the wave's longest walk)."""
     key = key if sel is not None else "dense"
     tw = TARGET_CONFIG[key]
     num_warps, num_stages = num_warps or tw[0], num_stages or tw[1]
     kv_loop = bool(tw[3]) if kv_loop is None else kv_loop
     tq, hq, d = q.shape
     g = hq // k.shape[1]
-    qt, rows, width = target_shape(plan, sel, key, block_n, queries)
-    hp = max(next_pow2(g), 16 // qt)
-    alloc = torch.empty if kv_loop else torch.zeros
-    pt = alloc((plan.n_owners, rows, width), dtype=torch.float32, device=q.device)
+    qt, rows = target_rows(plan, key, queries)
+    first, end = owners or (0, plan.n_owners)
+    if out is None:
+        out = torch.empty((end - first, rows, target_waves(plan, sel, block_n, rows, 1 << 62)[0][2]),
+                          dtype=torch.float32, device=q.device)
+    if not kv_loop:
+        out.zero_()  # the KV heads' programs add into it
     sel_t = sel if sel is not None else plan.own_q0
-    _target_kernel[(plan.n_owners, 1 if kv_loop else k.shape[1], rows // qt)](
+    _target_kernel[(end - first, 1 if kv_loop else k.shape[1], rows // qt)](
         q, k, lse, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n if sel is not None else sel_t,
-        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, pt, scale * 1.4426950408889634, 1.0 / hq,
-        g, k.shape[1], q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), pt.stride(0),
-        pt.stride(1), sel.stride(0) if sel is not None else 0,
-        HAS_SEL=sel is not None, D=d, DP=max(16, next_pow2(d)), QT=qt, HP=hp, BN=block_n, IEEE=ieee(q),
+        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, out, scale * 1.4426950408889634, 1.0 / hq,
+        g, k.shape[1], first, q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0), out.stride(0),
+        out.stride(1), sel.stride(0) if sel is not None else 0,
+        HAS_SEL=sel is not None, D=d, DP=max(16, next_pow2(d)), QT=qt, HP=hp_for(g, qt), BN=block_n, IEEE=ieee(q),
         HAS_BITS=bits is not None, ADD=mode_for(q, "target"), KV_LOOP=kv_loop, num_warps=num_warps,
         num_stages=num_stages,
     )
-    return pt
+    return out
 
 
 def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, token: bool, with_grad: bool,
@@ -349,15 +405,12 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t. ``bits``: the
     list's query bits (merged token owners, model/dsa/merge.py); ``add_mode``: how dk_I is summed
     (reduce_add.MODES; the KL's default when None); ``split``: the target from its own kernel
-    (SPLIT_TARGET's choice for this launch kind when None, within SPLIT_MAX_BYTES)."""
+    (SPLIT_TARGET's choice for this launch kind when None), in waves of owners whose target buffer
+    stays within SPLIT_MAX_BYTES."""
     key = config_key(token, bits)
     has_sel = sel is not None
-    if split is None:
-        skey = key if has_sel else "dense"
-        split = SPLIT_TARGET[skey]
-        if split:
-            _, rows, width = target_shape(plan, sel, skey, block_n or CONFIG.get(key + "+pt", CONFIG[key])[0])
-            split = plan.n_owners * rows * width * 4 <= SPLIT_MAX_BYTES
+    skey = key if has_sel else "dense"
+    split = SPLIT_TARGET[skey] if split is None else split
     kind = key + "+pt" if split and key + "+pt" in CONFIG else key
     c = CONFIG[kind]
     cap = MAX_REGISTERS[kind]
@@ -379,20 +432,29 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
         dqi, dwi, dki = q_idx, w_idx, k_idx  # never written
     sel_t = sel if has_sel else plan.own_q0
     sel_n_t = sel_n if has_sel else plan.own_q0
-    pt = head_mean_target(q, k, lse, plan, sel, sel_n, scale, key, block_n, bits) if split else kl
-    _kl_kernel[(plan.n_owners,)](
-        q, k, lse, q_idx, w_idx, k_idx, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
-        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, kl, dqi, dwi, dki, pt,
-        scale * 1.4426950408889634, 1.0 / hq, g, hkv, h_i, d_i,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
-        q_idx.stride(0), q_idx.stride(1), w_idx.stride(0), k_idx.stride(0),
-        dqi.stride(0), dqi.stride(1), dwi.stride(0), dki.stride(0), sel_t.stride(0) if has_sel else 0,
-        pt.stride(0) if split else 0, pt.stride(1) if split else 0,
-        HAS_SEL=has_sel, WITH_GRAD=with_grad, D=d, DP=max(16, next_pow2(d)), QS=qs, HP=hp, HIP=hip,
-        DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), HAS_BITS=bits is not None,
-        ADD=mode_for(q, "kl", add_mode), PT_IN=split, num_warps=num_warps, num_stages=num_stages,
-        **({"maxnreg": cap} if cap and q.is_cuda else {}),
-    )
+    waves, buf, rows = [(0, plan.n_owners, 0)], kl, 0
+    if split:
+        rows = target_rows(plan, skey)[1]
+        waves = target_waves(plan, sel, block_n, rows, SPLIT_MAX_BYTES)
+        buf = torch.empty(max((b - a) * w for a, b, w in waves) * rows, dtype=torch.float32, device=q.device)
+    for first, end, width in waves:
+        pt = kl
+        if split:
+            pt = head_mean_target(q, k, lse, plan, sel, sel_n, scale, key, block_n, bits, owners=(first, end),
+                                  out=buf[: (end - first) * rows * width].view(end - first, rows, width))
+        _kl_kernel[(end - first,)](
+            q, k, lse, q_idx, w_idx, k_idx, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
+            bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, kl, dqi, dwi, dki, pt,
+            scale * 1.4426950408889634, 1.0 / hq, g, hkv, h_i, d_i, first,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), lse.stride(0),
+            q_idx.stride(0), q_idx.stride(1), w_idx.stride(0), k_idx.stride(0),
+            dqi.stride(0), dqi.stride(1), dwi.stride(0), dki.stride(0), sel_t.stride(0) if has_sel else 0,
+            pt.stride(0) if split else 0, pt.stride(1) if split else 0,
+            HAS_SEL=has_sel, WITH_GRAD=with_grad, D=d, DP=max(16, next_pow2(d)), QS=qs, HP=hp, HIP=hip,
+            DIP=max(16, next_pow2(d_i)), BN=block_n, IEEE=ieee(q), HAS_BITS=bits is not None,
+            ADD=mode_for(q, "kl", add_mode), PT_IN=split, num_warps=num_warps, num_stages=num_stages,
+            **({"maxnreg": cap} if cap and q.is_cuda else {}),
+        )
     if not with_grad:
         return kl, None
     return kl, (dqi, dki, dwi)
