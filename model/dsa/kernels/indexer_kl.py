@@ -290,9 +290,11 @@ tune_block_from_env()
 # KL pass (its head loop), per launch kind ("dense": the warm-up's block owners over every visible
 # key). The split keeps the target in a float32 buffer of [owners, queries, attended keys]: 1.1 GB
 # at 128K for block owners with k = 2,048, but Tq x Tq / 2 for the dense warm-up, so the owners go
-# through in waves whose buffer stays within SPLIT_MAX_BYTES.
+# through in waves whose buffer stays within SPLIT_MAX_BYTES and half the GPU's free memory. Each
+# wave is two launches of one program per owner (or per 32 queries), so a small budget leaves SMs
+# idle: at 256K the dense warm-up's last owners take 64 MiB each.
 SPLIT_TARGET = {"block": True, "token": False, "merged": False, "dense": False}
-SPLIT_MAX_BYTES = 4 << 30
+SPLIT_MAX_BYTES = 16 << 30
 SPLIT_ENV = "LONGSHOT_KL_SPLIT"
 # (num_warps, num_stages, queries a program, KV heads in one program) of _target_kernel; rows =
 # queries x the KV group's heads.
@@ -435,7 +437,11 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     waves, buf, rows = [(0, plan.n_owners, 0)], kl, 0
     if split:
         rows = target_rows(plan, skey)[1]
-        waves = target_waves(plan, sel, block_n, rows, SPLIT_MAX_BYTES)
+        budget = SPLIT_MAX_BYTES
+        if q.is_cuda:
+            free_half = torch.cuda.mem_get_info(q.device)[0] // 2
+            budget = min(budget, max(256 << 20, free_half >> 28 << 28))  # whole 256 MiB: a few distinct waves
+        waves = target_waves(plan, sel, block_n, rows, budget)
         buf = torch.empty(max((b - a) * w for a, b, w in waves) * rows, dtype=torch.float32, device=q.device)
     for first, end, width in waves:
         pt = kl
