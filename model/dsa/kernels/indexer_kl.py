@@ -1,4 +1,4 @@
-"""The indexer's KL loss over each query's attended keys, with its gradients, in one kernel.
+"""The indexer's KL loss over each query's attended keys, with its gradients.
 
 Per query t with attended key set S_t (its owner's list and range, causal):
   p_t(s) = mean over the Hq heads of softmax(scale * q_h . k_s) over S_t  (the target; from the
@@ -13,6 +13,14 @@ added into a float32 buffer shared by all programs (reduce_add.py). The gradient
 computed with the loss, in the forward, for a unit weight per query; the autograd Function scales
 them by grad / T. That trades storing dq_I (the size of q_I) for not recomputing the Hq-head
 probabilities in backward.
+
+The target can instead come from its own kernel first (_target_kernel, SPLIT_TARGET per launch
+kind): programs shaped like the attention forward's, each holding the Q rows of 32 queries x one KV
+group's heads for its whole walk, so every gathered key tile feeds one dot of all those rows; pass 2
+then reads the target from a float32 buffer. Pass 2's own head loop reloads four KV heads' Q rows
+and K tiles per key tile, which is what the head-mean target costs there (half of the KL, per
+tests/bench/bench_kl_ablation.py). The buffer is [owners, queries, attended keys]; the dense
+warm-up's is Tq x Tq / 2, so the owners go through in waves within a memory budget.
 
 A head-major walk of pass 2 for block owners (one KV head at a time over a chunk of key tiles,
 its query rows loaded once per chunk, the head sums kept in a float32 scratch slice per
