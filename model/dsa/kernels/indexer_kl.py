@@ -301,12 +301,17 @@ tune_block_from_env()
 # through in waves whose buffer stays within SPLIT_MAX_BYTES and half the GPU's free memory. Each
 # wave is two launches of one program per owner (or per 32 queries), so a small budget leaves SMs
 # idle: at 256K the dense warm-up's last owners take 64 MiB each.
-SPLIT_TARGET = {"block": True, "token": False, "merged": False, "dense": False}
+# Measured (H100, tests/bench/RESULTS.md, 2026-12-07): block owners 36.0 ms against 39.8 at 128K,
+# the dense warm-up 61.6 against 87.1 at 32K, and its 256K training step 16.1 s against 18.8.
+# Token owners and merged groups were not timed split.
+SPLIT_TARGET = {"block": True, "token": False, "merged": False, "dense": True}
 SPLIT_MAX_BYTES = 16 << 30
 SPLIT_ENV = "LONGSHOT_KL_SPLIT"
 # (num_warps, num_stages, queries a program, KV heads in one program) of _target_kernel; rows =
 # queries x the KV group's heads.
-TARGET_CONFIG = {"block": (8, 3, 32, 0), "token": (4, 2, 1, 0), "merged": (4, 2, 16, 0), "dense": (8, 3, 32, 1)}
+# The KV heads' programs adding into the buffer beat one program walking all four with plain loads
+# and stores: 36.0 against 37.2 ms (block, 128K), 61.6 against 67.2 (dense, 32K; H100, 2026-12-07).
+TARGET_CONFIG = {"block": (8, 3, 32, 0), "token": (4, 2, 1, 0), "merged": (4, 2, 16, 0), "dense": (8, 3, 32, 0)}
 # The KL pass over a stored target, block owners (and dense): (BN, num_warps, num_stages) and
 # queries a step.
 CONFIG["block+pt"] = (64, 8, 2)
