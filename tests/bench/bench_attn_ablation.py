@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 from model.dsa.kernels import attention as attn_mod  # noqa: E402
 from tests.bench.bench_dsa import DEV, HQ, D, attended  # noqa: E402
 from tests.bench.bench_indexer_kl import case  # noqa: E402
-from tests.bench.cuda_timing import timeit  # noqa: E402
+from tests.bench.cuda_timing import print_and_save, timeit  # noqa: E402
 from tests.bench.kernel_variants import variant  # noqa: E402
 
 _DV_ADD = ("add_tile(DV + dkp, tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec), cm, ADD, "
@@ -93,11 +93,7 @@ def main() -> int:
             x = plan = sel = sel_n = out = lse = dout = None
             if gpu:
                 torch.cuda.empty_cache()
-    table = "\n".join(lines)
-    print("\n" + table)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "bench_attn_ablation.md"), "w") as f:
-        f.write(table + "\n")
+    print_and_save(lines, a.out, "bench_attn_ablation.md")
     return 0
 
 

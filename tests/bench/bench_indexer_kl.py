@@ -33,7 +33,7 @@ from model.dsa.kernels.indexer_kl import indexer_kl  # noqa: E402
 from model.dsa.plan import build_plan  # noqa: E402
 from model.dsa.select import select  # noqa: E402
 from tests.bench.bench_dsa import DEV, HI, HQ, D, DI, attended, inputs, rel, rule_cfg  # noqa: E402
-from tests.bench.cuda_timing import timeit  # noqa: E402
+from tests.bench.cuda_timing import print_and_save, timeit  # noqa: E402
 
 
 def case(t: int, stage: str):
@@ -145,11 +145,7 @@ def main() -> int:
         x = plan = sel = sel_n = lse = first = None
         if DEV == "cuda":
             torch.cuda.empty_cache()
-    table = "\n".join(lines)
-    print("\n" + table)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "bench_indexer_kl.md"), "w") as f:
-        f.write(table + "\n")
+    print_and_save(lines, a.out, "bench_indexer_kl.md")
     for stage, (s, c) in best.items():  # for LONGSHOT_KL_BLOCK (or bench_dsa's --kl-split) in the rows that follow
         text = ",".join(map(str, c)) if c[0] != "split" else "/".join(",".join(map(str, v)) for v in c[1:])
         print(f"fastest {stage}: {text} ({s * 1e3:.2f} ms)")

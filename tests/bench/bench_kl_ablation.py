@@ -34,7 +34,7 @@ sys.path.insert(0, ROOT)
 from model.dsa.kernels import indexer_kl as kl_mod  # noqa: E402
 from tests.bench.bench_dsa import DEV, HKV, D  # noqa: E402
 from tests.bench.bench_indexer_kl import case  # noqa: E402
-from tests.bench.cuda_timing import timeit  # noqa: E402
+from tests.bench.cuda_timing import print_and_save, timeit  # noqa: E402
 from tests.bench.kernel_variants import variant  # noqa: E402
 
 # variant -> [(old text, new text), ...] applied to the kernel module's source; [] the module itself
@@ -82,11 +82,7 @@ def main() -> int:
                 torch.cuda.empty_cache()
     lines.append(f"\n(one KV head of {HKV}: the head loop's cost per KV head is (full - one KV head) / "
                  f"{HKV - 1})")
-    table = "\n".join(lines)
-    print("\n" + table)
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "bench_kl_ablation.md"), "w") as f:
-        f.write(table + "\n")
+    print_and_save(lines, a.out, "bench_kl_ablation.md")
     return 0
 
 

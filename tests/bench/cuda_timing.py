@@ -1,7 +1,9 @@
 """Timing a GPU call the way the kernel benches report it: the median of CUDA-event timings after
-one warm-up call, with enough repetitions to be stable and few enough for multi-second calls."""
+one warm-up call, with enough repetitions to be stable and few enough for multi-second calls; and
+the table they report it in."""
 from __future__ import annotations
 
+import os
 import statistics
 import time
 
@@ -25,3 +27,14 @@ def timeit(fn, min_total: float = 0.6, max_reps: int = 10) -> float:
         if ts[-1] > 2.0 and len(ts) >= 2:
             break
     return statistics.median(ts)
+
+
+def print_and_save(lines: list[str], out_dir: str, name: str) -> str:
+    """A bench's markdown table: printed whole (the device call's output keeps its tail) and
+    written to out_dir/name, which the call brings back."""
+    table = "\n".join(lines)
+    print("\n" + table, flush=True)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, name), "w") as f:
+        f.write(table + "\n")
+    return table

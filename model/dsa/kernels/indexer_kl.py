@@ -93,6 +93,22 @@ def _kl_step(pt, qi_, wi, KI, DKI, kofs, km, ok, lse_i, a_plogp, a_pi, dqi, dwi,
 
 
 @triton.jit
+def _owner_walk(o, own_q0, own_nq, SEL_N, rng_lo, rng_hi, stride_sel, BN: tl.constexpr, HAS_SEL: tl.constexpr):
+    """Owner o's queries and key walk, as the KL pass and the target kernel both number it: (first
+    query row, query count, listed keys, list tiles, range start, range end, all tiles, list row
+    offset). A key's slot in the target buffer is its tile * BN + lane in this walk."""
+    q0 = tl.load(own_q0 + o)
+    nq = tl.load(own_nq + o)
+    n_sel = 0
+    if HAS_SEL:
+        n_sel = tl.load(SEL_N + o)
+    nt_sel = tl.cdiv(n_sel, BN)
+    lo = tl.load(rng_lo + o)
+    hi = tl.load(rng_hi + o)
+    return q0, nq, n_sel, nt_sel, lo, hi, nt_sel + tl.cdiv(hi - lo, BN), o.to(tl.int64) * stride_sel
+
+
+@triton.jit
 def _kl_kernel(
     Q, K, LSE, QI, WI, KI, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi,
     KL, DQI, DWI, DKI, PT,
@@ -108,16 +124,8 @@ def _kl_kernel(
     (a wave of them, when the whole target would not fit)."""
     o = o_base + tl.program_id(0)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
-    q0 = tl.load(own_q0 + o)
-    nq = tl.load(own_nq + o)
-    n_sel = 0
-    if HAS_SEL:
-        n_sel = tl.load(SEL_N + o)
-    nt_sel = tl.cdiv(n_sel, BN)
-    lo = tl.load(rng_lo + o)
-    hi = tl.load(rng_hi + o)
-    nt = nt_sel + tl.cdiv(hi - lo, BN)
-    sel_row = o.to(tl.int64) * stride_sel
+    q0, nq, n_sel, nt_sel, lo, hi, nt, sel_row = _owner_walk(o, own_q0, own_nq, SEL_N, rng_lo, rng_hi,
+                                                              stride_sel, BN, HAS_SEL)
     dd = tl.arange(0, DP)
     dm = dd < D
     di = tl.arange(0, DIP)
@@ -203,16 +211,8 @@ def _target_kernel(
     o = o_base + tl.program_id(0)
     qc = tl.program_id(2)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
-    q0 = tl.load(own_q0 + o)
-    nq = tl.load(own_nq + o)
-    n_sel = 0
-    if HAS_SEL:
-        n_sel = tl.load(SEL_N + o)
-    nt_sel = tl.cdiv(n_sel, BN)
-    lo = tl.load(rng_lo + o)
-    hi = tl.load(rng_hi + o)
-    nt = nt_sel + tl.cdiv(hi - lo, BN)
-    sel_row = o.to(tl.int64) * stride_sel
+    q0, nq, n_sel, nt_sel, lo, hi, nt, sel_row = _owner_walk(o, own_q0, own_nq, SEL_N, rng_lo, rng_hi,
+                                                              stride_sel, BN, HAS_SEL)
     dd = tl.arange(0, DP)
     dm = dd < D
     ra = tl.arange(0, QT * HP)
