@@ -450,27 +450,3 @@ def test_kl_split_kinds_from_env(monkeypatch):
     with pytest.raises(ValueError, match=kl_mod.SPLIT_ENV):
         kl_mod.split_from_env({kl_mod.SPLIT_ENV: "block,sparse"})
     assert not any(kl_mod.SPLIT_TARGET.values())
-
-
-@pytest.mark.parametrize("gran,merge,stage", [("block", 1, "sparse"), ("token", 1, "sparse"), ("token", 4, "sparse"),
-                                              ("block", 1, "warmup")])
-def test_keys_major_backward_matches_the_reference(gran, merge, stage, monkeypatch):
-    """The attention backward in keys-major form (attention.BWD_TRANSPOSED: K q^T, P^T, dS^T) gives
-    the reference's dq, dk, dv for block owners, token owners, merged token groups (each row masked
-    to its own keys) and the dense warm-up range, with documents cutting blocks short."""
-    from model.dsa.kernels import attention as attn_mod
-
-    monkeypatch.setattr(attn_mod, "BWD_TRANSPOSED", dict.fromkeys(attn_mod.BWD_TRANSPOSED, True))
-    g = gen()
-    t = 45
-    args = case(g, t, 8, 2)
-    pos, doc = rows_of([0, 19, t], t)
-    cfg = DSAConfig(index_heads=2, index_dim=16, topk=7, granularity=gran, block_q=4, token_merge=merge, stage=stage)
-    out, _, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton")
-    sel = (aux["sel"], aux["sel_n"]) if stage == "sparse" else None
-    want, _, _ = dsa_attention_rows(*args, pos, doc, cfg, backend="reference", sel=sel)
-    dout = torch.randn(out.shape, generator=g, device=DEV)
-    got = torch.autograd.grad((out * dout).sum(), args[:3])
-    ref_grads = torch.autograd.grad((want * dout).sum(), args[:3])
-    for name, a, b in zip(["q", "k", "v"], got, ref_grads):
-        assert rel(a, b) < 1e-4, (name, rel(a, b))

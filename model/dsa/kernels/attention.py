@@ -64,11 +64,9 @@ def _selected_by(kb, slot):
 
 @triton.jit
 def _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec: tl.constexpr,
-                 MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr,
-                 TRANS: tl.constexpr = False):
+                 MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr):
     """(K tile, V tile, base-2 logits with -inf where a key is masked) for BN keys (rows kidx of the
-    global key table): [rows, BN], or [BN, rows] with ``TRANS`` (K q^T: the backward's keys-major
-    form, whose P^T and dS^T feed the dK, dV dots without a transpose).
+    global key table).
 
     ``MASK_K``: some of the tile's keys are padding (``km``); ``CAUSAL``: apply key <= query
     position. Full tiles of a selected list need neither (see the kernel), which keeps the
@@ -85,22 +83,13 @@ def _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_k
     else:
         kk = tl.load(kp)
         vv = tl.load(vp)
-    if TRANS:
-        s = tl.dot(kk, tl.trans(q), input_precision=prec) * scale_log2
-        if CAUSAL:
-            s = tl.where(km[:, None] & (kidx[:, None] <= pos[None, :]), s, float("-inf"))
-        elif MASK_K:
-            s = tl.where(km[:, None], s, float("-inf"))
-        if BITS:
-            s = tl.where(tl.trans(keep), s, float("-inf"))
-    else:
-        s = tl.dot(q, tl.trans(kk), input_precision=prec) * scale_log2
-        if CAUSAL:
-            s = tl.where(km[None, :] & (kidx[None, :] <= pos[:, None]), s, float("-inf"))
-        elif MASK_K:
-            s = tl.where(km[None, :], s, float("-inf"))
-        if BITS:
-            s = tl.where(keep, s, float("-inf"))
+    s = tl.dot(q, tl.trans(kk), input_precision=prec) * scale_log2
+    if CAUSAL:
+        s = tl.where(km[None, :] & (kidx[None, :] <= pos[:, None]), s, float("-inf"))
+    elif MASK_K:
+        s = tl.where(km[None, :], s, float("-inf"))
+    if BITS:
+        s = tl.where(keep, s, float("-inf"))
     return kk, vv, s
 
 
@@ -122,29 +111,20 @@ def _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log
 @triton.jit
 def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, dq, sm_scale, scale_log2,
               s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
-              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr, ADD: tl.constexpr,
-              TRANS: tl.constexpr):
+              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr, ADD: tl.constexpr):
     """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV into the shared float32
-    buffers (reduce_add, mode ``ADD``); padded rows (``rv``) get P = 0. ``TRANS``: in keys-major
-    form (P^T, dS^T), where only dS^T is transposed, for dQ, instead of both P and dS for dV, dK."""
+    buffers (reduce_add, mode ``ADD``); padded rows (``rv``) get P = 0."""
     kk, vv, s = _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
-                             MASK_K, CAUSAL, EVEN_D, BITS, TRANS)
+                             MASK_K, CAUSAL, EVEN_D, BITS)
+    p = tl.where(rv[:, None], tl.exp2(s - lse2[:, None]), 0.0)
     dkp = kidx.to(tl.int64)[:, None] * s_dkt + hk * s_dkh + dd[None, :]
     cm = km[:, None] & dm[None, :]
     # each of dV and dK is added as soon as it exists, so that its registers are free for the next dot
-    if TRANS:
-        pt = tl.where(rv[None, :], tl.exp2(s - lse2[None, :]), 0.0)
-        add_tile(DV + dkp, tl.dot(pt.to(do.dtype), do, input_precision=prec), cm, ADD, MASK_K or not EVEN_D)
-        dst = pt * (tl.dot(vv, tl.trans(do), input_precision=prec) - delta[None, :])
-        dq += tl.dot(tl.trans(dst.to(kk.dtype)), kk, input_precision=prec)
-        dk = tl.dot(dst.to(q.dtype), q, input_precision=prec) * sm_scale
-    else:
-        p = tl.where(rv[:, None], tl.exp2(s - lse2[:, None]), 0.0)
-        add_tile(DV + dkp, tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec), cm, ADD,
-                 MASK_K or not EVEN_D)
-        ds = p * (tl.dot(do, tl.trans(vv), input_precision=prec) - delta[:, None])
-        dq += tl.dot(ds.to(kk.dtype), kk, input_precision=prec)
-        dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale
+    add_tile(DV + dkp, tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec), cm, ADD, MASK_K or not EVEN_D)
+    dp = tl.dot(do, tl.trans(vv), input_precision=prec)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(kk.dtype), kk, input_precision=prec)
+    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale
     add_tile(DK + dkp, dk, cm, ADD, MASK_K or not EVEN_D)
     return dq
 
@@ -176,13 +156,12 @@ def _owner_rows(QPOS, own_q0, own_nq, o, hk, hg, G, D: tl.constexpr, DP: tl.cons
 def _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, sm_scale,
                scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
                CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr, BITS: tl.constexpr,
-               ADD: tl.constexpr, TRANS: tl.constexpr):
+               ADD: tl.constexpr):
     """One key tile in either direction: ``acc`` is the output rows (forward, with the online
     softmax's m_i, l_i) or the dQ rows (backward, m_i and l_i passed through)."""
     if BWD:
         acc = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, acc, sm_scale,
-                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D, BITS, ADD,
-                        TRANS)
+                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D, BITS, ADD)
     else:
         m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
                                   s_kt, s_kh, s_vt, s_vh, prec, MASK_K, CAUSAL, EVEN_D, BITS)
@@ -196,7 +175,6 @@ def _attn_kernel(
     s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, s_dkt, s_dkh, stride_sel,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
     BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr, HAS_BITS: tl.constexpr, ADD: tl.constexpr,
-    TRANS: tl.constexpr,
 ):
     """Forward (``BWD`` false: writes O, LSE) or backward (reads DO, LSE, DELTA; writes DQ, adds DK,
     DV) of one owner's rows, walking its keys in one order: full list tiles (no mask), the
@@ -240,7 +218,7 @@ def _attn_kernel(
             keep = _selected_by(tl.load(SBITS + sel_row + j + offs), slot)
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, offs < BN, keep, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, False, False, EVEN_D, BWD, HAS_BITS, ADD, TRANS)
+                                   prec, False, False, EVEN_D, BWD, HAS_BITS, ADD)
     if n_full < n_sel:
         km = n_full + offs < n_sel
         kidx = tl.load(SEL + sel_row + n_full + offs, mask=km, other=0)
@@ -249,12 +227,12 @@ def _attn_kernel(
             keep = _selected_by(tl.load(SBITS + sel_row + n_full + offs, mask=km, other=0), slot)
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, True, False, EVEN_D, BWD, HAS_BITS, ADD, TRANS)
+                                   prec, True, False, EVEN_D, BWD, HAS_BITS, ADD)
     for j in range(lo, hi, BN):  # the contiguous range: the block's own keys, or the dense prefix
         kidx = j + offs
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, kidx < hi, kidx, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, True, True, EVEN_D, BWD, False, ADD, TRANS)
+                                   prec, True, True, EVEN_D, BWD, False, ADD)
     if BWD:
         tl.store(DQ + orow, (acc * sm_scale).to(DQ.dtype.element_ty), mask=rm)
     else:
@@ -270,10 +248,6 @@ def _attn_kernel(
 # forward at 4 stages 11.57 against 11.82 at 3 (H100, 128K, 2026-12-07).
 FWD_CONFIG = {"block": (64, 16, 4), "token": (64, 2, 2), "merged": (64, 4, 2)}  # H100 sweeps, 2026-11-24
 BWD_CONFIG = {"block": (64, 8, 3), "token": (32, 4, 2), "merged": (64, 4, 2)}
-# The backward in keys-major form (_bwd_tile's TRANS) per launch kind: built 2026-12-07 after the
-# dK, dV half (two dots on transposed register tiles) measured 27 of the block backward's 54 ms at
-# 128K (tests/bench/bench_attn_ablation.py); off until timed on a GPU.
-BWD_TRANSPOSED = {"block": False, "token": False, "merged": False}
 
 
 # Query rows (queries x heads of one KV group) per program in block mode: every gathered key tile
@@ -318,7 +292,7 @@ def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
 
 
 def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n, scale: float, token: bool,
-            block_n, num_warps, num_stages, bits=None, add_mode=None, spread=None, transposed=None) -> None:
+            block_n, num_warps, num_stages, bits=None, add_mode=None, spread=None) -> None:
     c = (BWD_CONFIG if bwd else FWD_CONFIG)[config_key(token, bits)]
     d = q.shape[2]
     hkv = k.shape[1]
@@ -337,7 +311,6 @@ def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n,
         o.stride(0), o.stride(1), lse.stride(0), dk.stride(0), dk.stride(1), sel_t.stride(0) if has_sel else 0,
         HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n or c[0], IEEE=ieee(q),
         BWD=bwd, HAS_BITS=bits is not None, ADD=mode_for(q, config_key(token, bits), add_mode),
-        TRANS=bwd and (BWD_TRANSPOSED[config_key(token, bits)] if transposed is None else transposed),
         num_warps=num_warps or c[1], num_stages=num_stages or c[2],
     )
 
@@ -354,18 +327,17 @@ def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int 
 
 
 def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
-             num_warps: int | None = None, num_stages: int | None = None, bits=None, add_mode=None, spread=None,
-             transposed=None):
+             num_warps: int | None = None, num_stages: int | None = None, bits=None, add_mode=None, spread=None):
     """(dq, dk, dv) for the output gradient ``dout``; dk and dv are summed in float32 (``add_mode``:
     how, reduce_add.MODES; the default of this launch kind when None; ``spread``: SPREAD_OWNERS's
-    choice when None; ``transposed``: BWD_TRANSPOSED's)."""
+    choice when None)."""
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)  # [Tq, Hq], rowsum(dO * O)
     dq = torch.empty_like(q)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     _launch(True, q, k, v, dout, lse, dout, delta, dq, dk, dv, plan, sel, sel_n, scale, token,
-            block_n, num_warps, num_stages, bits, add_mode, spread, transposed)
+            block_n, num_warps, num_stages, bits, add_mode, spread)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
