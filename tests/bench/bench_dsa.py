@@ -851,9 +851,7 @@ def main():
         return
     sizes = [int(s) for s in a.sizes.split(",") if s]
     if a.kl_split.strip():
-        kl, tgt = ([int(v) for v in part.split(",")] for part in a.kl_split.strip().split("/"))
-        kl_mod.CONFIG["block+pt"], kl_mod.PT_QUERIES = tuple(kl[:3]), kl[3]
-        kl_mod.TARGET_CONFIG["block"] = tuple(tgt)
+        kl_mod.install_split_launch(a.kl_split)
         log(f"block KL split launch: pass {kl_mod.CONFIG['block+pt']}, {kl_mod.PT_QUERIES} queries a step; "
             f"target {kl_mod.TARGET_CONFIG['block']}")
     commit = a.commit

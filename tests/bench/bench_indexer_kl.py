@@ -56,27 +56,18 @@ def case(t: int, stage: str):
 
 def parse(text: str):
     """A config: ``BN,warps,stages,queries[,register cap]`` (the target inside the KL pass) or
-    ``p BN,warps,stages,queries/warps,stages,queries[,kv loop]`` (the target from its own kernel,
-    then the KL pass over it: the pass's launch / the target kernel's, indexer_kl.TARGET_CONFIG)."""
+    ``p`` and a split launch (indexer_kl.install_split_launch: the target from its own kernel,
+    then the KL pass over it)."""
     if text.startswith("p"):
-        kl, tgt = text[1:].split("/")
-        tgt = tuple(int(v) for v in tgt.split(","))
-        return ("split", tuple(int(v) for v in kl.split(",")), tgt + (0,) * (4 - len(tgt)))
+        return ("split", text[1:])
     return tuple(int(v) for v in text.split(","))
 
 
-def install_split(kl, tgt) -> None:
-    """The block launch of the split KL: its pass (BN, warps, stages, queries) and target kernel."""
-    bn, nw, ns, qs = kl
-    kl_mod.CONFIG["block+pt"] = (bn, nw, ns)
-    kl_mod.PT_QUERIES = qs
-    kl_mod.TARGET_CONFIG["block"] = kl_mod.TARGET_CONFIG["dense"] = tgt
-
-
 def install(c) -> bool:
-    """Make config ``c`` the block launch; True when it takes the split target."""
+    """Make config ``c`` the block launch (and the dense warm-up's, when split); True when it takes
+    the split target."""
     if c[0] == "split":
-        install_split(c[1], c[2])
+        kl_mod.install_split_launch(c[1], kinds=("block", "dense"))
         return True
     bn, nw, ns, qs, *cap = c
     kl_mod.CONFIG["block"] = (bn, nw, ns)
@@ -147,7 +138,7 @@ def main() -> int:
             torch.cuda.empty_cache()
     print_and_save(lines, a.out, "bench_indexer_kl.md")
     for stage, (s, c) in best.items():  # for LONGSHOT_KL_BLOCK (or bench_dsa's --kl-split) in the rows that follow
-        text = ",".join(map(str, c)) if c[0] != "split" else "/".join(",".join(map(str, v)) for v in c[1:])
+        text = ",".join(map(str, c)) if c[0] != "split" else c[1]
         print(f"fastest {stage}: {text} ({s * 1e3:.2f} ms)")
         with open(os.path.join(a.out, f"fastest_{stage}.txt"), "w") as f:
             f.write(text + "\n")

@@ -340,6 +340,24 @@ def split_from_env(env=os.environ) -> None:
 split_from_env()
 
 
+def install_split_launch(text: str, kinds=("block",)) -> None:
+    """Install ``BN,warps,stages,queries/warps,stages,queries[,KV heads in one program]`` (the KL
+    pass over a stored target / its target kernel; bench_indexer_kl.py's fastest_split.txt) as
+    the split launch of ``kinds`` (TARGET_CONFIG keys)."""
+    try:
+        kl, tgt = ([int(v) for v in part.split(",")] for part in text.strip().split("/"))
+        ok = len(kl) == 4 and len(tgt) in (3, 4)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"split launch {text!r}: expected BN,warps,stages,queries/warps,stages,queries[,kv loop]")
+    CONFIG["block+pt"] = tuple(kl[:3])
+    global PT_QUERIES
+    PT_QUERIES = kl[3]
+    for kind in kinds:
+        TARGET_CONFIG[kind] = tuple(tgt) + (0,) * (4 - len(tgt))
+
+
 def hp_for(g: int, rows_per_head: int) -> int:
     """Query heads of a KV group padded so that a dot has at least 16 rows."""
     return max(next_pow2(g), 16 // rows_per_head)
@@ -368,6 +386,8 @@ def target_waves(plan, sel, block_n: int, rows: int, budget: int) -> list[tuple[
         per = max(1, budget // (rows * width * 4))
         return [(a, min(n, a + per), width) for a in range(0, n, per)]
     key = (block_n, rows, budget)
+    # kept on the plan (shared by its layers) outside its fields, so that dataclasses.replace, which
+    # makes plans with other ranges (merge.py), never carries it over
     memo = plan.__dict__.setdefault("_target_waves", {})
     if key not in memo:
         w = ((plan.host_ranges().numpy().astype(np.int64) + block_n - 1) // block_n) * block_n
