@@ -842,6 +842,8 @@ def main():
     ap.add_argument("--kernels", type=int, default=1, help="0 skips the per-size kernel and layer rows")
     ap.add_argument("--kl-split", default="", help="the block KL's split launch, 'BN,warps,stages,queries/"
                     "warps,stages,queries,kv loop' (bench_indexer_kl.py's fastest_split.txt); '' = the defaults")
+    ap.add_argument("--spread", default="", help="directions whose programs serve owners in a strided order "
+                    "(attention.SPREAD_OWNERS): 'bwd', 'fwd,bwd'; '' = the defaults")
     ap.add_argument("--add-modes", type=int, default=0,
                     help="T > 0: time the backward's float32 add modes at T first and keep the fastest")
     a = ap.parse_args()
@@ -854,6 +856,11 @@ def main():
         kl_mod.install_split_launch(a.kl_split)
         log(f"block KL split launch: pass {kl_mod.CONFIG['block+pt']}, {kl_mod.PT_QUERIES} queries a step; "
             f"target {kl_mod.TARGET_CONFIG['block']}")
+    for direction in (d for d in a.spread.split(",") if d):
+        if direction not in attn_mod.SPREAD_OWNERS:
+            raise SystemExit(f"--spread {a.spread!r}: directions are {sorted(attn_mod.SPREAD_OWNERS)}")
+        attn_mod.SPREAD_OWNERS[direction] = True
+    log(f"owners spread: {attn_mod.SPREAD_OWNERS}")
     commit = a.commit
     if not commit:
         try:
