@@ -203,22 +203,31 @@ class PackedSelfAttention(MegatronModule):
             if rows is not None:
                 return packed_attention_rows(q, k, v, rows.q_pos, rows.q_doc, host_pos=rows.host_pos)
             return packed_attention(q, k, v, cu, causal=self.causal)
-        from model.dsa.attention import dsa_attention, dsa_attention_rows
+        from model.dsa.attention import KLInBackward, dsa_attention, dsa_attention_rows
 
         q_idx, k_idx, w_idx = self.indexer(hidden.detach(), cos, sin)
         weight = self.core.indexer_weight
+        share = rows.share if rows is not None else 1.0  # CP: each rank's part, summed over ranks
+        if rows is not None:
+            weight = weight * rows.share * rows.grad_scale
         first_pass, memo = self._recomputation()
+        # where the injected weight is the loss's whole gradient, the KL may run in the attention's backward
+        late = None if self.core.local_indexer_grads else KLInBackward(weight, share)
         if rows is None:
             out, loss = dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu, self.core.dsa, backend=self.core.backend,
-                                      plans=self.core.plans, memo=memo, with_loss=not first_pass)
+                                      plans=self.core.plans, memo=memo, with_loss=not first_pass,
+                                      kl_in_backward=late)
         else:
             out, loss, _ = dsa_attention_rows(q, k, v, q_idx, rows.gather(k_idx), w_idx, rows.q_pos,
                                               rows.q_doc, self.core.dsa, backend=self.core.backend,
-                                              plans=self.core.plans, memo=memo, with_loss=not first_pass)
-            weight = weight * rows.share * rows.grad_scale
+                                              plans=self.core.plans, memo=memo, with_loss=not first_pass,
+                                              kl_in_backward=late)
         if loss is None:  # recomputed in backward, where the loss is computed
             return out
-        self.indexer_loss = loss.detach() * (rows.share if rows is not None else 1.0)  # CP: summed over ranks
+        if late is not None and loss is late.value:  # filled (times share) by the attention's backward
+            self.indexer_loss = loss
+            return out
+        self.indexer_loss = loss.detach() * share
         if self.core.local_indexer_grads:
             self._indexer_backward_now(loss, weight)
         elif loss.requires_grad:

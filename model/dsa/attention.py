@@ -28,10 +28,16 @@ argument overrides it per call. The reference (reference.py) is plain chunked Py
 
 Context parallelism: ``dsa_attention_rows`` takes a chunk of query rows given by global position
 and document start against the whole (all-gathered) key table; see plan.py for the block rule.
+
+A caller that knows the indexer loss's gradient weight in forward (model/attention.py injects it)
+can pass ``kl_in_backward`` (functions.KLInBackward): with KL_IN_BACKWARD on, block owners' KL then
+runs in the attention's backward, its target added by the backward kernel, and the returned loss
+is a tensor that the backward fills.
 """
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -39,12 +45,17 @@ from model import flash_varlen
 
 from . import reference as ref
 from .config import DSAConfig
-from .functions import IndexerKL, SparseAttention
+from .functions import IndexerKL, KLInBackward, SparseAttention, SparseAttentionKL
 from .merge import merge_selection, merged_plan
 from .plan import Plan, build_plan, doc_starts_from_cu_seqlens
 from .select import select
 
 _BACKEND = "triton"
+
+# Block owners' indexer KL in the attention's backward when the caller allows (kl_in_backward);
+# LONGSHOT_KL_IN_BACKWARD=1 / 0 overrides. Off until timed on a GPU against the KL's own target
+# kernel in forward.
+KL_IN_BACKWARD = os.environ.get("LONGSHOT_KL_IN_BACKWARD", "0").strip() == "1"
 
 
 def set_backend(name: str) -> None:
@@ -71,7 +82,8 @@ def _check(q, k, v, q_idx, k_idx, w_idx, cfg: DSAConfig) -> None:
 
 def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfig, softmax_scale=None,
                        backend: str | None = None, sel=None, plans: dict | None = None,
-                       memo: dict | None = None, with_loss: bool = True):
+                       memo: dict | None = None, with_loss: bool = True,
+                       kl_in_backward: KLInBackward | None = None):
     """DSA for query rows at global positions q_pos (sorted) with document starts q_doc.
 
     k, v, k_idx are the global key table (row = global position). Returns (out, loss, aux) with
@@ -82,6 +94,8 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
     same inputs (the layer's recomputation in backward) reads it instead of selecting again.
     ``with_loss=False`` skips the indexer KL (loss is then None): the first, graph-less forward of
     a recomputed layer, whose recomputation computes the loss and its gradients once.
+    ``kl_in_backward``: see the module docstring; the returned loss is then ``kl_in_backward.value``
+    when that path was taken (block owners, Triton, gradients wanted), and the usual loss otherwise.
     """
     _check(q, k, v, q_idx, k_idx, w_idx, cfg)
     backend = backend or _BACKEND
@@ -110,6 +124,10 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
         plan = _plan(plans, cfg, lambda: merged_plan(aux["plan"], cfg), "merged")
         sel, bits, sel_n = merge_selection(aux["plan"], plan, sel, sel_n)
         token = False
+    if (with_loss and kl_in_backward is not None and KL_IN_BACKWARD and not dense and not token and bits is None
+            and torch.is_grad_enabled() and (q_idx.requires_grad or k_idx.requires_grad or w_idx.requires_grad)):
+        out, _ = SparseAttentionKL.apply(q, k, v, q_idx, k_idx, w_idx, plan, sel, sel_n, scale, kl_in_backward)
+        return out, kl_in_backward.value, aux
     if dense and cfg.warmup_kernel == "flash" and flash_varlen.available(q, k):
         out, lse = flash_varlen.flash_varlen(q, k, v, plan.varlen_layout(), True, scale)
     else:
@@ -135,9 +153,10 @@ def _plan(plans: dict | None, cfg: DSAConfig, make, kind: str = "") -> Plan:
 
 def dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, softmax_scale=None,
                   backend: str | None = None, plans: dict | None = None, memo: dict | None = None,
-                  with_loss: bool = True):
+                  with_loss: bool = True, kl_in_backward: KLInBackward | None = None):
     """(out [T, Hq, D], indexer_loss scalar float32) for a packed sequence; see the module docstring.
-    ``plans``: a per-pack cache shared by the layers; ``memo``, ``with_loss``: see dsa_attention_rows."""
+    ``plans``: a per-pack cache shared by the layers; ``memo``, ``with_loss``, ``kl_in_backward``: see
+    dsa_attention_rows."""
     t = q.shape[0]
 
     def whole_pack() -> Plan:
@@ -148,8 +167,9 @@ def dsa_attention(q, k, v, q_idx, k_idx, w_idx, cu_seqlens, cfg: DSAConfig, soft
     plans = plans if plans is not None else {}
     plan = _plan(plans, cfg, whole_pack)
     out, loss, _ = dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, plan.q_pos, plan.q_doc, cfg,
-                                      softmax_scale, backend, plans=plans, memo=memo, with_loss=with_loss)
+                                      softmax_scale, backend, plans=plans, memo=memo, with_loss=with_loss,
+                                      kl_in_backward=kl_in_backward)
     return out, loss
 
 
-__all__ = ["dsa_attention", "dsa_attention_rows", "set_backend", "get_backend", "Plan"]
+__all__ = ["dsa_attention", "dsa_attention_rows", "set_backend", "get_backend", "KLInBackward", "Plan"]

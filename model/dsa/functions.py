@@ -3,13 +3,16 @@
 SparseAttention: out = attention over each owner's keys; backward gives dq, dk, dv.
 IndexerKL: loss = mean over query rows of KL(p_t || softmax(I_t)); q, k and the attention lse enter
 as constants (the target is detached), so its gradient reaches only q_idx, k_idx and w_idx.
+SparseAttentionKL: both in one, the KL run in the attention's backward (KLInBackward says why).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
 from .kernels.attention import attn_bwd, attn_fwd
-from .kernels.indexer_kl import indexer_kl
+from .kernels.indexer_kl import indexer_kl, target_buffer
 from .plan import Plan
 
 
@@ -53,3 +56,54 @@ class IndexerKL(torch.autograd.Function):
         dts = ctx.dtypes
         return ((dqi * f).to(dts[0]), (dki * f).to(dts[1]), (dwi * f).to(dts[2]),
                 None, None, None, None, None, None, None, None, None)
+
+
+@dataclass
+class KLInBackward:
+    """The indexer KL of block owners computed in the attention's backward, from the P that the
+    backward recomputes anyway: its kernel adds the head-mean probabilities into the KL's target
+    as it goes, which saves the target's own kernel (a second pass over every selected key tile;
+    tests/bench/RESULTS.md). Possible because the KL's gradient weight is known in forward (the
+    loss is not backpropagated through the model: model/attention.py injects it). ``value``
+    receives the mean KL times ``report_scale`` when the backward runs; until then it holds NaN,
+    so a read before backward cannot pass for a loss."""
+
+    weight: float
+    report_scale: float = 1.0
+    value: torch.Tensor | None = field(default=None, repr=False)
+
+
+class SparseAttentionKL(torch.autograd.Function):
+    """SparseAttention whose backward also runs the indexer KL (KLInBackward) and returns the
+    gradients of q_idx, k_idx, w_idx for the loss weight ``kl.weight``. The target buffer lives
+    only within the backward. If it would not fit (indexer_kl.target_buffer), the KL takes its own
+    target kernel there instead."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, q_idx, k_idx, w_idx, plan: Plan, sel, sel_n, scale: float, kl: KLInBackward):
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        out, lse = attn_fwd(q, k, v, plan, sel, sel_n, scale, False)
+        ctx.save_for_backward(q, k, v, out, lse, q_idx.detach().contiguous(), k_idx.detach().contiguous(),
+                              w_idx.detach().contiguous())
+        ctx.plan, ctx.sel, ctx.sel_n, ctx.scale, ctx.kl = plan, sel, sel_n, scale, kl
+        ctx.dtypes = (q_idx.dtype, k_idx.dtype, w_idx.dtype)
+        if kl.value is None:
+            kl.value = torch.full((), float("nan"), dtype=torch.float32, device=q.device)
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, _dlse):
+        q, k, v, out, lse, q_idx, k_idx, w_idx = ctx.saved_tensors
+        plan, sel, sel_n, scale = ctx.plan, ctx.sel, ctx.sel_n, ctx.scale
+        target = target_buffer(plan, sel, q)
+        dq, dk, dv = attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale, False, target=target)
+        kl, (dqi, dki, dwi) = indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale, False, True,
+                                         target=target)
+        target = None
+        n = q.shape[0]
+        ctx.kl.value.copy_(kl.sum() / n * ctx.kl.report_scale)
+        f = ctx.kl.weight / n
+        dts = ctx.dtypes
+        return (dq, dk, dv, (dqi * f).to(dts[0]), (dki * f).to(dts[1]), (dwi * f).to(dts[2]),
+                None, None, None, None, None)

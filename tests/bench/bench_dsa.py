@@ -27,7 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from model.dsa import DSAConfig, dsa_attention_rows  # noqa: E402
+from model.dsa import attention as dsa_api  # noqa: E402
 from model.dsa import reference as ref  # noqa: E402
+from model.dsa.functions import KLInBackward  # noqa: E402
 from model.dsa.kernels import attention as attn_mod  # noqa: E402
 from model.dsa.kernels import index_scores as scores_mod  # noqa: E402
 from model.dsa.kernels import indexer_kl as kl_mod  # noqa: E402
@@ -367,7 +369,7 @@ def bench_filtered(t, q_idx, k_idx, w_idx, plan, cfg, n_big):
     row(t, "token: top-k in the scratch", max(s_ft - s_f, 1e-9))
 
 
-def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True):
+def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True, kl_bwd=True):
     """Per size: for each block rule (and token mode) selection, kernels (first rule only) and layer."""
     pos = torch.arange(t, dtype=torch.int32, device=DEV)
     doc = torch.zeros(t, dtype=torch.int32, device=DEV)
@@ -462,6 +464,19 @@ def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True):
                 s_kf = timeit(lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,
                                                  sel_n, scale, token, True, split=False))
                 row(t, f"{name}: indexer KL, target in the KL pass", s_kf, flop=fl_kl)
+            if not token and kl_bwd:  # the target added by the attention backward instead (KL in backward)
+                def bwd_with_target():
+                    tb = kl_mod.target_buffer(plan, sel, x["q"])
+                    attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False, target=tb)
+                    return tb
+                s_bt = timeit(bwd_with_target)
+                row(t, f"{name}: sparse attn bwd adding the KL target", s_bt, flop=2.5 * fl_fwd,
+                    note=f"+{(s_bt - s_b) * 1e3:.2f} ms over the backward (buffer zeroed incl.)")
+                tb = bwd_with_target()
+                s_kp = timeit(lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,
+                                                 sel_n, scale, False, True, target=tb))
+                row(t, f"{name}: indexer KL pass over the backward's target", s_kp, flop=fl_kl - 2 * HQ * D * npairs)
+                tb = None
             out = lse = dout = None
         # -- whole layer
         xg = {n: v.detach().clone().requires_grad_(True) for n, v in x.items()}
@@ -485,6 +500,26 @@ def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True):
         peak = torch.cuda.max_memory_allocated() - base_mem
         row(t, f"{name}: DSA layer fwd", s_lf, note=f"saved activations {act / 2**30:.2f} GiB (incl. out)")
         row(t, f"{name}: DSA layer fwd+bwd", s_lfb, note=f"peak above inputs {peak / 2**30:.2f} GiB")
+        if not token and kl_bwd:  # the KL in the attention's backward (dsa_attention's kl_in_backward)
+            saved_flag, dsa_api.KL_IN_BACKWARD = dsa_api.KL_IN_BACKWARD, True
+
+            def fwd_late():
+                late = KLInBackward(1.0)
+                return dsa_attention_rows(*args, pos, doc, cfg, backend="triton", kl_in_backward=late)[0], late
+
+            def fwd_bwd_late():
+                o, late = fwd_late()
+                o.backward(dout2)
+                return late.value
+            torch.cuda.reset_peak_memory_stats()
+            s_lf2 = timeit(fwd_late)
+            s_lfb2 = timeit(fwd_bwd_late)
+            peak2 = torch.cuda.max_memory_allocated() - base_mem
+            kl_gap = abs(float(fwd_bwd_late()) - float(fwd()[1]))
+            dsa_api.KL_IN_BACKWARD = saved_flag
+            row(t, f"{name}: DSA layer fwd, KL in backward", s_lf2)
+            row(t, f"{name}: DSA layer fwd+bwd, KL in backward", s_lfb2,
+                note=f"peak above inputs {peak2 / 2**30:.2f} GiB; loss differs from the KL in forward by {kl_gap:.1e}")
         if token:
             # memory-traffic floor: K,V gathers fwd + bwd, fp32 dK/dV scatter, KL gathers of K and k_I,
             # scores written once and read once.
@@ -844,6 +879,8 @@ def main():
                     "warps,stages,queries,kv loop' (bench_indexer_kl.py's fastest_split.txt); '' = the defaults")
     ap.add_argument("--spread", default="", help="directions whose programs serve owners in a strided order "
                     "(attention.SPREAD_OWNERS): 'bwd', 'fwd,bwd'; '' = the defaults")
+    ap.add_argument("--kl-in-backward", type=int, default=1,
+                    help="block: also time the layer with the indexer KL in the attention's backward")
     ap.add_argument("--add-modes", type=int, default=0,
                     help="T > 0: time the backward's float32 add modes at T first and keep the fastest")
     a = ap.parse_args()
@@ -888,7 +925,7 @@ def main():
         section(f"correctness at {a.check}", correctness, a.check, tuple(cases))
     for t in sizes:
         if a.kernels:
-            section(f"benchmark T={t}", bench_size, t, bw, modes, rules, bool(a.sdpa))
+            section(f"benchmark T={t}", bench_size, t, bw, modes, rules, bool(a.sdpa), bool(a.kl_in_backward))
         if a.warmup:
             section(f"warm-up T={t}", bench_warmup, t)
         merges = [int(m) for m in a.token_merge.split(",") if m]

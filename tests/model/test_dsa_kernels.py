@@ -451,3 +451,44 @@ def test_kl_split_kinds_from_env(monkeypatch):
     with pytest.raises(ValueError, match=kl_mod.SPLIT_ENV):
         kl_mod.split_from_env({kl_mod.SPLIT_ENV: "block,sparse"})
     assert not any(kl_mod.SPLIT_TARGET.values())
+
+
+@pytest.mark.parametrize("bwd_bn,kl_bn", [(16, 16), (32, 16), (16, 32)])
+def test_kl_in_the_attention_backward_matches_the_reference(bwd_bn, kl_bn, monkeypatch):
+    """Block owners' KL run in the attention's backward (KL_IN_BACKWARD), its head-mean target added
+    by the backward kernel into the KL pass's slots (tiles of the two kernels of different sizes:
+    the list's whole tiles, the partial one and the causal range): the output, the reported loss
+    and all six gradients equal the reference's with the loss's weight as its gradient, on a packed
+    sequence and a context-parallel chunk of rows; the loss reads NaN until the backward has run.
+    With the target buffer over its budget the backward takes the KL's own target kernel instead."""
+    from model.dsa import attention as dsa_api
+    from model.dsa.functions import KLInBackward
+    from model.dsa.kernels import attention as attn_mod
+    from model.dsa.kernels import indexer_kl as kl_mod
+
+    monkeypatch.setattr(dsa_api, "KL_IN_BACKWARD", True)
+    monkeypatch.setitem(attn_mod.BWD_CONFIG, "block", (bwd_bn, 4, 1))
+    monkeypatch.setitem(kl_mod.CONFIG, "block+pt", (kl_bn, 4, 1))
+    g = gen()
+    t = 150
+    args = case(g, t, 8, 2)
+    pos, doc = rows_of([0, 90, t], t)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=40, granularity="block", block_q=32)
+    chunk = torch.cat([torch.arange(32, 64), torch.arange(90, 122)]).to(DEV)  # block borders, as CP's split
+    weight = 3.0
+    for rows, budget in ((torch.arange(t, device=DEV), 1 << 30), (chunk, 1 << 30), (torch.arange(t, device=DEV), 4096)):
+        monkeypatch.setattr(kl_mod, "SPLIT_MAX_BYTES", budget)
+        xs = [(a[rows] if i in (0, 3, 5) else a).detach().requires_grad_() for i, a in enumerate(args)]
+        late = KLInBackward(weight, report_scale=0.5)
+        out, loss, aux = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="triton", kl_in_backward=late)
+        assert loss is late.value and torch.isnan(loss)
+        want, want_loss, _ = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="reference",
+                                                sel=(aux["sel"], aux["sel_n"]))
+        dout = torch.randn(out.shape, generator=g, device=DEV)
+        got = torch.autograd.grad((out * dout).sum(), xs)
+        ref_grads = torch.autograd.grad((want * dout).sum() + weight * want_loss, xs)
+        assert rel(out, want) < 1e-5
+        want_loss = float(want_loss.detach())
+        assert abs(float(loss) - 0.5 * want_loss) <= 1e-5 * abs(want_loss) + 1e-6, budget
+        for name, a, b in zip(["q", "k", "v", "q_idx", "k_idx", "w_idx"], got, ref_grads):
+            assert rel(a, b) < 1e-4, (budget, name, rel(a, b))

@@ -90,3 +90,37 @@ def test_recomputation_gives_the_same_loss_and_gradients(shape, stage, monkeypat
         assert any(n.startswith("deepstack.") for n in grads_a)
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_the_kl_in_the_attention_backward_gives_the_same_step(recompute, monkeypatch):
+    """The sparse stage on the Triton kernels (interpreted on a CPU) with each DSA layer's indexer
+    KL run in its attention's backward (model.dsa.attention.KL_IN_BACKWARD), with and without
+    activation recomputation: the indexer loss reported after backward, the cross entropy and
+    every parameter's gradient equal those of the KL run in forward, whose gradient is injected."""
+    from model.dsa import attention as dsa_api
+
+    cfg = preset("tiny").with_overrides(attention="dsa")
+    pg = init_megatron(seed=3)
+    batch = make_batch(cfg.lm.vocab, cfg.vision_token_id, seed=4, docs=DOCS).to(compute_device())
+    results = []
+    for late in (False, True):
+        monkeypatch.setattr(dsa_api, "KL_IN_BACKWARD", late)
+        torch.manual_seed(7)
+        core = CoreChoice()
+        configure_core(core, "sparse", cfg.lm.dsa, on_gpu=False)
+        core.backend = "triton"
+        model = build_vlm(cfg, pg, core, opts=BuildOptions(dtype=torch.float32, recompute=recompute))
+        if results:
+            model.load_state_dict(results[0][3])
+        out = model(batch)
+        out.objective("sparse").backward()
+        grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.ce.detach(), model.recorded_losses(out.ce.device)[1], grads, model.state_dict()))
+    (ce_a, idx_a, grads_a, _), (ce_b, idx_b, grads_b, _) = results
+    torch.testing.assert_close(ce_b, ce_a)
+    assert float(idx_a) > 0
+    torch.testing.assert_close(idx_b, idx_a, rtol=1e-5, atol=1e-7)
+    assert set(grads_a) == set(grads_b) and any(".indexer." in n for n in grads_a)
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -110,10 +110,13 @@ def _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log
 
 @triton.jit
 def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, dq, sm_scale, scale_log2,
-              s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
-              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr, ADD: tl.constexpr):
+              s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, ptp, inv_hq, prec: tl.constexpr, MASK_K: tl.constexpr,
+              CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BITS: tl.constexpr, ADD: tl.constexpr,
+              PT_OUT: tl.constexpr):
     """Recompute P for a key tile, accumulate dQ, add this tile's dK and dV into the shared float32
-    buffers (reduce_add, mode ``ADD``); padded rows (``rv``) get P = 0."""
+    buffers (reduce_add, mode ``ADD``); padded rows (``rv``) get P = 0. ``PT_OUT``: also add
+    P / Hq into the indexer KL's target at ``ptp`` [rows] + the tile's lanes (each query's two, four... head
+    rows of this program, and the other programs' heads, add into the same entry)."""
     kk, vv, s = _tile_logits(q, K, V, kidx, km, keep, pos, hk, dd, dm, scale_log2, s_kt, s_kh, s_vt, s_vh, prec,
                              MASK_K, CAUSAL, EVEN_D, BITS)
     p = tl.where(rv[:, None], tl.exp2(s - lse2[:, None]), 0.0)
@@ -123,6 +126,9 @@ def _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd,
     add_tile(DV + dkp, tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=prec), cm, ADD, MASK_K or not EVEN_D)
     dp = tl.dot(do, tl.trans(vv), input_precision=prec)
     ds = p * (dp - delta[:, None])
+    if PT_OUT:  # p holds each element once (a dot's layout), as the quads need
+        add_tile(ptp[:, None] + tl.arange(0, kidx.shape[0])[None, :], p * inv_hq, rv[:, None] & km[None, :], ADD,
+                 MASK_K)
     dq += tl.dot(ds.to(kk.dtype), kk, input_precision=prec)
     dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale
     add_tile(DK + dkp, dk, cm, ADD, MASK_K or not EVEN_D)
@@ -154,14 +160,15 @@ def _owner_rows(QPOS, own_q0, own_nq, o, hk, hg, G, D: tl.constexpr, DP: tl.cons
 
 @triton.jit
 def _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, sm_scale,
-               scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec: tl.constexpr, MASK_K: tl.constexpr,
-               CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr, BITS: tl.constexpr,
-               ADD: tl.constexpr):
+               scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, ptp, inv_hq, prec: tl.constexpr,
+               MASK_K: tl.constexpr, CAUSAL: tl.constexpr, EVEN_D: tl.constexpr, BWD: tl.constexpr,
+               BITS: tl.constexpr, ADD: tl.constexpr, PT_OUT: tl.constexpr):
     """One key tile in either direction: ``acc`` is the output rows (forward, with the online
     softmax's m_i, l_i) or the dQ rows (backward, m_i and l_i passed through)."""
     if BWD:
         acc = _bwd_tile(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm, acc, sm_scale,
-                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, prec, MASK_K, CAUSAL, EVEN_D, BITS, ADD)
+                        scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh, ptp, inv_hq, prec, MASK_K, CAUSAL, EVEN_D,
+                        BITS, ADD, PT_OUT)
     else:
         m_i, l_i, acc = _fwd_tile(q, K, V, kidx, km, keep, pos, hk, dd, dm, m_i, l_i, acc, scale_log2,
                                   s_kt, s_kh, s_vt, s_vh, prec, MASK_K, CAUSAL, EVEN_D, BITS)
@@ -170,18 +177,22 @@ def _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd
 
 @triton.jit
 def _attn_kernel(
-    Q, K, V, O, LSE, DO, DELTA, DQ, DK, DV, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi,
-    sm_scale, scale_log2, G, n_own, o_stride,
-    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, s_dkt, s_dkh, stride_sel,
+    Q, K, V, O, LSE, DO, DELTA, DQ, DK, DV, QPOS, own_q0, own_nq, SEL, SEL_N, SBITS, rng_lo, rng_hi, PT,
+    sm_scale, scale_log2, inv_hq, G, n_own, o_stride,
+    s_qt, s_qh, s_kt, s_kh, s_vt, s_vh, s_ot, s_oh, s_lt, s_dkt, s_dkh, stride_sel, s_po, s_pq,
     HAS_SEL: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, QB: tl.constexpr, HPP: tl.constexpr,
     BN: tl.constexpr, IEEE: tl.constexpr, BWD: tl.constexpr, HAS_BITS: tl.constexpr, ADD: tl.constexpr,
+    PT_OUT: tl.constexpr, PBN: tl.constexpr,
 ):
     """Forward (``BWD`` false: writes O, LSE) or backward (reads DO, LSE, DELTA; writes DQ, adds DK,
     DV) of one owner's rows, walking its keys in one order: full list tiles (no mask), the
     partial list tile, then the contiguous range (causal). O, DO and DQ share the strides s_ot, s_oh
     (the launcher makes them contiguous like q). ``HAS_BITS``: SBITS holds the list's query bits
     (merged token owners), laid out like SEL. Program i serves owner i * o_stride mod n_own
-    (o_stride coprime to n_own: a permutation; 1 keeps the order)."""
+    (o_stride coprime to n_own: a permutation; 1 keeps the order). ``PT_OUT`` (backward): also add
+    the head-mean probabilities into the indexer KL's target PT [owner, query in owner, key slot],
+    numbered as the KL pass walks the keys in tiles of PBN (indexer_kl._owner_walk): a listed key's
+    slot is its place in the list, a range key's the list's whole PBN tiles plus its offset."""
     o = ((tl.program_id(0).to(tl.int64) * o_stride) % n_own).to(tl.int32)
     hk = tl.program_id(1)
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
@@ -211,6 +222,8 @@ def _attn_kernel(
     # query (Plan.cand_hi), so no list key needs the causal mask; full tiles need no mask at all.
     slot = tl.arange(0, QB * HPP) // HPP  # the row's query within the owner (its bit)
     n_full = (n_sel // BN) * BN
+    ptr = PT + o.to(tl.int64) * s_po + slot * s_pq  # [rows]: each row's target row; + the tile's slots
+    r_slot = tl.cdiv(n_sel, PBN) * PBN - lo  # a range key's slot, less its index
     for j in range(0, n_full, BN):
         kidx = tl.load(SEL + sel_row + j + offs)
         keep = kidx
@@ -218,7 +231,7 @@ def _attn_kernel(
             keep = _selected_by(tl.load(SBITS + sel_row + j + offs), slot)
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, offs < BN, keep, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, False, False, EVEN_D, BWD, HAS_BITS, ADD)
+                                   ptr + j, inv_hq, prec, False, False, EVEN_D, BWD, HAS_BITS, ADD, PT_OUT)
     if n_full < n_sel:
         km = n_full + offs < n_sel
         kidx = tl.load(SEL + sel_row + n_full + offs, mask=km, other=0)
@@ -227,12 +240,12 @@ def _attn_kernel(
             keep = _selected_by(tl.load(SBITS + sel_row + n_full + offs, mask=km, other=0), slot)
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, km, keep, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, True, False, EVEN_D, BWD, HAS_BITS, ADD)
+                                   ptr + n_full, inv_hq, prec, True, False, EVEN_D, BWD, HAS_BITS, ADD, PT_OUT)
     for j in range(lo, hi, BN):  # the contiguous range: the block's own keys, or the dense prefix
         kidx = j + offs
         m_i, l_i, acc = _tile_step(q, do, lse2, delta, rv, K, V, DK, DV, kidx, kidx < hi, kidx, pos, hk, dd, dm,
                                    m_i, l_i, acc, sm_scale, scale_log2, s_kt, s_kh, s_vt, s_vh, s_dkt, s_dkh,
-                                   prec, True, True, EVEN_D, BWD, False, ADD)
+                                   ptr + (r_slot + j), inv_hq, prec, True, True, EVEN_D, BWD, False, ADD, PT_OUT)
     if BWD:
         tl.store(DQ + orow, (acc * sm_scale).to(DQ.dtype.element_ty), mask=rm)
     else:
@@ -292,7 +305,7 @@ def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
 
 
 def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n, scale: float, token: bool,
-            block_n, num_warps, num_stages, bits=None, add_mode=None, spread=None) -> None:
+            block_n, num_warps, num_stages, bits=None, add_mode=None, spread=None, target=None) -> None:
     c = (BWD_CONFIG if bwd else FWD_CONFIG)[config_key(token, bits)]
     d = q.shape[2]
     hkv = k.shape[1]
@@ -302,15 +315,21 @@ def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n,
     sel_t = sel if has_sel else plan.own_q0
     sel_n_t = sel_n if has_sel else plan.own_q0
     grid = (plan.n_owners, hkv, triton.cdiv(g, hpp))
+    pt_out = target is not None
+    if pt_out and (not bwd or token or bits is not None or target[0].shape[1] < qb):
+        raise ValueError("the KL target comes from the backward of block owners only, with a row per owner query")
+    pt = target[0] if pt_out else lse
     _attn_kernel[grid](
         q, k, v, o, lse, do, delta, dq, dk, dv, plan.q_pos, plan.own_q0, plan.own_nq, sel_t, sel_n_t,
-        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, scale, scale * 1.4426950408889634, g,
-        plan.n_owners, owner_stride(plan.n_owners, SPREAD_OWNERS["bwd" if bwd else "fwd"] if spread is None
-                                    else spread),
+        bits if bits is not None else sel_t, plan.rng_lo, plan.rng_hi, pt, scale, scale * 1.4426950408889634,
+        1.0 / q.shape[1], g, plan.n_owners,
+        owner_stride(plan.n_owners, SPREAD_OWNERS["bwd" if bwd else "fwd"] if spread is None else spread),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), lse.stride(0), dk.stride(0), dk.stride(1), sel_t.stride(0) if has_sel else 0,
+        pt.stride(0) if pt_out else 0, pt.stride(1) if pt_out else 0,
         HAS_SEL=has_sel, D=d, DP=max(16, next_pow2(d)), QB=qb, HPP=hpp, BN=block_n or c[0], IEEE=ieee(q),
-        BWD=bwd, HAS_BITS=bits is not None, ADD=mode_for(q, config_key(token, bits), add_mode),
+        BWD=bwd, HAS_BITS=bits is not None, ADD=mode_for(q, config_key(token, bits), add_mode), PT_OUT=pt_out,
+        PBN=target[1] if pt_out else 16,
         num_warps=num_warps or c[1], num_stages=num_stages or c[2],
     )
 
@@ -327,17 +346,20 @@ def attn_fwd(q, k, v, plan, sel, sel_n, scale: float, token: bool, block_n: int 
 
 
 def attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, scale: float, token: bool, block_n: int | None = None,
-             num_warps: int | None = None, num_stages: int | None = None, bits=None, add_mode=None, spread=None):
+             num_warps: int | None = None, num_stages: int | None = None, bits=None, add_mode=None, spread=None,
+             target=None):
     """(dq, dk, dv) for the output gradient ``dout``; dk and dv are summed in float32 (``add_mode``:
     how, reduce_add.MODES; the default of this launch kind when None; ``spread``: SPREAD_OWNERS's
-    choice when None)."""
+    choice when None). ``target``: (PT, its slot tile), a zeroed float32 buffer [owners, queries,
+    key slots] into which the backward also adds the indexer KL's head-mean target (block owners;
+    indexer_kl.target_buffer makes it, indexer_kl reads it)."""
     dout = dout.contiguous()
     delta = (dout.float() * out.float()).sum(-1)  # [Tq, Hq], rowsum(dO * O)
     dq = torch.empty_like(q)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=k.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
     _launch(True, q, k, v, dout, lse, dout, delta, dq, dk, dv, plan, sel, sel_n, scale, token,
-            block_n, num_warps, num_stages, bits, add_mode, spread)
+            block_n, num_warps, num_stages, bits, add_mode, spread, target)
     return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 

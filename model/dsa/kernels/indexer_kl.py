@@ -436,18 +436,48 @@ def head_mean_target(q, k, lse, plan, sel, sel_n, scale: float, key: str, block_
     return out
 
 
+def target_buffer(plan, sel, q, max_bytes: int | None = None):
+    """(PT, its slot tile): a zeroed float32 target buffer [owners, queries, key slots] for every
+    owner at once, laid out as the KL pass over a stored target reads it, for the attention
+    backward to add the head-mean probabilities into (attention.attn_bwd's ``target``); None when
+    it would take more than ``max_bytes`` (SPLIT_MAX_BYTES and half the GPU's free memory when
+    None): the caller then takes the KL's own target kernel, whose waves fit any budget."""
+    block_n = CONFIG["block+pt"][0]
+    rows = max(target_rows(plan, "block")[1], next_pow2(plan.max_nq))  # every row a backward program owns
+    width = target_waves(plan, sel, block_n, rows, 1 << 62)[0][2]
+    need = plan.n_owners * rows * width * 4
+    if need > (split_budget(q) if max_bytes is None else max_bytes):
+        return None
+    return torch.zeros((plan.n_owners, rows, width), dtype=torch.float32, device=q.device), block_n
+
+
+def split_budget(q) -> int:
+    """Bytes a split target's buffer may take: SPLIT_MAX_BYTES, and at most half the GPU's free
+    memory in whole 256 MiB (so that a few distinct wave sizes come up, not one per call)."""
+    budget = SPLIT_MAX_BYTES
+    if q.is_cuda:
+        free_half = torch.cuda.mem_get_info(q.device)[0] // 2
+        budget = min(budget, max(256 << 20, free_half >> 28 << 28))
+    return budget
+
+
 def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, token: bool, with_grad: bool,
                block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None, bits=None,
-               add_mode=None, split: bool | None = None):
+               add_mode=None, split: bool | None = None, target=None):
     """Per-query KL [Tq] (float32) and, if with_grad, (dq_I, dk_I, dw) of sum_t KL_t. ``bits``: the
     list's query bits (merged token owners, model/dsa/merge.py); ``add_mode``: how dk_I is summed
     (reduce_add.MODES; the KL's default when None); ``split``: the target from its own kernel
     (SPLIT_TARGET's choice for this launch kind when None), in waves of owners whose target buffer
-    stays within SPLIT_MAX_BYTES."""
+    stays within SPLIT_MAX_BYTES. ``target``: target_buffer's (PT, slot tile), already filled (by
+    the attention backward): the KL pass reads it and no target kernel runs."""
     key = config_key(token, bits)
     has_sel = sel is not None
     skey = key if has_sel else "dense"
     split = SPLIT_TARGET[skey] if split is None else split
+    if target is not None:
+        if not has_sel or key != "block" or target[1] != CONFIG["block+pt"][0]:
+            raise ValueError("a given KL target is block owners' (target_buffer), in the KL pass's slot tiles")
+        split = True
     kind = key + "+pt" if split and key + "+pt" in CONFIG else key
     c = CONFIG[kind]
     cap = MAX_REGISTERS[kind]
@@ -470,17 +500,21 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     sel_t = sel if has_sel else plan.own_q0
     sel_n_t = sel_n if has_sel else plan.own_q0
     waves, buf, rows = [(0, plan.n_owners, 0)], kl, 0
-    if split:
+    if target is not None:
+        if block_n != target[1]:
+            raise ValueError(f"the KL pass walks tiles of {block_n} keys, the given target's slots tiles of "
+                             f"{target[1]}")
+        buf = target[0]
+        waves, rows = [(0, plan.n_owners, buf.shape[2])], buf.shape[1]
+    elif split:
         rows = target_rows(plan, skey)[1]
-        budget = SPLIT_MAX_BYTES
-        if q.is_cuda:
-            free_half = torch.cuda.mem_get_info(q.device)[0] // 2
-            budget = min(budget, max(256 << 20, free_half >> 28 << 28))  # whole 256 MiB: a few distinct waves
-        waves = target_waves(plan, sel, block_n, rows, budget)
+        waves = target_waves(plan, sel, block_n, rows, split_budget(q))
         buf = torch.empty(max((b - a) * w for a, b, w in waves) * rows, dtype=torch.float32, device=q.device)
     for first, end, width in waves:
         pt = kl
-        if split:
+        if target is not None:
+            pt = buf
+        elif split:
             pt = head_mean_target(q, k, lse, plan, sel, sel_n, scale, key, block_n, bits, owners=(first, end),
                                   out=buf[: (end - first) * rows * width].view(end - first, rows, width))
         _kl_kernel[(end - first,)](
