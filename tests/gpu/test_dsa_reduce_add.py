@@ -79,3 +79,34 @@ def test_the_kl_target_kernel_gives_the_reference_gradients(how, monkeypatch):
     assert abs(float(loss) - float(loss_r)) < 2e-2 * abs(float(loss_r)), (float(loss), float(loss_r))
     for name, a, b in zip(NAMES[3:], got, want):
         assert _rel(a, b) < 3e-2, (how, name, _rel(a, b))
+
+
+@pytest.mark.parametrize("mode", list(reduce_add.MODES))
+def test_the_kl_in_the_attention_backward_gives_the_reference_gradients(mode, monkeypatch):
+    """Block owners' KL run in the attention's backward (KL_IN_BACKWARD), its target added by the
+    backward kernel in each add mode, at the production head size on the tensor cores: the output,
+    the reported loss and all six gradients of the reference on the same selection, with the loss's
+    weight as its gradient."""
+    from model.dsa import attention as dsa_api
+    from model.dsa.functions import KLInBackward
+
+    monkeypatch.setattr(dsa_api, "KL_IN_BACKWARD", True)
+    monkeypatch.setitem(reduce_add.DEFAULT, "block", reduce_add.MODES[mode])
+    t, hq, hkv, d, hi, di = 3000, 16, 2, 128, 4, 64
+    cu = torch.tensor([0, 1100, 1130, t], dtype=torch.int32, device="cuda")
+    pos = torch.arange(t, dtype=torch.int32, device="cuda")
+    doc = doc_starts_from_cu_seqlens(cu, t)
+    cfg = DSAConfig(index_heads=hi, index_dim=di, topk=256, granularity="block", block_q=64)
+    args = _inputs(t, hq, hkv, d, hi, di, seed=6)
+    dout = torch.randn(t, hq, d, device="cuda", generator=torch.Generator(device="cuda").manual_seed(7)).bfloat16()
+    late = KLInBackward(5.0)
+    out, loss, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton", kl_in_backward=late)
+    assert loss is late.value
+    got = torch.autograd.grad((out.float() * dout.float()).sum(), args)
+    xs = [a.detach().float().requires_grad_() for a in args]
+    out_r, loss_r, _ = dsa_attention_rows(*xs, pos, doc, cfg, backend="reference", sel=(aux["sel"], aux["sel_n"]))
+    want = torch.autograd.grad((out_r * dout.float()).sum() + 5 * loss_r, xs)
+    assert abs(float(loss) - float(loss_r)) < 2e-2 * abs(float(loss_r)), (float(loss), float(loss_r))
+    for name, a, b in zip(NAMES, got, want):
+        assert torch.isfinite(a).all(), (mode, name)
+        assert _rel(a, b) < 3e-2, (mode, name, _rel(a, b))
