@@ -465,13 +465,15 @@ def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True, kl_bw
                                                  sel_n, scale, token, True, split=False))
                 row(t, f"{name}: indexer KL, target in the KL pass", s_kf, flop=fl_kl)
             if not token and kl_bwd:  # the target added by the attention backward instead (KL in backward)
-                def bwd_with_target():
+                def bwd_with_target(c=None):
                     tb = kl_mod.target_buffer(plan, sel, x["q"])
-                    attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False, target=tb)
+                    attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False, *(c or ()),
+                             target=tb)
                     return tb
-                s_bt = timeit(bwd_with_target)
-                row(t, f"{name}: sparse attn bwd adding the KL target", s_bt, flop=2.5 * fl_fwd,
-                    note=f"+{(s_bt - s_b) * 1e3:.2f} ms over the backward (buffer zeroed incl.)")
+                for c in (attn_mod.BWD_CONFIG["block+pt"], (32, 8, 3), (64, 8, 2)):
+                    s_bt = timeit(lambda: bwd_with_target(c))  # noqa: B023
+                    row(t, f"{name}: sparse attn bwd adding the KL target {c}", s_bt, flop=2.5 * fl_fwd,
+                        note=f"+{(s_bt - s_b) * 1e3:.2f} ms over the backward (buffer zeroed incl.)")
                 tb = bwd_with_target()
                 s_kp = timeit(lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel,
                                                  sel_n, scale, False, True, target=tb))

@@ -467,7 +467,7 @@ def test_kl_in_the_attention_backward_matches_the_reference(bwd_bn, kl_bn, monke
     from model.dsa.kernels import indexer_kl as kl_mod
 
     monkeypatch.setattr(dsa_api, "KL_IN_BACKWARD", True)
-    monkeypatch.setitem(attn_mod.BWD_CONFIG, "block", (bwd_bn, 4, 1))
+    monkeypatch.setitem(attn_mod.BWD_CONFIG, "block+pt", (bwd_bn, 4, 1))
     monkeypatch.setitem(kl_mod.CONFIG, "block+pt", (kl_bn, 4, 1))
     g = gen()
     t = 150

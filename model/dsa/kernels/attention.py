@@ -261,6 +261,10 @@ def _attn_kernel(
 # forward at 4 stages 11.57 against 11.82 at 3 (H100, 128K, 2026-12-07).
 FWD_CONFIG = {"block": (64, 16, 4), "token": (64, 2, 2), "merged": (64, 4, 2)}  # H100 sweeps, 2026-11-24
 BWD_CONFIG = {"block": (64, 8, 3), "token": (32, 4, 2), "merged": (64, 4, 2)}
+# The block backward that also adds the indexer KL's target (PT_OUT): compiled for sm_90 it spills
+# 288 bytes at (64, 8, 3) against 48 without the target, and 48 at (32, 8, 3)
+# (tests/bench/kernel_schedule.py); bench_dsa.py times both.
+BWD_CONFIG["block+pt"] = (64, 8, 3)
 
 
 # Query rows (queries x heads of one KV group) per program in block mode: every gathered key tile
@@ -306,7 +310,7 @@ def launch_shape(max_nq: int, g: int, token: bool, rows: int = 128):
 
 def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n, scale: float, token: bool,
             block_n, num_warps, num_stages, bits=None, add_mode=None, spread=None, target=None) -> None:
-    c = (BWD_CONFIG if bwd else FWD_CONFIG)[config_key(token, bits)]
+    c = (BWD_CONFIG if bwd else FWD_CONFIG)[config_key(token, bits) + ("+pt" if target is not None else "")]
     d = q.shape[2]
     hkv = k.shape[1]
     g = q.shape[1] // hkv
