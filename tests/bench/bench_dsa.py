@@ -517,7 +517,7 @@ def bench_size(t, bw, modes=("block", "token"), rules=("max",), sdpa=True, kl_bw
             s_lf2 = timeit(fwd_late)
             s_lfb2 = timeit(fwd_bwd_late)
             peak2 = torch.cuda.max_memory_allocated() - base_mem
-            kl_gap = abs(float(fwd_bwd_late()) - float(fwd()[1]))
+            kl_gap = abs(float(fwd_bwd_late()) - float(fwd()[1].detach()))
             dsa_api.KL_IN_BACKWARD = saved_flag
             row(t, f"{name}: DSA layer fwd, KL in backward", s_lf2)
             row(t, f"{name}: DSA layer fwd+bwd, KL in backward", s_lfb2,
