@@ -53,8 +53,10 @@ from .select import select
 _BACKEND = "triton"
 
 # Block owners' indexer KL in the attention's backward when the caller allows (kl_in_backward);
-# LONGSHOT_KL_IN_BACKWARD=1 / 0 overrides. Off until timed on a GPU against the KL's own target
-# kernel in forward.
+# LONGSHOT_KL_IN_BACKWARD=1 turns it on. Off: on an H200 the backward's target adds cost more than
+# the target kernel they replace (+21.1 ms against 14.6 at 128K, +41.4 against 29.3 at 256K; the
+# kernel then spills 288 bytes against 48), so the layer ran 117.2 ms against 110.7 and 245.4 against
+# 233.1, with 1-2 GiB more peak memory (tests/bench/RESULTS.md, 2026-12-07).
 KL_IN_BACKWARD = os.environ.get("LONGSHOT_KL_IN_BACKWARD", "0").strip() == "1"
 
 

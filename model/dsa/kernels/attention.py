@@ -263,7 +263,8 @@ FWD_CONFIG = {"block": (64, 16, 4), "token": (64, 2, 2), "merged": (64, 4, 2)}  
 BWD_CONFIG = {"block": (64, 8, 3), "token": (32, 4, 2), "merged": (64, 4, 2)}
 # The block backward that also adds the indexer KL's target (PT_OUT): compiled for sm_90 it spills
 # 288 bytes at (64, 8, 3) against 48 without the target, and 48 at (32, 8, 3)
-# (tests/bench/kernel_schedule.py); bench_dsa.py times both.
+# (tests/bench/kernel_schedule.py). Timed (H200, 2026-12-07): 69.6 / 147.3 ms at (64, 8, 3), 75.4 /
+# 162.9 at (32, 8, 3), 74.1 / 160.3 at (64, 8, 2), 128K / 256K, against 48.5 / 105.9 without it.
 BWD_CONFIG["block+pt"] = (64, 8, 3)
 
 
@@ -277,7 +278,9 @@ BLOCK_ROWS = {"fwd": 256, "bwd": 128}
 # Spread the owners that run at the same time over the sequence (owner_stride), per direction.
 # Programs start in grid order, owners fastest, so the ~one program per SM that run together are
 # neighbouring owners of one KV head: with video-like selections they pick many of the same keys, and
-# the backward's float32 dK, dV adds to those rows queue behind each other.
+# the backward's float32 dK, dV adds to those rows might queue behind each other. They do not, by
+# the clock: spread, the backward ran 1.01x / 1.03x and the forward 1.01x / 1.02x the in-order
+# times at 128K / 256K (H200, tests/bench/bench_attn_ablation.py, 2026-12-07). Off.
 SPREAD_OWNERS = {"fwd": False, "bwd": False}
 
 

@@ -314,10 +314,14 @@ SPLIT_ENV = "LONGSHOT_KL_SPLIT"
 # The dense warm-up keeps the one-program walk until the adding launch is timed at 256K, where its
 # waves also zero their buffer: the 256K warm-up step was measured with the walk.
 TARGET_CONFIG = {"block": (8, 3, 32, 0), "token": (4, 2, 1, 0), "merged": (4, 2, 16, 0), "dense": (8, 3, 32, 1)}
-# The KL pass over a stored target, block owners (and dense): (BN, num_warps, num_stages) and
-# queries a step.
-CONFIG["block+pt"] = (64, 8, 2)
-MAX_REGISTERS["block+pt"] = None
+# The KL pass over a stored target: (BN, num_warps, num_stages), for block owners' lists and for
+# the dense warm-up, and queries a step. For lists (32, 8, 2) ran 35.28 / 69.07 ms against 36.26 /
+# 71.84 at (64, 8, 2) and 36.86 / 72.47 at (64, 8, 3), 128K / 256K (H200, tests/bench/RESULTS.md,
+# 2026-12-07; sm_90 spills 8 bytes against 324). The dense warm-up keeps (64, 8, 2), its 256K step's
+# launch, until (32, 8, 2) is timed there.
+CONFIG["block+pt"] = (32, 8, 2)
+CONFIG["dense+pt"] = (64, 8, 2)
+MAX_REGISTERS["block+pt"] = MAX_REGISTERS["dense+pt"] = None
 PT_QUERIES = 16
 
 
@@ -343,7 +347,8 @@ split_from_env()
 def install_split_launch(text: str, kinds=("block",)) -> None:
     """Install ``BN,warps,stages,queries/warps,stages,queries[,KV heads in one program]`` (the KL
     pass over a stored target / its target kernel; bench_indexer_kl.py's fastest_split.txt) as
-    the split launch of ``kinds`` (TARGET_CONFIG keys)."""
+    the split launch of ``kinds`` (TARGET_CONFIG keys: "block" for block owners' lists, "dense"
+    for the warm-up; the queries a step are shared)."""
     try:
         kl, tgt = ([int(v) for v in part.split(",")] for part in text.strip().split("/"))
         ok = len(kl) == 4 and len(tgt) in (3, 4)
@@ -351,10 +356,10 @@ def install_split_launch(text: str, kinds=("block",)) -> None:
         ok = False
     if not ok:
         raise ValueError(f"split launch {text!r}: expected BN,warps,stages,queries/warps,stages,queries[,kv loop]")
-    CONFIG["block+pt"] = tuple(kl[:3])
     global PT_QUERIES
     PT_QUERIES = kl[3]
     for kind in kinds:
+        CONFIG[kind + "+pt"] = tuple(kl[:3])
         TARGET_CONFIG[kind] = tuple(tgt) + (0,) * (4 - len(tgt))
 
 
@@ -478,7 +483,7 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
         if not has_sel or key != "block" or target[1] != CONFIG["block+pt"][0]:
             raise ValueError("a given KL target is block owners' (target_buffer), in the KL pass's slot tiles")
         split = True
-    kind = key + "+pt" if split and key + "+pt" in CONFIG else key
+    kind = skey + "+pt" if split and skey + "+pt" in CONFIG else key
     c = CONFIG[kind]
     cap = MAX_REGISTERS[kind]
     block_n, num_warps, num_stages = block_n or c[0], num_warps or c[1], num_stages or c[2]
@@ -486,7 +491,7 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     hkv = k.shape[1]
     g = hq // hkv
     h_i, d_i = q_idx.shape[1], q_idx.shape[2]
-    qs, hp, hip = kl_shape(plan.max_nq, g, h_i, token, PT_QUERIES if kind == "block+pt" else None)
+    qs, hp, hip = kl_shape(plan.max_nq, g, h_i, token, PT_QUERIES if kind.endswith("+pt") else None)
     if qs > 1 and qs * hp < 64:  # block owners with small head groups: Triton 3.8 fails to compile
         num_stages = 1  # the 2-stage pipeline for rows this few unless every pointer is 16-byte aligned
     lse = lse.contiguous()  # the kernel reads [Tq, Hq] rows with unit head stride (FlashAttention's is [Hq, Tq])
