@@ -20,6 +20,16 @@ def _rel(a, b):
     return float((a.float() - b.float()).norm() / b.float().norm())
 
 
+def _pack(gran: str, topk: int):
+    """(shape, q_pos, q_doc, config): 3,000 tokens in three documents, one of them cut mid-block, at
+    the production head size (16 / 2 heads of 128, indexer 4 x 64), blocks of 64 queries."""
+    t, hq, hkv, d, hi, di = 3000, 16, 2, 128, 4, 64
+    cu = torch.tensor([0, 1100, 1130, t], dtype=torch.int32, device="cuda")
+    pos = torch.arange(t, dtype=torch.int32, device="cuda")
+    cfg = DSAConfig(index_heads=hi, index_dim=di, topk=topk, granularity=gran, block_q=64)
+    return (t, hq, hkv, d, hi, di), pos, doc_starts_from_cu_seqlens(cu, t), cfg
+
+
 def _inputs(t, hq, hkv, d, hi, di, seed):
     g = torch.Generator(device="cuda").manual_seed(seed)
     r = lambda *s, sc=1.0: (torch.randn(*s, generator=g, device="cuda") * sc).bfloat16().requires_grad_()  # noqa: E731
@@ -28,12 +38,7 @@ def _inputs(t, hq, hkv, d, hi, di, seed):
 
 @pytest.mark.parametrize("gran", ["block", "token"])
 def test_every_add_mode_gives_the_reference_gradients(gran, monkeypatch):
-    t, hq, hkv, d, hi, di = 3000, 16, 2, 128, 4, 64
-    cu = torch.tensor([0, 1100, 1130, t], dtype=torch.int32, device="cuda")
-    pos = torch.arange(t, dtype=torch.int32, device="cuda")
-    doc = doc_starts_from_cu_seqlens(cu, t)
-    cfg = DSAConfig(index_heads=hi, index_dim=di, topk=256 if gran == "block" else 64, granularity=gran,
-                    block_q=64)
+    (t, hq, hkv, d, hi, di), pos, doc, cfg = _pack(gran, topk=256 if gran == "block" else 64)
     args = _inputs(t, hq, hkv, d, hi, di, seed=3)
     dout = torch.randn(t, hq, d, device="cuda", generator=torch.Generator(device="cuda").manual_seed(4)).bfloat16()
     grads, sel = {}, None
@@ -65,11 +70,7 @@ def test_the_kl_target_kernel_gives_the_reference_gradients(how, monkeypatch):
 
     monkeypatch.setitem(kl_mod.SPLIT_TARGET, "block", how != "fused")
     monkeypatch.setitem(kl_mod.TARGET_CONFIG, "block", kl_mod.TARGET_CONFIG["block"][:3] + (int("one" in how),))
-    t, hq, hkv, d, hi, di = 3000, 16, 2, 128, 4, 64
-    cu = torch.tensor([0, 1100, 1130, t], dtype=torch.int32, device="cuda")
-    pos = torch.arange(t, dtype=torch.int32, device="cuda")
-    doc = doc_starts_from_cu_seqlens(cu, t)
-    cfg = DSAConfig(index_heads=hi, index_dim=di, topk=256, granularity="block", block_q=64)
+    (t, hq, hkv, d, hi, di), pos, doc, cfg = _pack("block", topk=256)
     args = _inputs(t, hq, hkv, d, hi, di, seed=5)
     _, loss, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton")
     got = torch.autograd.grad(loss, args[3:])
@@ -92,11 +93,7 @@ def test_the_kl_in_the_attention_backward_gives_the_reference_gradients(mode, mo
 
     monkeypatch.setattr(dsa_api, "KL_IN_BACKWARD", True)
     monkeypatch.setitem(reduce_add.DEFAULT, "block", reduce_add.MODES[mode])
-    t, hq, hkv, d, hi, di = 3000, 16, 2, 128, 4, 64
-    cu = torch.tensor([0, 1100, 1130, t], dtype=torch.int32, device="cuda")
-    pos = torch.arange(t, dtype=torch.int32, device="cuda")
-    doc = doc_starts_from_cu_seqlens(cu, t)
-    cfg = DSAConfig(index_heads=hi, index_dim=di, topk=256, granularity="block", block_q=64)
+    (t, hq, hkv, d, hi, di), pos, doc, cfg = _pack("block", topk=256)
     args = _inputs(t, hq, hkv, d, hi, di, seed=6)
     dout = torch.randn(t, hq, d, device="cuda", generator=torch.Generator(device="cuda").manual_seed(7)).bfloat16()
     late = KLInBackward(5.0)
