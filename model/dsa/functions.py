@@ -34,6 +34,12 @@ class SparseAttention(torch.autograd.Function):
         return dq, dk, dv, None, None, None, None, None, None
 
 
+def _indexer_grads(grads, f, dtypes) -> tuple:
+    """The KL kernel's float32 gradients of sum_t KL_t (dq_I, dk_I, dw) times ``f`` (the loss's
+    gradient over the query count), in the indexer inputs' dtypes."""
+    return tuple((x * f).to(dt) for x, dt in zip(grads, dtypes))
+
+
 class IndexerKL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_idx, k_idx, w_idx, q, k, lse, plan: Plan, sel, sel_n, scale: float, token: bool, bits=None):
@@ -51,11 +57,7 @@ class IndexerKL(torch.autograd.Function):
     def backward(ctx, g):
         if not ctx.saved_tensors:
             return (None,) * 12
-        dqi, dki, dwi = ctx.saved_tensors
-        f = g / ctx.n
-        dts = ctx.dtypes
-        return ((dqi * f).to(dts[0]), (dki * f).to(dts[1]), (dwi * f).to(dts[2]),
-                None, None, None, None, None, None, None, None, None)
+        return _indexer_grads(ctx.saved_tensors, g / ctx.n, ctx.dtypes) + (None,) * 9
 
 
 @dataclass
@@ -103,7 +105,4 @@ class SparseAttentionKL(torch.autograd.Function):
         target = None
         n = q.shape[0]
         ctx.kl.value.copy_(kl.sum() / n * ctx.kl.report_scale)
-        f = ctx.kl.weight / n
-        dts = ctx.dtypes
-        return (dq, dk, dv, (dqi * f).to(dts[0]), (dki * f).to(dts[1]), (dwi * f).to(dts[2]),
-                None, None, None, None, None)
+        return (dq, dk, dv) + _indexer_grads((dqi, dki, dwi), ctx.kl.weight / n, ctx.dtypes) + (None,) * 5

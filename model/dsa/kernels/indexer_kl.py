@@ -480,8 +480,8 @@ def indexer_kl(q, k, lse, q_idx, k_idx, w_idx, plan, sel, sel_n, scale: float, t
     skey = key if has_sel else "dense"
     split = SPLIT_TARGET[skey] if split is None else split
     if target is not None:
-        if not has_sel or key != "block" or target[1] != CONFIG["block+pt"][0]:
-            raise ValueError("a given KL target is block owners' (target_buffer), in the KL pass's slot tiles")
+        if not has_sel or key != "block":
+            raise ValueError("a given KL target is block owners' (target_buffer)")
         split = True
     kind = skey + "+pt" if split and skey + "+pt" in CONFIG else key
     c = CONFIG[kind]
