@@ -10,10 +10,13 @@ means something:
 - no dK/dV adds: each tile's dK and dV summed into one row before the float32 adds (the dots
   stay): what the adds of whole tiles cost, i.e. what a backward without atomics could save;
 - dQ only: no dK, dV dots and no adds (the dQ half of a split backward: QK, dO V and dS K);
-- full, owners spread / in order: the shipped kernel with its programs serving owners in a strided
-  order or in order (attention.SPREAD_OWNERS: do neighbouring owners' adds to the same key rows
-  queue?);
-- forward (owners in order, spread): the forward over the same selection, for scale.
+- list index at the top level: the list loop's index tile loaded at the loop's top level, as
+  before 2026-12-07 evening, so that Triton's pipeliner makes it an async copy and leaves the K,
+  V gathers unoverlapped (kernel_schedule.py); timed in both directions against the shipped
+  kernel, which loads the index under an `if`;
+- forward: the forward over the same selection, shipped and with the index at the top level.
+Owners in a strided order (attention.SPREAD_OWNERS) ran 1-3% slower (H200, 2026-12-07) and are no
+longer timed here.
 
 Shapes are bench_dsa.py's (32 / 4 heads of 128, k = 2,048, blocks of 64, rule max+coarse2).
 Prints a markdown table and writes it under --out.
@@ -50,7 +53,11 @@ CUTS: dict[str, list[tuple[str, str]]] = {
         (_DV_ADD, "pass"),
         ("    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale\n", ""),
         (_DK_ADD, "pass")],
+    "list index at the top level": [
+        ("        kidx = offs\n        if j + BN <= n_sel:\n            kidx = tl.load(SEL + sel_row + j + offs)\n",
+         "        kidx = tl.load(SEL + sel_row + j + offs)\n")],
 }
+FWD_VARIANTS = ("full", "list index at the top level")
 
 
 def main() -> int:
@@ -71,24 +78,21 @@ def main() -> int:
             out, lse = attn_mod.attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False)
             dout = torch.randn_like(out)
             full = None
-            runs = [(n, m, None) for n, m in mods.items()] + [("full, owners spread", attn_mod, True),
-                                                              ("full, owners in order", attn_mod, False)]
-            for label, mod, spread in runs:
-                def run(mod=mod, spread=spread):
-                    return mod.attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False,
-                                        spread=spread)
+            for label, mod in mods.items():
+                def run(mod=mod):
+                    return mod.attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False)
                 run()
                 s = timeit(run, min_total=0.3, max_reps=5) if gpu else float("nan")
                 full = full if full is not None else s
                 lines.append(f"| {t:,} | {label} | {s * 1e3:.2f} | {s / full:.2f} | {flop / s / 1e12:.1f} |")
                 print(lines[-1], flush=True)
-            for spread in (False, True):
-                s = timeit(lambda: attn_mod.attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False,  # noqa: B023
-                                                     spread=spread),  # noqa: B023
-                           min_total=0.3, max_reps=5) if gpu else float("nan")
-                label = "forward" + (", owners spread" if spread else "")
+            for label in FWD_VARIANTS:
+                def fwd(mod=mods[label]):
+                    return mod.attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False)
+                fwd()
+                s = timeit(fwd, min_total=0.3, max_reps=5) if gpu else float("nan")
                 tf = flop / 2.5 / s / 1e12
-                lines.append(f"| {t:,} | {label} | {s * 1e3:.2f} | {s / full:.2f} | {tf:.1f} (fwd) |")
+                lines.append(f"| {t:,} | forward, {label} | {s * 1e3:.2f} | {s / full:.2f} | {tf:.1f} (fwd) |")
                 print(lines[-1], flush=True)
             x = plan = sel = sel_n = out = lse = dout = None
             if gpu:

@@ -216,26 +216,27 @@ def sweep_block_attn(t=131072, rule="pooled"):
     npairs = attended(plan, sel_n, False)
     # Triton issues a loop's next copies after the body at 2 stages and waits for them at the top of
     # the next iteration (sm_90 TTGIR), so the load overlaps nothing; 3 and more stages overlap it
-    for kind, opts in (("fwd", [(64, 16, 3, 256), (64, 16, 4, 256), (32, 16, 4, 256)]),
-                       ("bwd", [(64, 8, 1, 128), (64, 8, 2, 128), (64, 8, 3, 128), (32, 8, 3, 128),
-                                (32, 8, 4, 128)])):
+    # (BN, warps, stages, rows[, register cap]); a cap of 128 at 8 warps fits two programs an SM
+    for kind, opts in (("fwd", [(64, 16, 4, 256), (64, 16, 3, 256), (32, 16, 4, 256), (32, 16, 6, 256),
+                                (32, 8, 3, 128, 128), (32, 8, 4, 128, 128)]),
+                       ("bwd", [(64, 8, 3, 128), (32, 8, 3, 128), (32, 8, 4, 128), (32, 8, 5, 128)])):
+        configs = attn_mod.FWD_CONFIG if kind == "fwd" else attn_mod.BWD_CONFIG
         best = None
-        for bn, nw, ns, rows in opts:
-            attn_mod.BLOCK_ROWS[kind] = rows
+        for opt in opts:
+            attn_mod.BLOCK_ROWS[kind] = opt[3]
+            configs["block"] = opt[:3] + opt[4:]
             if kind == "fwd":
-                fn = lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False, bn, nw, ns)  # noqa: E731
+                fn = lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False)  # noqa: E731
             else:
-                fn = lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False,  # noqa: E731
-                                      bn, nw, ns)
+                fn = lambda: attn_bwd(x["q"], x["k"], x["v"], out, lse, dout, plan, sel, sel_n, scale, False)  # noqa: E731
             s_ = try_time(fn, min_total=0.2, max_reps=4)
             fl = 4 * D * HQ * npairs * (1 if kind == "fwd" else 2.5)
-            log(f"  sweep T={t} block attn {kind} (BN, warps, stages, rows)={(bn, nw, ns, rows)}: {s_ * 1e3:.2f} ms "
+            log(f"  sweep T={t} block attn {kind} (BN, warps, stages, rows[, register cap])={opt}: {s_ * 1e3:.2f} ms "
                 f"{fl / s_ / 1e12:.1f} TFLOP/s")
             if best is None or s_ < best[0]:
-                best = (s_, (bn, nw, ns, rows))
-        bn, nw, ns, rows = best[1]
-        attn_mod.BLOCK_ROWS[kind] = rows
-        (attn_mod.FWD_CONFIG if kind == "fwd" else attn_mod.BWD_CONFIG)["block"] = (bn, nw, ns)
+                best = (s_, opt)
+        attn_mod.BLOCK_ROWS[kind] = best[1][3]
+        configs["block"] = best[1][:3] + best[1][4:]
         ROWS.append(dict(T=t, what=f"sweep: block attn {kind} config", ms=best[0] * 1e3, note=str(best[1])))
         if kind == "fwd":
             out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, False)

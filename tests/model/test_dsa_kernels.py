@@ -414,6 +414,33 @@ def test_owners_in_a_spread_order_give_the_same_attention(monkeypatch):
             assert rel(a, b) < 1e-4, stride
 
 
+@pytest.mark.parametrize("topk", [32, 40])
+def test_block_attention_over_full_list_tiles_matches_the_reference(topk, monkeypatch):
+    """The attention's list loop over whole 16-key tiles, forward and backward: output and q, k, v
+    gradients equal the reference's on the kernel's selection. topk 32: owners with enough
+    candidates list exactly two whole tiles (the last tile of the loop is the list's end); 40: two
+    whole tiles and a partial one. The loop loads each tile's key indices under a condition that
+    always holds (attention.py: kept a register load for Triton's pipeliner), so a condition that
+    fails on any whole tile gives wrong keys here."""
+    from model.dsa.kernels import attention as attn_mod
+
+    monkeypatch.setitem(attn_mod.FWD_CONFIG, "block", (16, 4, 2))
+    monkeypatch.setitem(attn_mod.BWD_CONFIG, "block", (16, 4, 2))
+    g = gen()
+    t = 150
+    args = case(g, t, 4, 2)
+    pos, doc = rows_of([0, 100, t], t)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=topk, granularity="block", block_q=8)
+    out, _, aux = dsa_attention_rows(*args, pos, doc, cfg, backend="triton")
+    assert (aux["sel_n"] == topk).sum() >= 4 and int(aux["sel_n"].max()) == topk
+    want, _, _ = dsa_attention_rows(*args, pos, doc, cfg, backend="reference", sel=(aux["sel"], aux["sel_n"]))
+    dout = torch.randn(out.shape, generator=g, device=DEV)
+    got = [out, *torch.autograd.grad((out * dout).sum(), args[:3])]
+    ref_res = [want, *torch.autograd.grad((want * dout).sum(), args[:3])]
+    for name, a, b in zip(["out", "q", "k", "v"], got, ref_res):
+        assert rel(a, b) < 1e-4, (name, rel(a, b))
+
+
 def test_target_waves_cover_every_owner_once_within_the_budget():
     """The KL target's waves of owners (indexer_kl.target_waves) for the dense warm-up of a packed
     sequence: consecutive, covering every owner once, each wave's buffer within the budget unless it

@@ -225,7 +225,15 @@ def _attn_kernel(
     ptr = PT + o.to(tl.int64) * s_po + slot * s_pq  # [rows]: each row's target row; + the tile's slots
     r_slot = tl.cdiv(n_sel, PBN) * PBN - lo  # a range key's slot, less its index
     for j in range(0, n_full, BN):
-        kidx = tl.load(SEL + sel_row + j + offs)
+        # The index tile is loaded under an `if` that always holds. At the loop's top level Triton's
+        # pipeliner makes it an async copy with a stage of its own and leaves the K, V gathers a
+        # distance of one, issued after the tile's dots and awaited at the next tile's top: they
+        # overlapped nothing. Under the `if` it stays a register load, issued ahead with the
+        # loop's depth, and every stage holds gathered tiles (sm_90 TTGIR: async_wait num 0 ->
+        # 4 forward, 0 -> 2 backward; tests/bench/kernel_schedule.py, RESULTS.md 2026-12-07).
+        kidx = offs
+        if j + BN <= n_sel:
+            kidx = tl.load(SEL + sel_row + j + offs)
         keep = kidx
         if HAS_BITS:
             keep = _selected_by(tl.load(SBITS + sel_row + j + offs), slot)
@@ -259,6 +267,9 @@ def _attn_kernel(
 # Block: Triton's pipeliner overlaps a loop's copies with its work only from 3 stages on
 # (tests/bench/kernel_schedule.py); the backward at 3 stages ran 53.99 ms against 58.47 at 1, the
 # forward at 4 stages 11.57 against 11.82 at 3 (H100, 128K, 2026-12-07).
+# A 4th value caps the registers a thread (ptxas maxnreg): at 128 with 8 warps two programs fit an
+# SM, so that one's gathers can wait under the other's dots (the forward at (32, 8, 3 or 4) and
+# 128 rows compiles for sm_90 at 124-125 registers, no spills, 80-96 KiB of shared memory).
 FWD_CONFIG = {"block": (64, 16, 4), "token": (64, 2, 2), "merged": (64, 4, 2)}  # H100 sweeps, 2026-11-24
 BWD_CONFIG = {"block": (64, 8, 3), "token": (32, 4, 2), "merged": (64, 4, 2)}
 # The block backward that also adds the indexer KL's target (PT_OUT): compiled for sm_90 it spills
@@ -338,6 +349,7 @@ def _launch(bwd: bool, q, k, v, o, lse, do, delta, dq, dk, dv, plan, sel, sel_n,
         BWD=bwd, HAS_BITS=bits is not None, ADD=mode_for(q, config_key(token, bits), add_mode), PT_OUT=pt_out,
         PBN=target[1] if pt_out else 16,
         num_warps=num_warps or c[1], num_stages=num_stages or c[2],
+        **({"maxnreg": c[3]} if len(c) > 3 and c[3] and q.is_cuda else {}),
     )
 
 
