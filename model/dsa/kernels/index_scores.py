@@ -28,16 +28,23 @@ CONFIG = {"block": dict(block_n=64, num_warps=8, num_stages=3, head_dot=True, ch
 
 
 @triton.jit
-def _row_logits(QI, WI, qrow, rv, hj, dd, kt, s_qt, s_qh, s_wt, DI, QS: tl.constexpr, HIP: tl.constexpr,
-                BN: tl.constexpr, prec: tl.constexpr, HEAD_DOT: tl.constexpr):
-    """I[QS, BN] for QS queries (rows r = query * HIP + head) against a transposed key tile.
+def _query_rows(QI, WI, qrow, rv, hj, dd, s_qt, s_qh, s_wt, DI):
+    """(q_I rows [QS*HIP, DIP], their weights [QS*HIP] float32) of QS queries (row r = query * HIP +
+    head). Loaded once before a key loop, not per key tile: the loops store scores, so Triton cannot
+    hoist a load out of them itself, and q_I is twice a key tile's bytes."""
+    q = tl.load(QI + qrow[:, None] * s_qt + hj[:, None] * s_qh + dd[None, :],
+                mask=rv[:, None] & (dd[None, :] < DI), other=0.0)
+    return q, tl.load(WI + qrow * s_wt + hj, mask=rv, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _row_logits(q, w, kt, QS: tl.constexpr, HIP: tl.constexpr, BN: tl.constexpr, prec: tl.constexpr,
+                HEAD_DOT: tl.constexpr):
+    """I[QS, BN] for the query rows of _query_rows against a transposed key tile.
 
     The weighted sum over index heads is a reshape-and-sum, or (HEAD_DOT) a second tf32 dot with
     a block-diagonal [QS, QS*HIP] weight matrix, which keeps the reduction on the tensor cores.
     """
-    q = tl.load(QI + qrow[:, None] * s_qt + hj[:, None] * s_qh + dd[None, :],
-                mask=rv[:, None] & (dd[None, :] < DI), other=0.0)
-    w = tl.load(WI + qrow * s_wt + hj, mask=rv, other=0.0).to(tl.float32)
     z = tl.dot(q, kt, input_precision=prec)
     if HEAD_DOT:
         r = tl.arange(0, QS * HIP)
@@ -85,12 +92,13 @@ def _scores_kernel(
         c_hi = tl.minimum(tl.max(tl.where(big, hi_i - col_base, c0), 0), c_end)
         rv = ((pid_r * QS + qi) < n_rows) & (hj < HI)
         qrow = tl.load(own_q0 + owner0 + pid_r * QS + qi, mask=rv, other=0).to(tl.int64)
+        q, w = _query_rows(QI, WI, qrow, rv, hj, dd, s_qt, s_qh, s_wt, DI)
         for cs in range(c_lo, c_hi, BN):
             cols = cs + offs
             keys = col_base + cols
             kt = tl.load(KI + keys.to(tl.int64)[None, :] * s_kt + dd[:, None],
                          mask=(cols[None, :] < c_hi) & (dd[:, None] < DI), other=0.0)
-            sc = _row_logits(QI, WI, qrow, rv, hj, dd, kt, s_qt, s_qh, s_wt, DI, QS, HIP, BN, prec, HEAD_DOT)
+            sc = _row_logits(q, w, kt, QS, HIP, BN, prec, HEAD_DOT)
             sc = tl.where(sc == 0.0, 0.0, sc)
             ok = big[:, None] & (keys[None, :] >= lo_i[:, None]) & (keys[None, :] < hi_i[:, None])
             tl.store(BUF + orow.to(tl.int64)[:, None] * stride_buf + cols[None, :], sc, mask=ok)
@@ -108,16 +116,20 @@ def _scores_kernel(
                 rv = (s0 + qi < nq) & (hj < HI)
                 qrow = (q0 + s0 + qi).to(tl.int64)
                 qv = (s0 + tl.arange(0, QS)) < nq
+                q, w = _query_rows(QI, WI, qrow, rv, hj, dd, s_qt, s_qh, s_wt, DI)
                 for cs in range(c_lo, c_hi, BN):
                     cols = cs + offs
                     cm = cols < c_hi
+                    keys = col_base + cols
                     if HAS_LIST:
-                        keys = tl.load(LIST + o.to(tl.int64) * stride_list + cols, mask=cm, other=0)
-                    else:
-                        keys = col_base + cols
+                        # under an `if` that holds whenever there is a list (hi > lo here), so the index
+                        # load stays a register load and Triton pipelines the key gathers it names
+                        # (attention.py's list loop says why)
+                        if hi > lo:
+                            keys = tl.load(LIST + o.to(tl.int64) * stride_list + cols, mask=cm, other=0)
                     kt = tl.load(KI + keys.to(tl.int64)[None, :] * s_kt + dd[:, None],
                                  mask=cm[None, :] & (dd[:, None] < DI), other=0.0)
-                    sc = _row_logits(QI, WI, qrow, rv, hj, dd, kt, s_qt, s_qh, s_wt, DI, QS, HIP, BN, prec, HEAD_DOT)
+                    sc = _row_logits(q, w, kt, QS, HIP, BN, prec, HEAD_DOT)
                     if AGG_MAX:
                         part = tl.max(tl.where(qv[:, None], sc, float("-inf")), 0)
                         if s0 > 0:

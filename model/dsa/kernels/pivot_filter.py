@@ -27,7 +27,7 @@ import triton.language as tl
 from . import topk as topk_mod
 from .common import ieee, next_pow2
 from .index_scores import CONFIG as SCORE_CONFIG
-from .index_scores import _row_logits
+from .index_scores import _query_rows, _row_logits
 from .topk import _ordered, _radix_threshold, pivot_rank
 
 # Launch of the filter kernel (tests/bench/bench_dsa.py sweeps it): key tile, warps, pipeline
@@ -69,12 +69,13 @@ def _sample_kernel(QI, WI, KI, SBUF, SAMPLED, own_q0, cand_lo, cand_hi, owner0, 
     prec: tl.constexpr = "ieee" if IEEE else "tf32"
     dd = tl.arange(0, DIP)
     if tl.max(samp.to(tl.int32), 0) > 0:
+        q, w = _query_rows(QI, WI, qrow, rv, hj, dd, s_qt, s_qh, s_wt, DI)
         for j0 in range(0, NS, BN):
             jj = j0 + tl.arange(0, BN)
             jm = jj < NS
             keys = lo0 + (jj.to(tl.int64) * (n_min - 1)) // (NS - 1)
             kt = tl.load(KI + keys[None, :] * s_kt + dd[:, None], mask=jm[None, :] & (dd[:, None] < DI), other=0.0)
-            sc = _row_logits(QI, WI, qrow, rv, hj, dd, kt, s_qt, s_qh, s_wt, DI, QS, HIP, BN, prec, HEAD_DOT)
+            sc = _row_logits(q, w, kt, QS, HIP, BN, prec, HEAD_DOT)
             tl.store(SBUF + orow.to(tl.int64)[:, None] * stride_sb + jj[None, :], _ordered(sc),
                      mask=samp[:, None] & jm[None, :])
 
@@ -110,11 +111,12 @@ def _filter_kernel(QI, WI, KI, PIVOT, SCR, COPIED, own_q0, cand_lo, cand_hi, own
     offs = tl.arange(0, BN)
     srow = SCR + orow.to(tl.int64)[:, None] * stride_scr
     cnt = tl.zeros([QS], tl.int32)
+    q, w = _query_rows(QI, WI, qrow, rv, hj, dd, s_qt, s_qh, s_wt, DI)
     for cs in range(c_lo, c_hi, BN):
         keys = cs + offs
         kt = tl.load(KI + keys.to(tl.int64)[None, :] * s_kt + dd[:, None],
                      mask=(keys[None, :] < c_hi) & (dd[:, None] < DI), other=0.0)
-        sc = _row_logits(QI, WI, qrow, rv, hj, dd, kt, s_qt, s_qh, s_wt, DI, QS, HIP, BN, prec, HEAD_DOT)
+        sc = _row_logits(q, w, kt, QS, HIP, BN, prec, HEAD_DOT)
         s = _ordered(sc)
         ok = act[:, None] & (keys[None, :] >= lo_i[:, None]) & (keys[None, :] < hi_i[:, None])
         take = ok & (s >= piv[:, None])
