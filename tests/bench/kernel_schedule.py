@@ -9,9 +9,11 @@ but the loop's own prefetch, and Triton's software pipeliner places it per loop.
 TTGIR a pipelined loop starts each iteration with `ttg.async_wait {num = N}` on its copies: at
 N = 0 the copies issued for this iteration, at the end of the previous one, must all have landed,
 so they overlapped nothing of the previous iteration's work; at N > 0 they ran under a whole
-iteration. At 2 stages every loop waits with N = 0; from 3 on, loops of direct loads get N > 0,
-while the attention's list loop, whose K and V rows are gathered through a loaded index tile,
-keeps N = 0 at any depth (tests/bench/RESULTS.md, 2026-12-07, with the H100 timings that followed).
+iteration. At 2 stages every loop waits with N = 0; from 3 on, loops of direct loads get N > 0.
+A loop that gathers rows through an index tile loaded at its top level keeps N = 0 at any depth
+(the pipeliner makes the index an async copy with its own stage and the gathers a distance of
+one); with the index load under an `if` it stays a register load and the gathers get the loop's
+depth (tests/bench/RESULTS.md, 2026-12-07, early morning and night).
 
 One DSA layer's forward and backward run under TRITON_INTERPRET at 32 query / 4 KV heads of 128,
 indexer 8 x 128, bf16, T = 256, block mode (sparse and warm-up stage), recording every kernel
