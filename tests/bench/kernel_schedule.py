@@ -2,7 +2,12 @@
 registers, spilled bytes and shared memory per program (ptxas -v), and whether each pipelined
 loop's copies overlap its work.
 
-    python tests/bench/kernel_schedule.py [--stage sparse,warmup] [--set _kl_kernel:num_stages=3,BN=32 ...]
+    python tests/bench/kernel_schedule.py [--stage sparse,warmup] [--set _kl_kernel:num_stages=3,BN=32 ...] \
+        [--triton-site DIR]
+
+``--triton-site``: compile with the Triton installed under DIR instead of this venv's (e.g.
+``pip install --no-deps --target DIR triton==3.6.0``, the version of the lent GPUs' image, whose
+pipeliner can differ from the venv's); the launches are still recorded with this venv's interpreter.
 
 Why: the block-mode programs run one to an SM (255 registers), so nothing hides a load's latency
 but the loop's own prefetch, and Triton's software pipeliner places it per loop. In the sm_90
@@ -137,11 +142,25 @@ def main() -> int:
     ap.add_argument("--stage", default="sparse,warmup")
     ap.add_argument("--set", action="append", default=[], metavar="KERNEL:key=value,...")
     ap.add_argument("--kernels", default="_attn_kernel,_kl_kernel", help="kernels to compile ('' = all)")
+    ap.add_argument("--triton-site", default="", help="a folder holding the Triton to compile with")
+    ap.add_argument("--specs", default="", help=argparse.SUPPRESS)  # recorded launches (the --triton-site child)
     a = ap.parse_args()
     over = overrides(a.set)
     wanted = set(filter(None, a.kernels.split(",")))
-    with tempfile.TemporaryDirectory() as tmp:
-        specs = record(a.stage, os.path.join(tmp, "launches.json"))
+    if a.specs:
+        with open(a.specs) as f:
+            specs = json.load(f)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "launches.json")
+            specs = record(a.stage, path)
+            if a.triton_site:  # the same launches, compiled by a child that imports the other Triton first
+                env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath(a.triton_site), ROOT]))
+                argv = [sys.executable, os.path.abspath(__file__), "--specs", path, "--kernels", a.kernels]
+                return subprocess.run(argv + [f"--set={v}" for v in a.set], env=env, cwd=ROOT).returncode
+    import triton
+
+    print(f"# compiled for sm_90 by Triton {triton.__version__}", flush=True)
     lines = ["| kernel | (BN, warps, stages) | registers | spilled bytes | shared KiB | in-loop waits (num) "
              "| copies overlap a whole iteration |", "|---|---|---|---|---|---|---|"]
     for spec in specs:
