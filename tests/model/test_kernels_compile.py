@@ -98,3 +98,26 @@ def test_every_launched_kernel_compiles_for_hopper(monkeypatch, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     failed = json.loads(done.stdout.strip().splitlines()[-1])
     assert not failed, "\n".join(failed)
+
+
+def test_the_gathering_loops_overlap_their_copies_with_their_dots(tmp_path):
+    """The block attention's list loop (forward and backward) and the coarse-to-fine scores' list
+    loop gather rows named by an index tile. Triton's pipeliner overlaps such gathers with the
+    dots only if the index load stays a register load (under an `if`); at the loop's top level it
+    becomes an async copy and the gathers are awaited at every tile's top (`async_wait {num = 0}`,
+    tests/bench/RESULTS.md, 2026-12-07). Compiled for sm_90 at the production shape through
+    tests/bench/kernel_schedule.py, every loop of these kernels must wait with num > 0."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "tests/bench/kernel_schedule.py", "--stage", "sparse", "--kernels",
+                           "_attn_kernel,_scores_kernel"], env=env, capture_output=True, text=True, timeout=900,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {}
+    for line in done.stdout.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 7 and cells[5].startswith("["):
+            rows[cells[0]] = json.loads(cells[5])
+    assert set(rows) == {"attention forward", "attention backward", "_scores_kernel"}, done.stdout
+    for kernel, waits in rows.items():
+        assert waits and min(waits) > 0, (kernel, waits)
