@@ -317,9 +317,13 @@ TARGET_CONFIG = {"block": (8, 3, 32, 0), "token": (4, 2, 1, 0), "merged": (4, 2,
 # The KL pass over a stored target: (BN, num_warps, num_stages), for block owners' lists and for
 # the dense warm-up, and queries a step. For lists (32, 8, 2) ran 35.28 / 69.07 ms against 36.26 /
 # 71.84 at (64, 8, 2) and 36.86 / 72.47 at (64, 8, 3), 128K / 256K (H200, tests/bench/RESULTS.md,
-# 2026-12-07; sm_90 spills 8 bytes against 324). The dense warm-up keeps (64, 8, 2), its 256K step's
-# launch, until (32, 8, 2) is timed there.
-CONFIG["block+pt"] = (32, 8, 2)
+# 2026-12-07; sm_90 spills 8 bytes against 324). At 3 stages the key gathers overlap the previous
+# tile's work: (32, 8, 3) ran 33.42 / 65.15 ms against 34.19 / 67.88 at (32, 8, 2) and 34.78 at (32, 8,
+# 4), 128K / 256K (H100, same run, 2026-12-07 night). The dense warm-up keeps (64, 8, 2) with its
+# one-program target walk, its 256K step's launch: at 32K that pair ran 67.46 ms, against 64.02 for
+# (32, 8, 3) after the adding target (80.44 / 77.92 for (32, 8, 2 / 3) after the walk), not yet
+# timed at 256K, where the adding target's waves also zero their buffer.
+CONFIG["block+pt"] = (32, 8, 3)
 CONFIG["dense+pt"] = (64, 8, 2)
 MAX_REGISTERS["block+pt"] = MAX_REGISTERS["dense+pt"] = None
 PT_QUERIES = 16
