@@ -269,7 +269,9 @@ def _attn_kernel(
 # forward at 4 stages 11.57 against 11.82 at 3 (H100, 128K, 2026-12-07).
 # A 4th value caps the registers a thread (ptxas maxnreg): at 128 with 8 warps two programs fit an
 # SM, so that one's gathers can wait under the other's dots (the forward at (32, 8, 3 or 4) and
-# 128 rows compiles for sm_90 at 124-125 registers, no spills, 80-96 KiB of shared memory).
+# 128 rows compiles for sm_90 at 124-125 registers, no spills, 80-96 KiB of shared memory). Timed
+# once the list loop pipelined its gathers, that lost: 11.71 ms against 10.61 for (64, 16, 4) at 256
+# rows (H100, 128K, 2026-12-07 night), so no default caps registers.
 FWD_CONFIG = {"block": (64, 16, 4), "token": (64, 2, 2), "merged": (64, 4, 2)}  # H100 sweeps, 2026-11-24
 BWD_CONFIG = {"block": (64, 8, 3), "token": (32, 4, 2), "merged": (64, 4, 2)}
 # The block backward that also adds the indexer KL's target (PT_OUT): compiled for sm_90 it spills
