@@ -348,6 +348,22 @@ def split_from_env(env=os.environ) -> None:
 split_from_env()
 
 
+LAUNCH_ENV = "LONGSHOT_KL_LAUNCH"
+
+
+def launch_from_env(env=os.environ) -> None:
+    """``LONGSHOT_KL_LAUNCH=dense:32,8,3,16/8,3,32,0[;block:...]``: split launches (install_split_launch's
+    text) per kind, so that a training run's worker processes take a launch a bench found faster
+    without a code change; unset keeps the defaults above."""
+    text = env.get(LAUNCH_ENV, "").strip()
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        kind, sep, launch = part.partition(":")
+        if not sep or kind.strip() not in SPLIT_TARGET:
+            raise ValueError(f"{LAUNCH_ENV}={text!r}: {part!r} is not KIND:LAUNCH with KIND one of "
+                             f"{sorted(SPLIT_TARGET)}")
+        install_split_launch(launch, kinds=(kind.strip(),))
+
+
 def install_split_launch(text: str, kinds=("block",)) -> None:
     """Install ``BN,warps,stages,queries/warps,stages,queries[,KV heads in one program]`` (the KL
     pass over a stored target / its target kernel; bench_indexer_kl.py's fastest_split.txt) as
@@ -365,6 +381,9 @@ def install_split_launch(text: str, kinds=("block",)) -> None:
     for kind in kinds:
         CONFIG[kind + "+pt"] = tuple(kl[:3])
         TARGET_CONFIG[kind] = tuple(tgt) + (0,) * (4 - len(tgt))
+
+
+launch_from_env()
 
 
 def hp_for(g: int, rows_per_head: int) -> int:
