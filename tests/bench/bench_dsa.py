@@ -180,7 +180,7 @@ def sweep_token(t=131072):
     plan = build_plan(pos, doc, cfg, dense=False)
     fkeys = ("block_n", "num_warps", "num_stages", "longest_first")
     best_of("token pivot filter (block_n, warps, stages, longest first), timed with selection", t,
-            [(64, 8, 3, True), (64, 4, 3, True)],
+            [(64, 4, 3, True), (64, 8, 3, True), (64, 4, 4, True), (32, 4, 3, True)],
             lambda o: filter_mod.CONFIG.update(zip(fkeys, o)),
             lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
     sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)

@@ -480,6 +480,26 @@ def test_kl_split_kinds_from_env(monkeypatch):
     assert not any(kl_mod.SPLIT_TARGET.values())
 
 
+def test_kl_launches_from_env(monkeypatch):
+    """LONGSHOT_KL_LAUNCH sets the KL's split launch per kind (what bench_parallel's worker processes
+    read); a bad kind or a malformed launch is refused, naming the variable, and changes nothing."""
+    from model.dsa.kernels import indexer_kl as kl_mod
+
+    monkeypatch.setattr(kl_mod, "CONFIG", dict(kl_mod.CONFIG))
+    monkeypatch.setattr(kl_mod, "TARGET_CONFIG", dict(kl_mod.TARGET_CONFIG))
+    monkeypatch.setattr(kl_mod, "PT_QUERIES", kl_mod.PT_QUERIES)
+    block_before = kl_mod.CONFIG["block+pt"], kl_mod.TARGET_CONFIG["block"]
+    kl_mod.launch_from_env({kl_mod.LAUNCH_ENV: "dense: 16,4,3,8/4,2,16"})
+    assert (kl_mod.CONFIG["dense+pt"], kl_mod.TARGET_CONFIG["dense"], kl_mod.PT_QUERIES) == \
+        ((16, 4, 3), (4, 2, 16, 0), 8)
+    assert (kl_mod.CONFIG["block+pt"], kl_mod.TARGET_CONFIG["block"]) == block_before
+    before = dict(kl_mod.CONFIG), dict(kl_mod.TARGET_CONFIG)
+    for bad in ("block:32,8,3,16/8,3,32;dens:32,8,3,16/8,3,32", "block:32,8,3,16/8,3,32;dense:32,8,3/8,3,32"):
+        with pytest.raises(ValueError, match=kl_mod.LAUNCH_ENV):
+            kl_mod.launch_from_env({kl_mod.LAUNCH_ENV: bad})
+        assert (dict(kl_mod.CONFIG), dict(kl_mod.TARGET_CONFIG)) == before
+
+
 @pytest.mark.parametrize("bwd_bn,kl_bn", [(16, 16), (32, 16), (16, 32)])
 def test_kl_in_the_attention_backward_matches_the_reference(bwd_bn, kl_bn, monkeypatch):
     """Block owners' KL run in the attention's backward (KL_IN_BACKWARD), its head-mean target added

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import ieee, next_pow2
+from .common import gather_index_tile, ieee, next_pow2
 from .reduce_add import add_tile, mode_for
 
 
@@ -225,15 +225,9 @@ def _attn_kernel(
     ptr = PT + o.to(tl.int64) * s_po + slot * s_pq  # [rows]: each row's target row; + the tile's slots
     r_slot = tl.cdiv(n_sel, PBN) * PBN - lo  # a range key's slot, less its index
     for j in range(0, n_full, BN):
-        # The index tile is loaded under an `if` that always holds. At the loop's top level Triton's
-        # pipeliner makes it an async copy with a stage of its own and leaves the K, V gathers a
-        # distance of one, issued after the tile's dots and awaited at the next tile's top: they
-        # overlapped nothing. Under the `if` it stays a register load, issued ahead with the
-        # loop's depth, and every stage holds gathered tiles (sm_90 TTGIR: async_wait num 0 ->
-        # 4 forward, 0 -> 2 backward; tests/bench/kernel_schedule.py, RESULTS.md 2026-12-07).
-        kidx = offs
-        if j + BN <= n_sel:
-            kidx = tl.load(SEL + sel_row + j + offs)
+        # under a condition that always holds here, so that the K, V gathers pipeline (common.py;
+        # sm_90 waits 0 -> 4 forward, 0 -> 2 backward)
+        kidx = gather_index_tile(SEL + sel_row + j + offs, offs, j + BN <= n_sel)
         keep = kidx
         if HAS_BITS:
             keep = _selected_by(tl.load(SBITS + sel_row + j + offs), slot)
@@ -273,7 +267,10 @@ def _attn_kernel(
 # once the list loop pipelined its gathers, that lost: 11.71 ms against 10.61 for (64, 16, 4) at 256
 # rows (H100, 128K, 2026-12-07 night), so no default caps registers.
 FWD_CONFIG = {"block": (64, 16, 4), "token": (64, 2, 2), "merged": (64, 4, 2)}  # H100 sweeps, 2026-11-24
-BWD_CONFIG = {"block": (64, 8, 3), "token": (32, 4, 2), "merged": (64, 4, 2)}
+# Token backward: 16-key tiles at 3 stages ran 435.57 ms against 585.95 for (32, 4, 2) and 713 for
+# (32, 4, 3 or 4), whose stages of 32 gathered K, V rows crowd a 255-register program (H100, 128K,
+# 2026-12-07 late night).
+BWD_CONFIG = {"block": (64, 8, 3), "token": (16, 4, 3), "merged": (64, 4, 2)}
 # The block backward that also adds the indexer KL's target (PT_OUT): compiled for sm_90 it spills
 # 288 bytes at (64, 8, 3) against 48 without the target, and 48 at (32, 8, 3)
 # (tests/bench/kernel_schedule.py). Timed (H200, 2026-12-07): 69.6 / 147.3 ms at (64, 8, 3), 75.4 /

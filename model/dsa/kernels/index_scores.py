@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import ieee, next_pow2
+from .common import gather_index_tile, ieee, next_pow2
 
 # Launch defaults per row kind: "token" rows (token mode, pooled block rows) and "block" rows (a
 # block's max/sum); tests/bench/bench_dsa.py sweeps them on the GPU. head_dot applies
@@ -121,12 +121,8 @@ def _scores_kernel(
                     cols = cs + offs
                     cm = cols < c_hi
                     keys = col_base + cols
-                    if HAS_LIST:
-                        # under an `if` that holds whenever there is a list (hi > lo here), so the index
-                        # load stays a register load and Triton pipelines the key gathers it names
-                        # (attention.py's list loop says why)
-                        if hi > lo:
-                            keys = tl.load(LIST + o.to(tl.int64) * stride_list + cols, mask=cm, other=0)
+                    if HAS_LIST:  # hi > lo holds whenever there is a list (common.py says why it is asked)
+                        keys = gather_index_tile(LIST + o.to(tl.int64) * stride_list + cols, keys, hi > lo, cm)
                     kt = tl.load(KI + keys.to(tl.int64)[None, :] * s_kt + dd[:, None],
                                  mask=cm[None, :] & (dd[:, None] < DI), other=0.0)
                     sc = _row_logits(q, w, kt, QS, HIP, BN, prec, HEAD_DOT)

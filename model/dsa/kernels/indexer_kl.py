@@ -356,19 +356,23 @@ def launch_from_env(env=os.environ) -> None:
     text) per kind, so that a training run's worker processes take a launch a bench found faster
     without a code change; unset keeps the defaults above."""
     text = env.get(LAUNCH_ENV, "").strip()
+    launches = []
     for part in filter(None, (p.strip() for p in text.split(";"))):
-        kind, sep, launch = part.partition(":")
-        if not sep or kind.strip() not in SPLIT_TARGET:
+        kind, sep, launch = (v.strip() for v in part.partition(":"))
+        if not sep or kind not in SPLIT_TARGET:
             raise ValueError(f"{LAUNCH_ENV}={text!r}: {part!r} is not KIND:LAUNCH with KIND one of "
                              f"{sorted(SPLIT_TARGET)}")
-        install_split_launch(launch, kinds=(kind.strip(),))
+        try:
+            parse_split_launch(launch)
+        except ValueError as e:
+            raise ValueError(f"{LAUNCH_ENV}={text!r}: {e}") from None
+        launches.append((kind, launch))
+    for kind, launch in launches:  # all parsed first: a bad part changes nothing
+        install_split_launch(launch, kinds=(kind,))
 
 
-def install_split_launch(text: str, kinds=("block",)) -> None:
-    """Install ``BN,warps,stages,queries/warps,stages,queries[,KV heads in one program]`` (the KL
-    pass over a stored target / its target kernel; bench_indexer_kl.py's fastest_split.txt) as
-    the split launch of ``kinds`` (TARGET_CONFIG keys: "block" for block owners' lists, "dense"
-    for the warm-up; the queries a step are shared)."""
+def parse_split_launch(text: str) -> tuple[list[int], list[int]]:
+    """``BN,warps,stages,queries/warps,stages,queries[,KV heads in one program]`` -> (pass, target)."""
     try:
         kl, tgt = ([int(v) for v in part.split(",")] for part in text.strip().split("/"))
         ok = len(kl) == 4 and len(tgt) in (3, 4)
@@ -376,6 +380,15 @@ def install_split_launch(text: str, kinds=("block",)) -> None:
         ok = False
     if not ok:
         raise ValueError(f"split launch {text!r}: expected BN,warps,stages,queries/warps,stages,queries[,kv loop]")
+    return kl, tgt
+
+
+def install_split_launch(text: str, kinds=("block",)) -> None:
+    """Install ``BN,warps,stages,queries/warps,stages,queries[,KV heads in one program]`` (the KL
+    pass over a stored target / its target kernel; bench_indexer_kl.py's fastest_split.txt) as
+    the split launch of ``kinds`` (TARGET_CONFIG keys: "block" for block owners' lists, "dense"
+    for the warm-up; the queries a step are shared)."""
+    kl, tgt = parse_split_launch(text)
     global PT_QUERIES
     PT_QUERIES = kl[3]
     for kind in kinds:
