@@ -185,7 +185,8 @@ def sweep_token(t=131072):
             lambda: select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg), min_total=0.3, max_reps=3)
     sel, sel_n = select(x["q_idx"], x["k_idx"], x["w_idx"], plan, cfg)
     # from 3 stages the list loop's gathers overlap the dots (attention.py, 2026-12-07 night)
-    best_of("token attn fwd (BN, warps, stages)", t, [(64, 2, 2), (64, 2, 3), (64, 4, 3), (64, 4, 4), (32, 4, 3), (32, 2, 4)],
+    best_of("token attn fwd (BN, warps, stages)", t,
+            [(64, 2, 2), (64, 2, 3), (64, 4, 3), (64, 4, 4), (32, 4, 3), (32, 2, 4)],
             lambda o: attn_mod.FWD_CONFIG.update(token=o),
             lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, True), min_total=0.3, max_reps=3)
     out, lse = attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, True)
