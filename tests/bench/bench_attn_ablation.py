@@ -54,7 +54,7 @@ CUTS: dict[str, list[tuple[str, str]]] = {
         ("    dk = tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=prec) * sm_scale\n", ""),
         (_DK_ADD, "pass")],
     "list index at the top level": [
-        ("        kidx = offs\n        if j + BN <= n_sel:\n            kidx = tl.load(SEL + sel_row + j + offs)\n",
+        ("        kidx = gather_index_tile(SEL + sel_row + j + offs, offs, j + BN <= n_sel)\n",
          "        kidx = tl.load(SEL + sel_row + j + offs)\n")],
 }
 FWD_VARIANTS = ("full", "list index at the top level")
