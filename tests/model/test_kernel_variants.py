@@ -8,6 +8,7 @@ is checked to differ from the shipped one by exactly its cuts.
 """
 from __future__ import annotations
 
+import importlib
 import inspect
 
 import pytest
@@ -15,8 +16,6 @@ import pytest
 
 @pytest.mark.parametrize("bench,module", [("bench_attn_ablation", "attention"), ("bench_kl_ablation", "indexer_kl")])
 def test_ablation_variants_apply_to_the_kernels(bench, module, tmp_path):
-    import importlib
-
     from tests.bench.kernel_variants import variant
 
     cuts = importlib.import_module(f"tests.bench.{bench}").CUTS

@@ -363,12 +363,11 @@ def launch_from_env(env=os.environ) -> None:
             raise ValueError(f"{LAUNCH_ENV}={text!r}: {part!r} is not KIND:LAUNCH with KIND one of "
                              f"{sorted(SPLIT_TARGET)}")
         try:
-            parse_split_launch(launch)
+            launches.append((kind, parse_split_launch(launch)))
         except ValueError as e:
             raise ValueError(f"{LAUNCH_ENV}={text!r}: {e}") from None
-        launches.append((kind, launch))
-    for kind, launch in launches:  # all parsed first: a bad part changes nothing
-        install_split_launch(launch, kinds=(kind,))
+    for kind, (kl, tgt) in launches:  # all parsed first: a bad part changes nothing
+        _install_split(kl, tgt, (kind,))
 
 
 def parse_split_launch(text: str) -> tuple[list[int], list[int]]:
@@ -388,7 +387,10 @@ def install_split_launch(text: str, kinds=("block",)) -> None:
     pass over a stored target / its target kernel; bench_indexer_kl.py's fastest_split.txt) as
     the split launch of ``kinds`` (TARGET_CONFIG keys: "block" for block owners' lists, "dense"
     for the warm-up; the queries a step are shared)."""
-    kl, tgt = parse_split_launch(text)
+    _install_split(*parse_split_launch(text), kinds)
+
+
+def _install_split(kl: list[int], tgt: list[int], kinds) -> None:
     global PT_QUERIES
     PT_QUERIES = kl[3]
     for kind in kinds:
