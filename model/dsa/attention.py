@@ -18,7 +18,8 @@ reach the backbone (DeepSeek-V3.2's rule). In the warm-up the model freezes all 
 
 Token mode with ``cfg.token_merge`` = m > 1 runs the kernels on groups of m neighbouring queries
 over the union of their selections, each query masked to its own keys (merge.py): token mode's
-result with each union row read once per group.
+result with each union row read once per group. ``cfg.token_merge_backward`` = m > 1 (with
+token_merge 1) does so for the attention's backward alone.
 
 The warm-up's dense attention on a GPU is FlashAttention-2's packed kernel (model/flash_varlen.py,
 ``DSAConfig.warmup_kernel``); its log-sum-exp feeds the KL kernel as the DSA kernel's would.
@@ -121,9 +122,11 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
         out, loss = ref.attention_and_kl(q, k, v, q_idx, k_idx, w_idx, plan, sel, scale, want_kl=with_loss)
         return out, loss, aux
     token = cfg.granularity == "token" and not dense
-    bits = None
+    bits = bwd_groups = None
+    if token and cfg.token_merge == 1 and cfg.token_merge_backward > 1:
+        bwd_groups = _plan(plans, cfg, lambda: merged_plan(aux["plan"], cfg.token_merge_backward), "merged-bwd")
     if token and cfg.token_merge > 1:  # groups of neighbours over the union of their selections
-        plan = _plan(plans, cfg, lambda: merged_plan(aux["plan"], cfg), "merged")
+        plan = _plan(plans, cfg, lambda: merged_plan(aux["plan"], cfg.token_merge), "merged")
         sel, bits, sel_n = merge_selection(aux["plan"], plan, sel, sel_n)
         token = False
     if (with_loss and kl_in_backward is not None and KL_IN_BACKWARD and not dense and not token and bits is None
@@ -133,7 +136,7 @@ def dsa_attention_rows(q, k, v, q_idx, k_idx, w_idx, q_pos, q_doc, cfg: DSAConfi
     if dense and cfg.warmup_kernel == "flash" and flash_varlen.available(q, k):
         out, lse = flash_varlen.flash_varlen(q, k, v, plan.varlen_layout(), True, scale)
     else:
-        out, lse = SparseAttention.apply(q, k, v, plan, sel, sel_n, scale, token, bits)
+        out, lse = SparseAttention.apply(q, k, v, plan, sel, sel_n, scale, token, bits, bwd_groups)
     loss = None
     if with_loss:
         loss = IndexerKL.apply(q_idx, k_idx, w_idx, q.detach(), k.detach(), lse.detach(), plan, sel, sel_n, scale,

@@ -57,6 +57,10 @@ class DSAConfig:
     token_merge: ``token`` mode on the Triton path: m > 1 runs the attention and the KL on groups of
       m neighbouring queries that read the union of their selections once, each masked to its own
       keys (model/dsa/merge.py; same result, fewer bytes); 1 = one program per query. At most 16.
+    token_merge_backward: with token_merge 1, m > 1 merges the groups for the attention's backward
+      alone (the union built in backward): the forward and the KL keep one program per query, while
+      the backward, whose float32 dK, dV adds per gathered row are most of token mode's bytes, adds
+      each union row once per group. Ignored when token_merge > 1 (everything is merged then).
     warmup_kernel: the warm-up's dense attention on the Triton path: ``flash`` = FlashAttention-2's
       packed kernel (model/flash_varlen.py) where it runs (CUDA, bf16/fp16), else the DSA kernel
       over each block's whole causal prefix (``triton``, also the choice everywhere else).
@@ -72,6 +76,7 @@ class DSAConfig:
     coarse: int = 2
     warmup_kernel: Literal["flash", "triton"] = "flash"
     token_merge: int = 1
+    token_merge_backward: int = 1
 
     def __post_init__(self) -> None:
         if self.granularity not in ("token", "block"):
@@ -84,6 +89,8 @@ class DSAConfig:
             raise ValueError(f"warmup_kernel must be 'flash' or 'triton', got {self.warmup_kernel!r}")
         if not 1 <= self.token_merge <= MAX_TOKEN_MERGE:
             raise ValueError(f"token_merge must be in 1..{MAX_TOKEN_MERGE}, got {self.token_merge}")
+        if not 1 <= self.token_merge_backward <= MAX_TOKEN_MERGE:
+            raise ValueError(f"token_merge_backward must be in 1..{MAX_TOKEN_MERGE}, got {self.token_merge_backward}")
         if self.coarse < 0:
             raise ValueError(f"coarse must be >= 0, got {self.coarse}")
         if self.topk < 1 or self.block_q < 1 or self.index_heads < 1 or self.index_dim < 1:

@@ -1,6 +1,7 @@
 """Autograd Functions around the Triton kernels.
 
-SparseAttention: out = attention over each owner's keys; backward gives dq, dk, dv.
+SparseAttention: out = attention over each owner's keys; backward gives dq, dk, dv (for token
+owners optionally over merged groups of neighbours, ``bwd_groups``: the same gradients).
 IndexerKL: loss = mean over query rows of KL(p_t || softmax(I_t)); q, k and the attention lse enter
 as constants (the target is detached), so its gradient reaches only q_idx, k_idx and w_idx.
 SparseAttentionKL: both in one, the KL run in the attention's backward (KLInBackward says why).
@@ -13,25 +14,31 @@ import torch
 
 from .kernels.attention import attn_bwd, attn_fwd
 from .kernels.indexer_kl import indexer_kl, target_buffer
+from .merge import merge_selection
 from .plan import Plan
 
 
 class SparseAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, plan: Plan, sel, sel_n, scale: float, token: bool, bits=None):
+    def forward(ctx, q, k, v, plan: Plan, sel, sel_n, scale: float, token: bool, bits=None,
+                bwd_groups: Plan | None = None):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         out, lse = attn_fwd(q, k, v, plan, sel, sel_n, scale, token, bits=bits)
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.plan, ctx.sel, ctx.sel_n, ctx.scale, ctx.token, ctx.bits = plan, sel, sel_n, scale, token, bits
+        ctx.bwd_groups = bwd_groups
         ctx.mark_non_differentiable(lse)
         return out, lse
 
     @staticmethod
     def backward(ctx, dout, _dlse):
         q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = attn_bwd(q, k, v, out, lse, dout, ctx.plan, ctx.sel, ctx.sel_n, ctx.scale, ctx.token,
-                              bits=ctx.bits)
-        return dq, dk, dv, None, None, None, None, None, None
+        plan, sel, sel_n, token, bits = ctx.plan, ctx.sel, ctx.sel_n, ctx.token, ctx.bits
+        if ctx.bwd_groups is not None:  # token rows: the same (query, head) rows, walked by groups
+            sel, bits, sel_n = merge_selection(plan, ctx.bwd_groups, sel, sel_n)
+            plan, token = ctx.bwd_groups, False
+        dq, dk, dv = attn_bwd(q, k, v, out, lse, dout, plan, sel, sel_n, ctx.scale, token, bits=bits)
+        return dq, dk, dv, None, None, None, None, None, None, None
 
 
 def _indexer_grads(grads, f, dtypes) -> tuple:

@@ -25,10 +25,12 @@ from .config import MAX_TOKEN_MERGE, DSAConfig
 from .plan import Plan, build_plan
 
 
-def merged_plan(plan: Plan, cfg: DSAConfig) -> Plan:
-    """Owners of ``cfg.token_merge`` consecutive rows of a token plan (aligned to document starts),
-    with an empty always-attended range: every key comes from the union list."""
-    mp = build_plan(plan.q_pos, plan.q_doc, replace(cfg, granularity="block", block_q=cfg.token_merge), dense=False)
+def merged_plan(plan: Plan, m: int) -> Plan:
+    """Owners of ``m`` consecutive rows of a token plan (aligned to document starts), with an empty
+    always-attended range: every key comes from the union list."""
+    if not 1 <= m <= MAX_TOKEN_MERGE:
+        raise ValueError(f"token groups must hold 1 to {MAX_TOKEN_MERGE} queries (one bit each), got {m}")
+    mp = build_plan(plan.q_pos, plan.q_doc, DSAConfig(granularity="block", block_q=m), dense=False)
     return replace(mp, rng_lo=mp.rng_hi, cand_lo=mp.rng_hi, cand_hi=mp.rng_hi, max_rng=0)
 
 

@@ -627,7 +627,7 @@ def bench_token_merge(t, merges, sweep_merged=True):
         plan, sel, sel_n, bits, token = tplan, tsel, tsel_n, None, True
         note = ""
         if m > 1:
-            plan = merged_plan(tplan, cfg)
+            plan = merged_plan(tplan, m)
             s_m = timeit(lambda: merge_selection(tplan, plan, tsel, tsel_n))
             sel, bits, sel_n = merge_selection(tplan, plan, tsel, tsel_n)
             token = False
@@ -665,11 +665,14 @@ def bench_token_merge(t, merges, sweep_merged=True):
         args = [z.detach().clone().requires_grad_(True) for z in (x["q"], x["k"], x["v"], vq, vk, vw)]
         dout2 = torch.randn_like(x["q"])
 
-        def fwd_bwd():
-            o, loss, _ = dsa_attention_rows(*args, pos, doc, cfg, backend="triton", sel=(tsel, tsel_n))
+        def fwd_bwd(c=cfg):
+            o, loss, _ = dsa_attention_rows(*args, pos, doc, c, backend="triton", sel=(tsel, tsel_n))
             torch.autograd.backward([o, loss], [dout2, torch.ones_like(loss)])
         s_l = timeit(fwd_bwd)
         row(t, f"{name}: DSA layer fwd+bwd (selection given)", s_l)
+        if m > 1:  # forward and KL per query, the backward alone on the groups (merged in backward)
+            s_h = timeit(lambda: fwd_bwd(replace(base, token_merge_backward=m)))
+            row(t, f"token m=1, backward on groups of {m}: DSA layer fwd+bwd (selection given)", s_h)
         args = dout2 = None
     x = vq = vk = vw = None
     torch.cuda.empty_cache()

@@ -235,7 +235,7 @@ def test_merged_selection_is_the_union_with_each_querys_bit():
     plan = build_plan(pos, doc, cfg, dense=False)
     qi, ki, wi = (x.detach() for x in case(g, t, 2, 1)[3:])
     sel, sel_n = select(qi, ki, wi, plan, cfg)
-    mplan = merged_plan(plan, cfg)
+    mplan = merged_plan(plan, m)
     union, bits, n = merge_selection(plan, mplan, sel, sel_n, rows_per_chunk=8)  # several chunks
     for o in range(mplan.n_owners):
         q0, nq = int(mplan.own_q0[o]), int(mplan.own_nq[o])
@@ -268,6 +268,35 @@ def test_merged_token_groups_equal_token_mode(m):
         dout = torch.randn(o1.shape, generator=g, device=DEV)
         g1 = torch.autograd.grad((o1 * dout).sum() + 3 * l1, xs)
         g2 = torch.autograd.grad((o2 * dout).sum() + 3 * l2, xs)
+        assert rel(o1, o2) < 1e-5
+        assert abs(float(l1) - float(l2)) <= 1e-5 * abs(float(l2)) + 1e-6
+        for name, a, b in zip(["q", "k", "v", "q_idx", "k_idx", "w_idx"], g1, g2):
+            assert rel(a, b) < 1e-4, (name, rel(a, b))
+
+
+@pytest.mark.parametrize("m", [3, 16])
+def test_token_backward_over_merged_groups_gives_token_modes_gradients(m):
+    """token_merge_backward: the forward and the KL one program per query, the attention's
+    backward over groups of m neighbours (the union built in backward). Output, loss and every
+    gradient against the reference's token mode on the same selection, for a packed sequence and a
+    context-parallel chunk (groups cut at document and chunk borders)."""
+    g = gen()
+    t = 57
+    args = case(g, t, 8, 2)
+    pos, doc = rows_of([0, 5, 30, t], t)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=7, granularity="token", token_merge_backward=m)
+    for rows in (torch.arange(t, device=DEV), torch.cat([torch.arange(2, 19), torch.arange(41, 52)]).to(DEV)):
+        xs = [(a[rows] if i in (0, 3, 5) else a).detach().requires_grad_() for i, a in enumerate(args)]
+        plans = {}
+        o1, l1, aux = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="triton", plans=plans)
+        o2, l2, _ = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="reference",
+                                       sel=(aux["sel"], aux["sel_n"]))
+        dout = torch.randn(o1.shape, generator=g, device=DEV)
+        g1 = torch.autograd.grad((o1 * dout).sum() + 3 * l1, xs)
+        g2 = torch.autograd.grad((o2 * dout).sum() + 3 * l2, xs)
+        groups = [p for key, p in plans.items() if key[-1] == "merged-bwd"]
+        assert len(groups) == 1 and int(groups[0].own_nq.sum()) == len(rows)
+        assert 1 < int(groups[0].own_nq.max()) <= m
         assert rel(o1, o2) < 1e-5
         assert abs(float(l1) - float(l2)) <= 1e-5 * abs(float(l2)) + 1e-6
         for name, a, b in zip(["q", "k", "v", "q_idx", "k_idx", "w_idx"], g1, g2):
