@@ -61,6 +61,9 @@ class DSASettings:
     # token granularity: neighbouring queries per kernel program over the union of their
     # selections (model/dsa/merge.py); a speed knob, the result is the same
     token_merge: int = 1
+    # token granularity with token_merge 1: the attention's backward alone over groups of this many
+    # neighbours (model/dsa/config.py says why); a speed knob, the result is the same
+    token_merge_backward: int = 1
     # block granularity: how a block scores keys (model/dsa/config.py, DSAConfig's block_agg and
     # coarse), as 'max', 'sum', 'pooled' or 'AGG+coarseN'
     block_rule: str = "max+coarse2"

@@ -63,6 +63,7 @@ def configure_core(core: CoreChoice, stage: Stage, dsa_settings, on_gpu: bool) -
     core.dsa = DSAConfig(index_heads=dsa_settings.index_heads, index_dim=dsa_settings.index_dim,
                          topk=dsa_settings.topk, granularity=dsa_settings.granularity,
                          block_q=dsa_settings.block_q, stage=stage, token_merge=dsa_settings.token_merge,
+                         token_merge_backward=dsa_settings.token_merge_backward,
                          **block_rule_fields(dsa_settings.block_rule))
 
 

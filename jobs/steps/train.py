@@ -72,9 +72,10 @@ def config_from_args(args) -> TrainConfig:
     if args.dsa_warmup_lr is not None and not args.dsa_warmup_lr > 0:
         raise BadInput(f"--dsa-warmup-lr {args.dsa_warmup_lr}: must be a positive learning rate")
 
-    if args.dsa_token_merge is not None and not 1 <= args.dsa_token_merge <= MAX_TOKEN_MERGE:
-        raise BadInput(f"--dsa-token-merge {args.dsa_token_merge}: must be 1 to {MAX_TOKEN_MERGE} "
-                       "(one bit per query of a group)")
+    for flag, m in (("--dsa-token-merge", args.dsa_token_merge),
+                    ("--dsa-token-merge-backward", args.dsa_token_merge_backward)):
+        if m is not None and not 1 <= m <= MAX_TOKEN_MERGE:
+            raise BadInput(f"{flag} {m}: must be 1 to {MAX_TOKEN_MERGE} (one bit per query of a group)")
     if args.dsa_block_rule is not None:
         from jobs.steps.eval_model import block_rule_fields
 
@@ -87,7 +88,8 @@ def config_from_args(args) -> TrainConfig:
             raise BadInput(f"--dsa-dense-layers {args.dsa_dense_layers!r}: give LM layer indices, "
                            "comma-separated, e.g. 0,1") from None
     dsa = {k: v for k, v in {"topk": args.dsa_topk, "granularity": args.dsa_granularity,
-                             "token_merge": args.dsa_token_merge, "block_rule": args.dsa_block_rule,
+                             "token_merge": args.dsa_token_merge,
+                             "token_merge_backward": args.dsa_token_merge_backward, "block_rule": args.dsa_block_rule,
                              "dense_layers": dense_layers}.items()
            if v is not None}
     return TrainConfig(preset=args.preset, model_overrides=overrides, steps=args.steps,
@@ -241,6 +243,9 @@ def register(sub) -> None:
     p.add_argument("--dsa-token-merge", type=int, metavar="M",
                    help="token granularity on a GPU: M (2-16) neighbouring queries share one gathered key list "
                         "(the union of their selections); same result, fewer bytes read")
+    p.add_argument("--dsa-token-merge-backward", type=int, metavar="M",
+                   help="token granularity on a GPU, with --dsa-token-merge 1: the attention's backward alone "
+                        "over groups of M (2-16) neighbouring queries; same result, fewer float32 adds")
     p.add_argument("--lr", type=float)
     p.add_argument("--min-lr", type=float)
     p.add_argument("--lr-warmup-steps", type=int)

@@ -138,8 +138,9 @@ def test_resume_on_another_number_of_ranks_reshards_and_trains_on(tmp_path):
 
 
 def test_token_merge_reaches_the_attention_config_and_bad_values_are_refused(tmp_path):
-    """--dsa-token-merge is stored with the run and becomes the DSA layers' token_merge; a value
-    the kernels cannot take (one bit per query of a group, at most 16) is refused before any work."""
+    """--dsa-token-merge and --dsa-token-merge-backward are stored with the run and become the DSA
+    layers' token_merge and token_merge_backward; a value the kernels cannot take (one bit per query
+    of a group, 1 to 16) is refused before any work."""
     from jobs.steps.train_loop import model_config, stored_config
     from model.attention import CoreChoice
     from model.training import configure_core
@@ -148,12 +149,14 @@ def test_token_merge_reaches_the_attention_config_and_bad_values_are_refused(tmp
              "--dsa-granularity", "token"]
     bad = run("train", "--run", str(tmp_path / "bad"), *short, "--dsa-token-merge", "17", check=False)
     assert bad.returncode == 2 and "--dsa-token-merge 17" in bad.stderr
+    bad_b = run("train", "--run", str(tmp_path / "bad"), *short, "--dsa-token-merge-backward", "0", check=False)
+    assert bad_b.returncode == 2 and "--dsa-token-merge-backward 0" in bad_b.stderr
     assert not (tmp_path / "bad" / "checkpoints").exists()
-    run("train", "--run", str(tmp_path / "ok"), *short, "--dsa-token-merge", "4")
+    run("train", "--run", str(tmp_path / "ok"), *short, "--dsa-token-merge", "4", "--dsa-token-merge-backward", "8")
     cfg = stored_config(tmp_path / "ok")
     core = CoreChoice()
     configure_core(core, "sparse", model_config(cfg).lm.dsa, False)
-    assert (core.dsa.granularity, core.dsa.token_merge) == ("token", 4)
+    assert (core.dsa.granularity, core.dsa.token_merge, core.dsa.token_merge_backward) == ("token", 4, 8)
 
 
 def test_dsa_warmup_lr_is_the_peak_of_the_indexer_warmup_only(tmp_path):
