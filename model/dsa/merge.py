@@ -34,15 +34,28 @@ def merged_plan(plan: Plan, m: int) -> Plan:
     return replace(mp, rng_lo=mp.rng_hi, cand_lo=mp.rng_hi, cand_hi=mp.rng_hi, max_rng=0)
 
 
+# How merge_selection forms each chunk's union: "sort" sorts the chunk's (group, key) codes;
+# "bitmap" adds each query's bit into a dense [groups, key range] int32 table (one bit per query of a
+# group, so the add is an OR) and reads back the nonzero words, in key order. The table costs
+# groups x key range words per chunk, the sort O(entries log); "auto" takes the table while it is
+# at most BITMAP_WORDS_PER_ENTRY words per selected entry (which long packs with small groups are not).
+MERGE_METHOD = "sort"
+BITMAP_WORDS_PER_ENTRY = 8
+
+
 @torch.no_grad()
 def merge_selection(plan: Plan, mplan: Plan, sel: torch.Tensor, sel_n: torch.Tensor,
-                    rows_per_chunk: int = 1 << 13) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    rows_per_chunk: int = 1 << 13, method: str | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(union [n_groups, U] int32 ascending, -1 padded; bits [n_groups, U] int32; counts [n_groups]
     int32) of the token selection ``sel`` [Tq, k] (one row per query, as ``plan`` owns them) over
     the groups of ``mplan``. Groups are processed in chunks of about ``rows_per_chunk`` queries, so
-    the sort works on chunk x k entries, never Tq x k."""
+    the sort (or table, ``method``: MERGE_METHOD's choices) works on chunk x k entries, never Tq x k."""
     if mplan.max_nq > MAX_TOKEN_MERGE:
         raise ValueError(f"token_merge must be at most {MAX_TOKEN_MERGE}, got {mplan.max_nq}")
+    method = method or MERGE_METHOD
+    if method not in ("sort", "bitmap", "auto"):
+        raise ValueError(f"merge method must be 'sort', 'bitmap' or 'auto', got {method!r}")
     dev = sel.device
     n_groups, k = mplan.n_owners, sel.shape[1]
     n_keys = int(plan.q_pos.max()) + 1  # keys are rows of the key table at or before some query
@@ -52,21 +65,19 @@ def merge_selection(plan: Plan, mplan: Plan, sel: torch.Tensor, sel_n: torch.Ten
     parts = []
     step = max(1, rows_per_chunk // max(1, mplan.max_nq))
     ends = (mplan.own_q0 + mplan.own_nq).cpu()  # one device read for every chunk's row range
+    first_doc, last_pos = plan.q_doc.cpu(), plan.q_pos.cpu()  # each chunk's key range (rows are sorted)
     for g0 in range(0, n_groups, step):
         g1 = min(n_groups, g0 + step)
         r0 = int(ends[g0 - 1]) if g0 else 0
         r1 = int(ends[g1 - 1])
-        v = valid[r0:r1]
-        grp = (group_of_row[r0:r1, None] - g0).expand(-1, k)[v]
-        code = grp * n_keys + sel[r0:r1].long()[v]
-        if (g1 - g0) * n_keys < 2**31:  # a 32-bit sort key: half the radix passes
-            code = code.to(torch.int32)
-        bit = (1 << slot[r0:r1, None]).expand(-1, k)[v]
-        code, order = torch.sort(code)
-        uniq, inv = torch.unique_consecutive(code, return_inverse=True)
-        bits = torch.zeros(uniq.numel(), dtype=torch.int64, device=dev).index_add_(0, inv, bit[order])
-        uniq = uniq.long()
-        parts.append((g0, g1, uniq // n_keys, uniq % n_keys, bits))
+        lo, hi = int(first_doc[r0]), int(last_pos[r1 - 1]) + 1
+        grp = group_of_row[r0:r1] - g0
+        bit = 1 << slot[r0:r1]
+        words = (g1 - g0) * (hi - lo)
+        if method == "bitmap" or (method == "auto" and words <= BITMAP_WORDS_PER_ENTRY * (r1 - r0) * k):
+            parts.append((g0, g1) + _union_by_bitmap(grp, sel[r0:r1], valid[r0:r1], bit, words, lo, hi))
+        else:
+            parts.append((g0, g1) + _union_by_sort(grp, sel[r0:r1], valid[r0:r1], bit, g1 - g0, n_keys))
     counts = torch.zeros(n_groups, dtype=torch.int64, device=dev)
     for g0, g1, grp, _, _ in parts:
         counts[g0:g1] = torch.bincount(grp, minlength=g1 - g0)
@@ -79,3 +90,27 @@ def merge_selection(plan: Plan, mplan: Plan, sel: torch.Tensor, sel_n: torch.Ten
         union[g0 + grp, col] = key.to(torch.int32)
         mask[g0 + grp, col] = bits.to(torch.int32)
     return union, mask, counts.to(torch.int32)
+
+
+def _union_by_sort(grp, sel, valid, bit, n_grp: int, n_keys: int):
+    """(group, key, bits) of a chunk's distinct (group, key) pairs, by sorting their codes."""
+    k = sel.shape[1]
+    code = grp[:, None].expand(-1, k)[valid] * n_keys + sel.long()[valid]
+    if n_grp * n_keys < 2**31:  # a 32-bit sort key: half the radix passes
+        code = code.to(torch.int32)
+    code, order = torch.sort(code)
+    uniq, inv = torch.unique_consecutive(code, return_inverse=True)
+    bits = torch.zeros(uniq.numel(), dtype=torch.int64, device=sel.device).index_add_(
+        0, inv, bit[:, None].expand(-1, k)[valid][order])
+    uniq = uniq.long()
+    return uniq // n_keys, uniq % n_keys, bits
+
+
+def _union_by_bitmap(grp, sel, valid, bit, words: int, lo: int, hi: int):
+    """The same from a dense [groups, hi - lo] table: padded entries add 0 into word 0."""
+    width = hi - lo
+    idx = torch.where(valid, grp[:, None] * width + (sel.long() - lo), 0)
+    table = torch.zeros(words, dtype=torch.int32, device=sel.device)
+    table.scatter_add_(0, idx.reshape(-1), torch.where(valid, bit[:, None].to(torch.int32), 0).reshape(-1))
+    nz = table.nonzero().squeeze(1)
+    return nz // width, nz % width + lo, table[nz].long()

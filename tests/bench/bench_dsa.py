@@ -628,11 +628,12 @@ def bench_token_merge(t, merges, sweep_merged=True):
         note = ""
         if m > 1:
             plan = merged_plan(tplan, m)
-            s_m = timeit(lambda: merge_selection(tplan, plan, tsel, tsel_n))
             sel, bits, sel_n = merge_selection(tplan, plan, tsel, tsel_n)
             token = False
             note = f"union {sel_n.float().mean():.0f} keys/group of {m} ({int(tsel_n.sum()) / int(sel_n.sum()):.1f}x fewer rows)"
-            row(t, f"token m={m}: merge pass", s_m, note=note)
+            for how in ("sort", "bitmap"):  # merge.MERGE_METHOD
+                s_m = timeit(lambda: merge_selection(tplan, plan, tsel, tsel_n, method=how))
+                row(t, f"token m={m}: merge pass ({how})", s_m, note=note)
         name = f"token m={m}"
         if m > 1 and sweep_merged:  # merged groups are m x G rows: their own launch defaults
             # from 3 stages the list loops' gathers overlap the dots (token mode's backward: 26% faster)

@@ -225,7 +225,11 @@ def test_query_chunk_at_offset_matches_full_rows():
 
 
 # ------------------------------------------------------------------------- merged token groups
-def test_merged_selection_is_the_union_with_each_querys_bit():
+@pytest.mark.parametrize("method", ["sort", "bitmap", "auto"])
+def test_merged_selection_is_the_union_with_each_querys_bit(method):
+    """Every way of forming the union (merge.MERGE_METHOD) gives each group its queries' keys in
+    ascending order, each with the bits of the queries that selected it, on a packed sequence and
+    on a context-parallel chunk of rows (whose keys start at a document start, not at 0)."""
     from model.dsa.merge import merge_selection, merged_plan
 
     g = gen()
@@ -236,7 +240,17 @@ def test_merged_selection_is_the_union_with_each_querys_bit():
     qi, ki, wi = (x.detach() for x in case(g, t, 2, 1)[3:])
     sel, sel_n = select(qi, ki, wi, plan, cfg)
     mplan = merged_plan(plan, m)
-    union, bits, n = merge_selection(plan, mplan, sel, sel_n, rows_per_chunk=8)  # several chunks
+    union, bits, n = merge_selection(plan, mplan, sel, sel_n, rows_per_chunk=8, method=method)  # several chunks
+    _check_union(mplan, sel, sel_n, doc, union, bits, n, m)
+    rows = torch.arange(20, t, device=DEV)  # a chunk of rows in the second and third documents
+    cplan = build_plan(pos[rows], doc[rows], cfg, dense=False)
+    csel, csel_n = select(qi[rows], ki, wi[rows], cplan, cfg)
+    cm = merged_plan(cplan, m)
+    _check_union(cm, csel, csel_n, doc[rows], *merge_selection(cplan, cm, csel, csel_n, rows_per_chunk=8,
+                                                               method=method), m)
+
+
+def _check_union(mplan, sel, sel_n, doc, union, bits, n, m):
     for o in range(mplan.n_owners):
         q0, nq = int(mplan.own_q0[o]), int(mplan.own_nq[o])
         assert nq <= m and len(set(doc[q0:q0 + nq].tolist())) == 1
