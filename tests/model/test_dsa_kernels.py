@@ -264,42 +264,20 @@ def _check_union(mplan, sel, sel_n, doc, union, bits, n, m):
         assert (union[o, int(n[o]):] == -1).all()
 
 
-@pytest.mark.parametrize("m", [2, 4, 16])
-def test_merged_token_groups_equal_token_mode(m):
+@pytest.mark.parametrize("field,m", [("token_merge", 2), ("token_merge", 4), ("token_merge", 16),
+                                     ("token_merge_backward", 3), ("token_merge_backward", 16)])
+def test_merged_token_groups_equal_token_mode(field, m):
     """Token mode over groups of m neighbours (each row masked to its own keys) against the
     reference's token mode on the same selection: output, indexer loss and every gradient, for a
-    packed sequence and for a context-parallel chunk of rows (groups cut at the chunk borders)."""
+    packed sequence and for a context-parallel chunk of rows (groups cut at document and chunk
+    borders). ``token_merge`` runs everything on the groups; ``token_merge_backward`` only the
+    attention's backward (the forward and the KL one program per query, the union built in backward)."""
     g = gen()
     t = 53
     args = case(g, t, 8, 2)
     pos, doc = rows_of([0, 6, 31, t], t)
-    cfg = DSAConfig(index_heads=2, index_dim=16, topk=7, granularity="token", token_merge=m)
+    cfg = DSAConfig(index_heads=2, index_dim=16, topk=7, granularity="token", **{field: m})
     for rows in (torch.arange(t, device=DEV), torch.cat([torch.arange(3, 17), torch.arange(40, 50)]).to(DEV)):
-        xs = [(a[rows] if i in (0, 3, 5) else a).detach().requires_grad_() for i, a in enumerate(args)]
-        o1, l1, aux = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="triton")
-        o2, l2, _ = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="reference",
-                                       sel=(aux["sel"], aux["sel_n"]))
-        dout = torch.randn(o1.shape, generator=g, device=DEV)
-        g1 = torch.autograd.grad((o1 * dout).sum() + 3 * l1, xs)
-        g2 = torch.autograd.grad((o2 * dout).sum() + 3 * l2, xs)
-        assert rel(o1, o2) < 1e-5
-        assert abs(float(l1) - float(l2)) <= 1e-5 * abs(float(l2)) + 1e-6
-        for name, a, b in zip(["q", "k", "v", "q_idx", "k_idx", "w_idx"], g1, g2):
-            assert rel(a, b) < 1e-4, (name, rel(a, b))
-
-
-@pytest.mark.parametrize("m", [3, 16])
-def test_token_backward_over_merged_groups_gives_token_modes_gradients(m):
-    """token_merge_backward: the forward and the KL one program per query, the attention's
-    backward over groups of m neighbours (the union built in backward). Output, loss and every
-    gradient against the reference's token mode on the same selection, for a packed sequence and a
-    context-parallel chunk (groups cut at document and chunk borders)."""
-    g = gen()
-    t = 57
-    args = case(g, t, 8, 2)
-    pos, doc = rows_of([0, 5, 30, t], t)
-    cfg = DSAConfig(index_heads=2, index_dim=16, topk=7, granularity="token", token_merge_backward=m)
-    for rows in (torch.arange(t, device=DEV), torch.cat([torch.arange(2, 19), torch.arange(41, 52)]).to(DEV)):
         xs = [(a[rows] if i in (0, 3, 5) else a).detach().requires_grad_() for i, a in enumerate(args)]
         plans = {}
         o1, l1, aux = dsa_attention_rows(*xs, pos[rows], doc[rows], cfg, backend="triton", plans=plans)
@@ -308,7 +286,7 @@ def test_token_backward_over_merged_groups_gives_token_modes_gradients(m):
         dout = torch.randn(o1.shape, generator=g, device=DEV)
         g1 = torch.autograd.grad((o1 * dout).sum() + 3 * l1, xs)
         g2 = torch.autograd.grad((o2 * dout).sum() + 3 * l2, xs)
-        groups = [p for key, p in plans.items() if key[-1] == "merged-bwd"]
+        groups = [p for key, p in plans.items() if key[-1] in ("merged", "merged-bwd")]
         assert len(groups) == 1 and int(groups[0].own_nq.sum()) == len(rows)
         assert 1 < int(groups[0].own_nq.max()) <= m
         assert rel(o1, o2) < 1e-5
