@@ -205,6 +205,14 @@ def sweep_token(t=131072):
             lambda o: kl_mod.CONFIG.update(token=o),
             lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n, scale,
                                True, True), min_total=0.3, max_reps=3)
+
+    def install_target(o):  # None: the head-mean target in the KL pass's head loop (the default)
+        kl_mod.SPLIT_TARGET["token"] = o is not None
+        kl_mod.TARGET_CONFIG["token"] = o or kl_mod.TARGET_CONFIG["token"]
+    best_of("token indexer KL target: in the pass (None) or its own kernel (warps, stages, queries, KV loop)", t,
+            [None, (4, 2, 1, 0), (4, 3, 1, 0), (2, 2, 1, 0), (4, 2, 1, 1)], install_target,
+            lambda: indexer_kl(x["q"], x["k"], lse, x["q_idx"], x["k_idx"], x["w_idx"], plan, sel, sel_n, scale,
+                               True, True), min_total=0.3, max_reps=3)
     x = sel = sel_n = out = lse = None
     torch.cuda.empty_cache()
 
