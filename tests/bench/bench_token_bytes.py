@@ -14,8 +14,11 @@ two orders moves fewer bytes:
   them; K and V are read once, but each (tile, query) pair reads the query's rows and writes a
   float32 partial output and its log-sum-exp, merged in a second pass.
 
-Per-row bytes, bf16, forward only, per KV head (so the table's ratios hold for any head count):
+Per-row bytes, bf16, per KV head (so the table's ratios hold for any head count), forward:
 key + value rows 2 x D x 2; a query's G heads of q 2 G D, of a partial output 4 G D + 4 G.
+The backward (a second table) reads the same key and value rows and adds each row's dK, dV into
+float32 buffers, 2 x D x 4 more bytes a row, and reads q, dO and writes dQ, 3 x 2 G D a query; a
+merged group adds once per union row (DSAConfig.token_merge_backward runs only the backward so).
 Selections: model/dsa/reference.py's token rule on the inputs of bench_fp8_indexer (a trained
 run's indexer on its packs, bench_dsa.video_indexer's synthetic video-structured inputs).
 """
@@ -58,13 +61,16 @@ def byte_counts(sel: torch.Tensor, doc: torch.Tensor, merges: list[int]) -> dict
     valid = sel >= 0
     pairs = int(valid.sum())
     kv_row = 2 * D * 2
-    out = {"per_query": pairs * kv_row + t * 2 * G * D * 2, "pairs": pairs}
+    bwd_row, bwd_query = kv_row + 2 * D * 4, 3 * 2 * G * D  # + float32 dK, dV adds; q, dO, dQ
+    out = {"per_query": pairs * kv_row + t * 2 * G * D * 2, "pairs": pairs,
+           "bwd_per_query": pairs * bwd_row + t * bwd_query}
     rows = torch.arange(t)[:, None].expand(t, k)[valid]
     keys = sel[valid].long()
     for m in merges:
         grp = groups_of(doc, m)[rows]
         union = torch.unique(grp * t + keys).numel()
         out[("merged", m)] = (union * kv_row + t * 2 * G * D * 2, m * union / pairs if m > 1 else 1.0)
+        out[("bwd_merged", m)] = union * bwd_row + t * bwd_query
     tile_query = torch.unique((keys // BN) * t + rows).numel()  # (key tile, query) pairs
     n_tiles = torch.unique(keys // BN).numel()
     out["kv_outer"] = n_tiles * BN * kv_row + tile_query * (2 * G * D + 4 * G * D + 4 * G) + t * 2 * G * D * 2
@@ -86,6 +92,9 @@ def main():
     lines = [f"Token-mode forward bytes per KV head (G = {G}, D = {D}, KV tile {BN}); {datetime.date.today()}, "
              f"torch {torch.__version__}. Cells: GB, and for merged groups the FLOP ratio to per-query.", "",
              "| inputs | k | pairs / query | " + " | ".join(head) + " |", "| --- | --- | --- |" + " --- |" * len(head)]
+    bwd = ["", "Backward bytes per KV head (GB; the float32 dK, dV adds included), and per query against merged:",
+           "", "| inputs | k | per query | " + " | ".join(head[1:-1]) + " |", "| --- | --- | --- |" + " --- |" *
+           (len(head) - 2)]
     for label, qi, ki, wi, doc, cfg in indexer_cases(a.run, a.packs, a.sizes):
         cfg = DSAConfig(**{**cfg.__dict__, "granularity": "token", "stage": "sparse"})
         t = qi.shape[0]
@@ -98,7 +107,11 @@ def main():
         line = f"| {label} | {cfg.topk} | {c['pairs'] / t:.0f} | " + " | ".join(cells) + " |"
         lines.append(line)
         print(line, flush=True)
-    finish(lines, t0, a.out)
+        b = c["bwd_per_query"]
+        bwd.append(f"| {label} | {cfg.topk} | {b / 1e9:.3f} | " + " | ".join(
+            f"{c[('bwd_merged', m)] / 1e9:.3f} ({b / c[('bwd_merged', m)]:.1f}x fewer)" for m in merges if m > 1) + " |")
+        print(bwd[-1], flush=True)
+    finish(lines + bwd, t0, a.out)
 
 
 if __name__ == "__main__":
