@@ -108,8 +108,9 @@ def main():
         lines.append(line)
         print(line, flush=True)
         b = c["bwd_per_query"]
-        bwd.append(f"| {label} | {cfg.topk} | {b / 1e9:.3f} | " + " | ".join(
-            f"{c[('bwd_merged', m)] / 1e9:.3f} ({b / c[('bwd_merged', m)]:.1f}x fewer)" for m in merges if m > 1) + " |")
+        merged = [c[("bwd_merged", m)] for m in merges if m > 1]
+        bwd.append(f"| {label} | {cfg.topk} | {b / 1e9:.3f} | "
+                   + " | ".join(f"{x / 1e9:.3f} ({b / x:.1f}x fewer)" for x in merged) + " |")
         print(bwd[-1], flush=True)
     finish(lines + bwd, t0, a.out)
 
