@@ -645,7 +645,9 @@ def bench_token_merge(t, merges, sweep_merged=True):
         name = f"token m={m}"
         if m > 1 and sweep_merged:  # merged groups are m x G rows: their own launch defaults
             # from 3 stages the list loops' gathers overlap the dots (token mode's backward: 26% faster)
-            opts = [(64, 4, 2), (64, 8, 2), (32, 4, 2), (64, 8, 3), (64, 4, 3), (32, 4, 3)]
+            # (32, 8, 3): no spills for any m in 4-16 forward, 0-128 bytes backward, 0-56 KL, where the
+            # default (64, 4, 2) spills up to 1,088 / 3,396 / 4,012 at m = 16 (sm_90, kernel_schedule.py)
+            opts = [(64, 4, 2), (64, 8, 2), (32, 4, 2), (64, 8, 3), (64, 4, 3), (32, 4, 3), (32, 8, 3)]
             best_of(f"{name} attn fwd (BN, warps, stages)", t, opts,
                     lambda c: attn_mod.FWD_CONFIG.__setitem__("merged", c),
                     lambda: attn_fwd(x["q"], x["k"], x["v"], plan, sel, sel_n, scale, token, bits=bits), min_total=0.2)

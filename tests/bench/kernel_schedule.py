@@ -21,7 +21,7 @@ one); with the index load under an `if` it stays a register load and the gathers
 depth (tests/bench/RESULTS.md, 2026-12-07, early morning and night).
 
 One DSA layer's forward and backward run under TRITON_INTERPRET at 32 query / 4 KV heads of 128,
-indexer 8 x 128, bf16, T = 256, block mode (or --granularity token; sparse and warm-up stage),
+indexer 8 x 128, bf16, T = 256, block mode (or --granularity token [--token-merge M]; sparse and warm-up stage),
 recording every kernel launch (tests/kernel_launches.py); each recorded specialisation is then
 compiled for sm_90 with its 16-byte alignment hints, with --set overriding launch options or
 constexprs of a kernel.
@@ -52,7 +52,8 @@ bf = lambda *s: torch.randn(*s, generator=g).to(torch.bfloat16).requires_grad_()
 cu = torch.tensor([0, t], dtype=torch.int32)
 with recorded_launches() as launches:
     for stage in sys.argv[2].split(","):
-        cfg = DSAConfig(index_heads=hi, index_dim=d, topk=128, granularity=sys.argv[3], block_q=64, stage=stage)
+        cfg = DSAConfig(index_heads=hi, index_dim=d, topk=128, granularity=sys.argv[3], block_q=64, stage=stage,
+                        token_merge=int(sys.argv[4]))
         q, k, v = bf(t, hq, d), bf(t, hkv, d), bf(t, hkv, d)
         qi, ki, wi = bf(t, hi, d), bf(t, d), bf(t, hi)
         out, loss = dsa_attention(q, k, v, qi, ki, wi, cu, cfg)
@@ -79,10 +80,11 @@ def loop_waits(ttgir: str) -> list[int]:
     return waits
 
 
-def record(stages: str, path: str, granularity: str = "block") -> list[dict]:
+def record(stages: str, path: str, granularity: str = "block", token_merge: int = 1) -> list[dict]:
     path_env = os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=path_env)
-    subprocess.run([sys.executable, "-c", RECORD, path, stages, granularity], env=env, check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", RECORD, path, stages, granularity, str(token_merge)], env=env, check=True,
+                   cwd=ROOT)
     with open(path) as f:
         return json.load(f)
 
@@ -142,6 +144,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--stage", default="sparse,warmup")
     ap.add_argument("--granularity", default="block", choices=("block", "token"), help="DSA selection mode")
+    ap.add_argument("--token-merge", type=int, default=1, help="token mode: queries a merged group (merge.py)")
     ap.add_argument("--set", action="append", default=[], metavar="KERNEL:key=value,...")
     ap.add_argument("--kernels", default="_attn_kernel,_kl_kernel", help="kernels to compile ('' = all)")
     ap.add_argument("--triton-site", default="", help="a folder holding the Triton to compile with")
@@ -155,7 +158,7 @@ def main() -> int:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "launches.json")
-            specs = record(a.stage, path, a.granularity)
+            specs = record(a.stage, path, a.granularity, a.token_merge)
             if a.triton_site:  # the same launches, compiled by a child that imports the other Triton first
                 env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath(a.triton_site), ROOT]))
                 argv = [sys.executable, os.path.abspath(__file__), "--specs", path, "--kernels", a.kernels]
