@@ -65,17 +65,18 @@ def merge_selection(plan: Plan, mplan: Plan, sel: torch.Tensor, sel_n: torch.Ten
     parts = []
     step = max(1, rows_per_chunk // max(1, mplan.max_nq))
     ends = (mplan.own_q0 + mplan.own_nq).cpu()  # one device read for every chunk's row range
-    first_doc, last_pos = plan.q_doc.cpu(), plan.q_pos.cpu()  # each chunk's key range (rows are sorted)
-    for g0 in range(0, n_groups, step):
-        g1 = min(n_groups, g0 + step)
-        r0 = int(ends[g0 - 1]) if g0 else 0
-        r1 = int(ends[g1 - 1])
-        lo, hi = int(first_doc[r0]), int(last_pos[r1 - 1]) + 1
+    chunks = [(g0, min(n_groups, g0 + step)) for g0 in range(0, n_groups, step)]
+    rows = [(int(ends[g0 - 1]) if g0 else 0, int(ends[g1 - 1])) for g0, g1 in chunks]
+    key_range = [(0, n_keys)] * len(chunks)
+    if method != "sort":  # each chunk's keys: from its first document start to its last query (rows are sorted)
+        first = torch.tensor([r0 for r0, _ in rows], device=dev)
+        last = torch.tensor([r1 - 1 for _, r1 in rows], device=dev)
+        key_range = torch.stack([plan.q_doc[first], plan.q_pos[last] + 1], 1).tolist()  # one device read
+    for (g0, g1), (r0, r1), (lo, hi) in zip(chunks, rows, key_range):
         grp = group_of_row[r0:r1] - g0
         bit = 1 << slot[r0:r1]
-        words = (g1 - g0) * (hi - lo)
-        if method == "bitmap" or (method == "auto" and words <= BITMAP_WORDS_PER_ENTRY * (r1 - r0) * k):
-            parts.append((g0, g1) + _union_by_bitmap(grp, sel[r0:r1], valid[r0:r1], bit, words, lo, hi))
+        if method == "bitmap" or (method == "auto" and (g1 - g0) * (hi - lo) <= BITMAP_WORDS_PER_ENTRY * (r1 - r0) * k):
+            parts.append((g0, g1) + _union_by_bitmap(grp, sel[r0:r1], valid[r0:r1], bit, g1 - g0, lo, hi))
         else:
             parts.append((g0, g1) + _union_by_sort(grp, sel[r0:r1], valid[r0:r1], bit, g1 - g0, n_keys))
     counts = torch.zeros(n_groups, dtype=torch.int64, device=dev)
@@ -106,11 +107,11 @@ def _union_by_sort(grp, sel, valid, bit, n_grp: int, n_keys: int):
     return uniq // n_keys, uniq % n_keys, bits
 
 
-def _union_by_bitmap(grp, sel, valid, bit, words: int, lo: int, hi: int):
+def _union_by_bitmap(grp, sel, valid, bit, n_grp: int, lo: int, hi: int):
     """The same from a dense [groups, hi - lo] table: padded entries add 0 into word 0."""
     width = hi - lo
     idx = torch.where(valid, grp[:, None] * width + (sel.long() - lo), 0)
-    table = torch.zeros(words, dtype=torch.int32, device=sel.device)
+    table = torch.zeros(n_grp * width, dtype=torch.int32, device=sel.device)
     table.scatter_add_(0, idx.reshape(-1), torch.where(valid, bit[:, None].to(torch.int32), 0).reshape(-1))
     nz = table.nonzero().squeeze(1)
     return nz // width, nz % width + lo, table[nz].long()
